@@ -44,6 +44,7 @@ class TrainSet:
                  61% validation accuracy instead of the low 70s. Use it only to study that effect.
       "all"      every image replaced by an augmented version (standard augmentation).
     focus_classes: label indices (see parse_focus_classes); the paper's text names bird, cat, deer, dog.
+    `epoch_labels` holds every epoch's labels in storage order (originals, then the copies); it never changes.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: str = "focused",
@@ -72,18 +73,18 @@ class TrainSet:
             self._augmented = torch.arange(0, device=self.device)
         if augment == "focused":  # originals first, then a slot per copy, rewritten every epoch
             self._epoch_images = torch.cat([self.images, self.images[self._augmented]])
-            self._epoch_labels = torch.cat([self.labels, self.labels[self._augmented]])
+            self.epoch_labels = torch.cat([self.labels, self.labels[self._augmented]])
             self._targets = torch.arange(n, n + len(self._augmented), device=self.device)
         elif augment in ("inplace", "all"):
-            self._epoch_images, self._epoch_labels = self.images.clone(), self.labels
+            self._epoch_images, self.epoch_labels = self.images.clone(), self.labels
             self._targets = self._augmented
         else:
-            self._epoch_images, self._epoch_labels = self.images, self.labels
+            self._epoch_images, self.epoch_labels = self.images, self.labels
             self._targets = self._augmented
 
     def num_samples(self, epoch: int = 0) -> int:
         """Samples per epoch (the same every epoch)."""
-        return len(self._epoch_labels)
+        return len(self.epoch_labels)
 
     def num_batches(self) -> int:
         return math.ceil(self.num_samples() / self.batch_size)  # last batch may be short, like a DataLoader
@@ -96,14 +97,14 @@ class TrainSet:
     def epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The epoch's uint8 images and labels in storage order (originals first); a buffer reused per epoch."""
         self._build(epoch_generator(self.seed, epoch))
-        return self._epoch_images, self._epoch_labels
+        return self._epoch_images, self.epoch_labels
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled (x float32 normalized [B,3,32,32], y int64 [B]) for this epoch; same (seed, epoch) -> same."""
         g = epoch_generator(self.seed, epoch)
         self._build(g)
         perm = torch.randperm(self.num_samples(), generator=g).to(self.device)
-        yield from _chunked(self._epoch_images, self._epoch_labels, perm, self.batch_size)
+        yield from _chunked(self._epoch_images, self.epoch_labels, perm, self.batch_size)
 
 
 def _chunked(images, labels, order, batch_size):
