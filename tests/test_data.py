@@ -169,6 +169,7 @@ def test_writer_refuses_sets_the_loader_would_misread():
 
 
 # --------------------------------------------------------------------------------------------- real data
+@pytest.mark.real_data
 def test_real_cifar10_counts_and_means(real_cifar):
     x, y = data.load_cifar10(real_cifar, "train")
     vx, vy = data.load_cifar10(real_cifar, "test")
