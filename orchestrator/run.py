@@ -1,0 +1,236 @@
+"""`python -m orchestrator.run`: the paper's variants × seeds as parallel Ray Tune trials, tracked in MLflow.
+
+Everything that can be checked is checked on the driver before any trial starts (config, data, tracking store,
+storage path, Ray cluster), so bad input costs one line and a non-zero exit, never a half-run sweep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live table, with our columns
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import data  # noqa: E402
+from orchestrator import tracking  # noqa: E402
+from orchestrator.config import Config, ConfigError, parse_config  # noqa: E402
+
+TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
+                 "latency_ms_per_image", "latency_ms_batch1"]
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says how to fix it."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict:
+    import mlflow
+    import ray
+    import torch
+    import torchvision
+    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version()}
+
+
+# --- checks made before any trial starts ----------------------------------------------------------
+def check_data(cfg: Config) -> None:
+    root = data.resolve_data_dir(cfg.data_dir or None)
+    if cfg.download:
+        data.download_cifar10(root)
+    # Reading both splits validates sizes and labels, and fails here rather than in every trial.
+    train_x, train_y = data.load_cifar10(root, "train")
+    data.load_cifar10(root, "test")
+    data.parse_focus_classes(cfg.focus_classes)
+    if cfg.subset_per_class:
+        data.stratified_subset(train_x, train_y, cfg.subset_per_class, seed=0)
+
+
+def check_storage(path: str) -> str:
+    if "://" in path:  # s3://, gs://, NFS mounts via file:// are checked by Ray/pyarrow themselves
+        return path
+    p = Path(path).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"x" * 65536)
+        probe.unlink()
+    except OSError as e:
+        raise SweepError(f"storage path {p} is not writable ({e.strerror}): free space or pass another "
+                         f"--storage-path") from None
+    return str(p)
+
+
+def check_address(address: str) -> None:
+    if not address or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} is not host:port: pass the head node's address, e.g. 10.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise SweepError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+                         f"`ray start --head` / `ray up cluster.yaml`, or drop --address for a local Ray") from None
+
+
+def start_ray(cfg: Config) -> None:
+    import ray
+    check_address(cfg.address)
+    try:
+        if cfg.address:
+            ray.init(address=cfg.address, ignore_reinit_error=True)
+        elif not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
+            ray.init(include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]} "
+                         f"(a cluster started with `ray start` needs RAY_AUTH_MODE=token and its token)") from None
+    cpus = ray.cluster_resources().get("CPU", 0)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.cpus_per_trial > cpus:
+        raise SweepError(f"--cpus-per-trial {cfg.cpus_per_trial} is more than the cluster's {cpus:g} CPUs: "
+                         f"lower it or add nodes")
+    if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
+        raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: "
+                         f"use --gpus-per-trial 0 or add GPU nodes")
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, str]:
+    """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
+    tags = {"kind": "sweep"}
+    if cfg.sweep_id:
+        tags["sweep_id"] = cfg.sweep_id
+    runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
+            if r.data.tags.get("sweep_status") != "finished"]
+    if not runs:
+        which = f"sweep {cfg.sweep_id!r}" if cfg.sweep_id else "an unfinished sweep"
+        raise SweepError(f"found no {which} to resume in experiment {cfg.experiment_name!r} at "
+                         f"{cfg.tracking_uri}: check --sweep-id/--tracking-uri, or start a new sweep without --resume")
+    run = runs[0]
+    stored = Config.from_dict(json.loads(run.data.tags["config_json"]))
+    # Where to run may change between attempts; what to run may not.
+    stored = Config.from_dict({**stored.to_dict(), "address": cfg.address, "resume": True, "report": cfg.report})
+    return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
+
+
+def trial_name(trial) -> str:
+    return f"{trial.config['variant']}-seed{trial.config['seed']}"
+
+
+def run_sweep(cfg: Config) -> dict:
+    cfg = cfg.effective().validate()
+    uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    cfg = Config.from_dict({**cfg.to_dict(), "tracking_uri": uri})
+    tracking.check_tracking(uri)
+    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
+
+    if cfg.resume:
+        sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, experiment_id)
+    else:
+        sweep_id, parent_run_id, storage = new_sweep_id(), None, None
+    check_data(cfg)
+    storage = check_storage(storage or cfg.storage_path)
+    start_ray(cfg)
+
+    from ray import tune
+    from orchestrator.trainable import FAULT_ENV, run_trial
+
+    seeds = list(cfg.seed_values())
+    if parent_run_id is None:
+        parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
+            "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, seeds)), "git_commit": git_commit(),
+            "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
+            "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(cfg.to_dict()),
+            **library_versions()})
+        tracking.MlflowClient(uri).log_batch(parent_run_id, params=[
+            tracking.Param(k, str(v)) for k, v in cfg.to_dict().items()])
+    else:
+        tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    print(f"sweep {sweep_id}: {len(cfg.variants)} variants x {len(seeds)} seeds, {cfg.epochs} epochs; "
+          f"MLflow run {parent_run_id} in {uri}", flush=True)
+
+    sweep = {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+             "tracking_uri": uri, "fault": os.environ.get(FAULT_ENV, "")}
+    trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    reporter = tune.CLIReporter(parameter_columns={"variant": "variant", "seed": "seed"},
+                                metric_columns={"epoch": "epoch", "val_accuracy": "val_acc",
+                                                "train_loss": "train_loss"},
+                                max_report_frequency=30, sort_by_metric=False)
+    path = str(Path(storage) / f"sweep-{sweep_id}") if "://" not in storage else f"{storage}/sweep-{sweep_id}"
+    if cfg.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=None)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"variant": tune.grid_search(list(cfg.variants)), "seed": tune.grid_search(seeds),
+                         "cfg": cfg.to_dict(), "sweep": sweep},
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=f"sweep-{sweep_id}", storage_path=storage, progress_reporter=reporter,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+    started = time.perf_counter()
+    results = tuner.fit()
+    wall_seconds = time.perf_counter() - started
+
+    summary = summarize(results)
+    print(f"\nsweep {sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
+    tracking.MlflowClient(uri).log_metric(parent_run_id, "sweep_wall_seconds", wall_seconds)
+    tracking.finish_sweep_run(uri, parent_run_id)
+    if cfg.report:
+        from orchestrator.report import build_report
+        build_report(uri, cfg.experiment_name, sweep_id=sweep_id)
+    return {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+            "summary": summary, "wall_seconds": wall_seconds, "storage_path": path}
+
+
+def summarize(results):
+    import pandas as pd
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        status = "error" if r.error else ("diverged" if m.get("diverged") else "done")
+        rows.append({"variant": r.config["variant"], "seed": r.config["seed"], "status": status,
+                     **{c: m.get(c) for c in TABLE_COLUMNS[3:]}})
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return df.sort_values(["variant", "seed"]).reset_index(drop=True)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_config(argv, description=__doc__.splitlines()[0])
+        run_sweep(cfg)
+    except (ConfigError, data.DataError, tracking.TrackingError, SweepError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The Ray Tune trainable: wraps the plain `train` function with Ray checkpoints and MLflow logging.
+
+Order per epoch: checkpoint persisted through `tune.report` first, then the epoch is logged to MLflow. After a
+crash Ray restarts the trial from that checkpoint, and the run back-fills any checkpointed epoch it lacks.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+import mlflow
+import ray
+import torch
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from ray import tune
+
+from orchestrator.config import Config
+from orchestrator.latency import latency_context
+from orchestrator.tracking import TrialRun
+from orchestrator.train import DivergedError, train
+
+STATE_FILE = "state.pt"
+# Test hook: "<variant>-seed<k>:<epoch>" makes that trial SIGKILL itself once, right after the checkpoint of
+# <epoch> is persisted and before the epoch is logged: the worst moment for exactly-once logging. The driver
+# reads it and passes it in the trial config (a running Ray's workers don't see the driver's later env).
+FAULT_ENV = "RESNET_REVISITED_KILL_AFTER_EPOCH"
+
+
+def _load_state(checkpoint) -> dict | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        # weights_only: a checkpoint is data, never code.
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _maybe_kill(target: str, trial_name: str, epoch: int, restored: bool) -> None:
+    if not restored and target == f"{trial_name}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_trial(config: dict) -> None:
+    cfg = Config.from_dict(config["cfg"])
+    sweep = config["sweep"]
+    variant, seed = config["variant"], int(config["seed"])
+    name = f"{variant}-seed{seed}"
+    torch.set_num_threads(cfg.cpus_per_trial)
+    device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+
+    state = _load_state(tune.get_checkpoint())
+    mlflow.set_tracking_uri(sweep["tracking_uri"])
+    run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
+                   variant, seed)
+    if run.previous is not None and run.previous.info.status == "FINISHED":
+        # Finished and fully logged before the driver died, but Ray had not recorded it: don't train it again.
+        tune.report({**run.previous.data.metrics, "epoch": cfg.effective().epochs, "done": 1})
+        return
+    run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                  "device": str(device), **latency_context(device)})
+    run.log_params({"variant": variant, "seed": seed, **{k: v for k, v in cfg.effective().to_dict().items()
+                                                         if k not in ("variants", "seeds", "seed_list")}})
+    if state is not None:
+        run.log_history(state["history"])
+    monitor = SystemMetricsMonitor(run.run_id, resume_logging=state is not None, tracking_uri=sweep["tracking_uri"])
+    monitor.start()
+
+    def on_epoch_end(epoch: int, metrics: dict, make_state) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({**make_state(), "mlflow_run_id": run.run_id}, Path(tmp) / STATE_FILE)
+            tune.report({"epoch": epoch, **metrics}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        _maybe_kill(sweep.get("fault", ""), name, epoch, restored=state is not None)
+        run.log_metrics(metrics, step=epoch)
+
+    try:
+        result = train(cfg, variant, seed, device=device, state=state, on_epoch_end=on_epoch_end)
+    except DivergedError as e:
+        # Deterministic: a retry would diverge again, so record it and end the trial without an error.
+        monitor.finish()
+        run.finish("FAILED", reason=str(e))
+        tune.report({"diverged": 1})
+        return
+    except BaseException as e:
+        monitor.finish()
+        run.finish("FAILED", reason=f"{type(e).__name__}: {e}")
+        raise
+    run.log_metrics(result["final"], step=0)
+    _log_model(run.run_id, result["model"], device)
+    monitor.finish()
+    run.finish("FINISHED")
+    last = result["history"][-1]
+    tune.report({"epoch": last["epoch"], **last, **result["final"], "done": 1})
+
+
+def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> None:
+    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model."""
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        client.log_artifact(run_id, str(path), artifact_path="model")
+    with mlflow.start_run(run_id=run_id):
+        example = torch.zeros(1, 3, 32, 32).numpy()
+        mlflow.pytorch.log_model(model, name="mlflow_model", input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

@@ -1,0 +1,210 @@
+"""The orchestrator end to end: the plain training function, the CLI's checks, and real sweeps through a
+local Ray and a real MLflow SQLite store (no mocks)."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from orchestrator import run as orun
+from orchestrator.config import Config, build_parser, parse_config
+from orchestrator.train import load_trial_data, train
+from orchestrator.trainable import FAULT_ENV
+
+EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+                 "train_images_per_second"]
+FINAL_METRICS = ["param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
+                 "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path, data_dir, **kw) -> Config:
+    base = dict(data_dir=str(data_dir), epochs=2, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                storage_path=str(tmp_path / "ray_results"), latency_batch1_calls=20, report=False)
+    return Config(**{**base, **kw})
+
+
+# --- config ----------------------------------------------------------------------------------------
+def test_every_config_field_is_one_cli_flag():
+    parser = build_parser()
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(Config)}
+    defaults = Config()
+    assert (defaults.lr, defaults.weight_decay, defaults.batch_size, defaults.epochs, defaults.lr_patience) == \
+        (5e-4, 1e-4, 4, 10, 4)
+    cfg = parse_config(["--variants", "base,v6", "--seed-list", "3,7", "--no-channels-last", "--lr", "0.01"])
+    assert cfg.variants == ("base", "v6") and cfg.seed_values() == (3, 7)
+    assert cfg.channels_last is False and cfg.lr == 0.01
+    assert parse_config(["--quick"]).epochs == 2 and parse_config(["--quick"]).subset_per_class == 500
+
+
+# --- the plain training function ----------------------------------------------------------------------
+def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
+    cfg = Config(data_dir=str(tiny_cifar), epochs=2, latency_batch1_calls=5)
+    d = load_trial_data(cfg)
+    states = {}
+
+    def keep(epoch, metrics, make_state):
+        states[epoch] = make_state()
+
+    full = train(cfg, "base", 0, trial_data=d, on_epoch_end=keep, measure=False)
+    again = train(cfg, "base", 0, trial_data=d, measure=False)
+    resumed = train(cfg, "base", 0, trial_data=d, state=states[1], measure=False)
+    other_seed = train(cfg, "base", 1, trial_data=d, measure=False)
+
+    assert [h["epoch"] for h in full["history"]] == [1, 2]
+    assert set(EPOCH_METRICS) <= set(full["history"][0])
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert [h[key] for h in again["history"]] == [h[key] for h in full["history"]]
+        assert [h[key] for h in resumed["history"]] == [h[key] for h in full["history"]]
+    assert other_seed["history"][0]["train_loss"] != full["history"][0]["train_loss"]
+    assert full["history"][0]["lr"] == 5e-4
+    assert full["final"]["param_count"] == 136_380
+
+
+def test_base_learns_real_cifar_in_one_epoch(real_cifar):
+    """The paper's protocol on 1,000 images per class for one epoch: well above chance (10%)."""
+    torch.set_num_threads(2)
+    cfg = Config(data_dir=str(real_cifar), epochs=1, subset_per_class=1000)
+    result = train(cfg, "base", 0, measure=False)
+    assert result["history"][0]["val_accuracy"] >= 0.35, result["history"]
+
+
+# --- bad input fails before any trial starts -----------------------------------------------------------
+@pytest.mark.parametrize("args, expected", [
+    (["--variants", "base,v9"], "unknown variant v9"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server"),
+    (["--address", "127.0.0.1:9"], "cannot reach the Ray cluster at 127.0.0.1:9"),
+    (["--cpus-per-trial", "64"], "more than the cluster's"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, expected, tiny_cifar, tmp_path, capsys, local_ray):
+    base = ["--data-dir", str(tiny_cifar), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), "--epochs", "1"]
+    assert orun.main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not list((tmp_path / "ray").glob("sweep-*")), "no trial may start on bad input"
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "orchestrator.run", "--variants", "nope",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: unknown variant nope") and "Traceback" not in out.stderr
+
+
+# --- real sweeps: local Ray + MLflow SQLite ------------------------------------------------------------
+def child_runs(uri, parent_run_id):
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+def assert_complete_trial_run(client, run, epochs):
+    assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+    for key in EPOCH_METRICS:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(1, epochs + 1)), (run.info.run_name, key, steps)
+    for key in FINAL_METRICS:
+        assert key in run.data.metrics, (run.info.run_name, key)
+    assert {"variant", "seed", "sweep_id", "node", "device"} <= set(run.data.tags)
+    assert run.data.params["lr"] == "0.0005"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/state_dict.pt" in artifacts
+
+
+def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
+    cfg = tiny_config(tmp_path, tiny_cifar, variants=("base", "v6"), seeds=2)
+    out = orun.run_sweep(cfg)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags["variants"] == "base,v6" and parent.data.tags["seeds"] == "0,1"
+    runs = child_runs(uri, out["parent_run_id"])
+    assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "v6-seed0", "v6-seed1"]
+    for r in runs:
+        assert_complete_trial_run(client, r, epochs=2)
+    assert list(out["summary"]["status"]) == ["done"] * 4
+    # Each trial's checkpoint holds its MLflow run id, so a restart continues the same run.
+    ckpts = list(Path(out["storage_path"]).glob("base-seed0/checkpoint_*/state.pt"))
+    state = torch.load(ckpts[-1], weights_only=True)
+    assert state["mlflow_run_id"] in {r.info.run_id for r in runs if r.info.run_name == "base-seed0"}
+
+
+def test_killed_trial_resumes_from_checkpoint_and_logs_each_epoch_once(tiny_cifar, tmp_path, local_ray,
+                                                                        monkeypatch):
+    # SIGKILL right after epoch 1's checkpoint, before epoch 1 is logged: the restart must back-fill it.
+    monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
+    cfg = tiny_config(tmp_path, tiny_cifar, variants=("base",), seeds=2, epochs=3)
+    out = orun.run_sweep(cfg)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = child_runs(uri, out["parent_run_id"])
+    assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"]
+    for r in runs:
+        assert_complete_trial_run(client, r, epochs=3)
+    # The killed trial really restarted: Ray recorded the failure, and its run's history is one continuous
+    # training (from the checkpoint, not from scratch): epoch 2 starts where epoch 1 ended.
+    error_files = list(Path(out["storage_path"]).glob("base-seed1/error.txt"))
+    assert error_files, "the trial was not killed"
+    assert list(out["summary"]["status"]) == ["done", "done"]
+
+
+def wait_for(predicate, timeout_s, what):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [sys.executable, "-m", "orchestrator.run", "--variants", "base", "--seed-list", "0,1,2",
+            "--epochs", "2", "--data-dir", str(tiny_cifar), "--tracking-uri", uri, "--storage-path",
+            str(tmp_path / "ray"), "--latency-batch1-calls", "20", "--no-report"]
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(uri)
+
+    def finished_runs():
+        try:
+            exps = client.search_experiments()
+            return [r for r in client.search_runs([e.experiment_id for e in exps], "tags.kind = 'trial'")
+                    if r.info.status == "FINISHED"]
+        except Exception:
+            return []
+    try:
+        wait_for(lambda: len(finished_runs()) >= 1, 240, "a finished trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    before = {r.info.run_name: r.info.end_time for r in finished_runs()}
+    assert 1 <= len(before) < 3
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    exp = client.get_experiment_by_name("resnet-revisited")
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
+    assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
+    for r in runs:
+        assert_complete_trial_run(client, r, epochs=2)
+        if r.info.run_name in before:  # finished before the interruption: not trained again
+            assert r.info.end_time == before[r.info.run_name]
+    sweeps = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
