@@ -40,3 +40,56 @@ def one_torch_thread():
     """Like every trial (1 CPU each): on 2 cores, more threads than free cores makes OpenMP spin and crawl."""
     import torch
     torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_tracking_server(store: Path, port: int):
+    """`python -m orchestrator.tracking serve` on 127.0.0.1:port over a SQLite store in `store`; waits for /health."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    store.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.tracking", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+                             "--artifacts-destination", str(store / "artifacts")],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=open(store / "server.log", "ab"), start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tracking server exited: {(store / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("tracking server did not answer /health within 120 s")
+
+
+def stop_tracking_server(proc) -> None:
+    import os
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, OSError):
+        pass
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real MLflow tracking server over HTTP on 127.0.0.1; yields (uri, store dir, port)."""
+    port = free_port()
+    proc = start_tracking_server(tmp_path / "server", port)
+    yield f"http://127.0.0.1:{port}", tmp_path / "server", port
+    stop_tracking_server(proc)
