@@ -16,8 +16,8 @@ class ConfigError(ValueError):
     """Bad user input: the message is one line naming the problem and the fix."""
 
 
-def _opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _opt(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Config:
     data_dir: str = _opt("", "CIFAR-10 directory (binary or python layout, or the official .tar.gz); "
                              "default $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10")
     download: bool = _opt(False, "download CIFAR-10 (official MD5 checked) into the data directory if missing")
-    augment: str = _opt("focused", "augmentation mode: focused (paper: originals + one augmented copy of each "
+    augment: str = _opt("focused", choices=AUGMENT_MODES, help="augmentation mode: focused (paper: originals + one augmented copy of each "
                                    "focus-class image), none, all, or inplace (WARNING: augmenting focus classes "
                                    "in place makes augmentation a label cue; Base ends near 61%% instead of ~73%%)")
     focus_classes: str = _opt("bird,cat,deer,dog", "classes that get extra augmentation, names or indices "
@@ -62,7 +62,7 @@ class Config:
                                             "must be shared by all nodes of a multi-node cluster")
     resume: bool = _opt(False, "continue the latest (or --sweep-id) interrupted sweep without rerunning "
                                "finished trials")
-    sweep_id: str = _opt("", "sweep id to resume (default: the latest sweep in --storage-path)")
+    sweep_id: str = _opt("", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
     # --- MLflow ----------------------------------------------------------------------------------
     tracking_uri: str = _opt("sqlite:///mlflow/mlflow.db", "MLflow tracking URI (sqlite:///path or http://host:port)")
     experiment_name: str = _opt("resnet-revisited", "MLflow experiment name")
@@ -147,10 +147,11 @@ def build_parser(prog: str = "python -m orchestrator.run", description: str = ""
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hint) is tuple:
             item = typing.get_args(hint)[0]
+            # A string default goes through `type` too, and shows in --help as the user would type it.
             parser.add_argument(flag, type=_parse_tuple(item), metavar="A,B,...",
-                                **{**kw, "default": f.default})
+                                **{**kw, "default": ",".join(map(str, f.default))})
         else:
-            parser.add_argument(flag, type=_positive_or_any(hint), **kw)
+            parser.add_argument(flag, type=_positive_or_any(hint), choices=f.metadata.get("choices"), **kw)
     return parser
 
 
