@@ -258,6 +258,9 @@ _VS_PAPER = [("val_accuracy_pct", "val_accuracy_pct", "Val. accuracy (%)", 2),
              ("size_mb", "size_mb", "Size (MB)", 4), ("param_count", "params", "Parameters", 0)]
 
 
+_PAPER_PLACES = {("size_mb", v): int(d) for v, d in reference.size_mb_decimals().items()}
+
+
 def _vs_paper(ok: pd.DataFrame, s: pd.DataFrame, paper: pd.DataFrame):
     rows = []
     for ours, theirs, name, digits in _VS_PAPER:
@@ -266,7 +269,11 @@ def _vs_paper(ok: pd.DataFrame, s: pd.DataFrame, paper: pd.DataFrame):
             mean = sum(values) / len(values) if values else math.nan
             lo, hi = stats.mean_ci(values)
             ref = paper.loc[v, theirs] if v in paper.index else math.nan
-            inside = math.nan if pd.isna(lo) or pd.isna(ref) else bool(lo <= ref <= hi)
+            # Compare at the precision the paper printed: a deterministic quantity (size, params) has a
+            # zero-width interval that would otherwise miss the paper's rounded value by a rounding error.
+            places = _PAPER_PLACES.get((theirs, v), digits)
+            inside = (math.nan if pd.isna(lo) or pd.isna(ref)
+                      else bool(round(lo, places) <= ref <= round(hi, places)))
             rows.append({"variant": v, "model": _label(v, paper), "metric": ours, "metric_label": name,
                          "digits": digits, "ours_mean": mean, "paper": ref, "difference": mean - ref,
                          "ci95_low": lo, "ci95_high": hi, "paper_in_ci95": inside, "n": len(values),
