@@ -70,7 +70,6 @@ def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
 
 def test_base_learns_real_cifar_in_one_epoch(real_cifar):
     """The paper's protocol on 1,000 images per class for one epoch: well above chance (10%)."""
-    torch.set_num_threads(2)
     cfg = Config(data_dir=str(real_cifar), epochs=1, subset_per_class=1000)
     result = train(cfg, "base", 0, measure=False)
     assert result["history"][0]["val_accuracy"] >= 0.35, result["history"]
