@@ -83,9 +83,21 @@ def evaluate(model, images, labels, device, memory_format, batch_size: int = 500
     return loss_sum / n, correct / n
 
 
+def _hits_onednn_strided_1x1_bug(model: torch.nn.Module, device: torch.device) -> bool:
+    """oneDNN's CPU backward of a strided 1x1 conv with 2-7 input channels in channels_last corrupts the heap
+    (torch 2.14: double free / SIGSEGV at the first backward). V2 and Alpha have one: the dense skip from the
+    image. Such models train in the contiguous format on CPU: the same maths, a little slower."""
+    return device.type == "cpu" and any(
+        isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+        for m in model.modules())
+
+
 def build(cfg: Config, variant: str, device: torch.device):
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = models.create_model(variant).to(device=device, memory_format=memory_format)
+    model = models.create_model(variant)
+    if _hits_onednn_strided_1x1_bug(model, device):
+        memory_format = torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
     fused = cfg.fused_adam and (device.type in ("cpu", "cuda"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                            weight_decay=cfg.weight_decay, fused=fused or None)
