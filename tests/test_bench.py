@@ -1,0 +1,69 @@
+"""orchestrator.bench on tiny synthetic data: the --quick path runs, writes its table and JSON, and every
+figure it reports is a positive number. Timings themselves are not asserted (the machine is shared)."""
+import json
+import math
+
+import pytest
+
+from orchestrator import bench
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_bench_writes_markdown_and_json_with_positive_figures(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "results"
+    rc = bench.main(["--quick", "--data-dir", str(tiny_cifar), "--variants", "base,v2", "--rounds", "1",
+                     "--skip", "orchestration", "--out-dir", str(out)])
+    assert rc == 0
+    md, js = sorted(out.glob("bench-quick-*.md")), sorted(out.glob("bench-quick-*.json"))
+    assert len(md) == 1 and len(js) == 1
+    table = md[0].read_text()
+    assert table in capsys.readouterr().out  # printed as written
+    for heading in ("## Targets", "## 1. Training throughput", "## 2. Achieved FLOP rate", "## 3. Parallel efficiency",
+                    "## 5. Projected wall time", "## 6. Inference latency"):
+        assert heading in table
+    assert "cpu (" in table  # every section names the device that produced it
+
+    res = json.loads(js[0].read_text())
+    tp = res["throughput"]
+    assert positive(tp["peak_gflops"]) and positive(tp["peak_all_cores_gflops"])
+    for v in ("base", "v2"):
+        row = tp["variants"][v]
+        for key in ("trainer_median_images_per_second", "plain_median_images_per_second", "speedup",
+                    "trainer_peak_fraction", "eval_median_images_per_second", "macs_per_image"):
+            assert positive(row[key]), (v, key, row[key])
+        assert all(positive(x) for x in row["components"].values())
+        assert f"| {v}" in table
+    # v2's dense skip from the image crashes channels_last training on CPU: the bench must say so, not crash.
+    assert tp["variants"]["v2"]["channels_last"] is False and tp["variants"]["base"]["channels_last"] is True
+    par = res["parallel"]
+    assert par["k"] >= 1 and positive(par["efficiency"]) and positive(par["single_median"])
+    for v, row in res["latency"]["variants"].items():
+        assert all(positive(x) for x in row["latency_ms_per_image"] + row["latency_ms_batch1"]), v
+    proj = res["projection"]
+    assert positive(proj["trainer_wall_seconds"]) and positive(proj["floor_seconds"])
+    assert proj["trainer_wall_seconds"] > proj["floor_seconds"]
+
+
+@pytest.mark.slow
+def test_orchestration_overhead_runs_the_same_grid_through_ray_and_plain_processes(tiny_cifar, tmp_path):
+    """Real Ray Tune + MLflow (a temp SQLite store) against plain train() in spawned processes."""
+    args = bench.parse_args(["--data-dir", str(tiny_cifar), "--parallel-k", "1"])  # one trial: cheapest grid
+    cfg = bench.Config(data_dir=str(tiny_cifar))
+    orch = bench.bench_orchestration(args, bench.QUICK, cfg, bench.torch.device("cpu"), print)
+    assert positive(orch["plain_wall_seconds"]) and positive(orch["ray_wall_seconds"])
+    assert len(orch["plain_trial_seconds"]) == 1 and positive(orch["plain_trial_seconds"][0])
+    assert 0 < orch["ray_fit_seconds"] <= orch["ray_wall_seconds"]
+    env = {"device_label": "cpu (test)", "quick": True, "time": "t", "torch": "x", "cores": 2, "threads": 1, "data": "d"}
+    table = bench.render({"environment": env, "orchestration": orch})
+    assert "## 4. Orchestration overhead (cpu (test))" in table and "orchestration overhead <= 5%" in table
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert bench.main(["--variants", "base,nope", "--data-dir", str(tmp_path)]) == 2
+    assert "unknown variant nope" in capsys.readouterr().err
+    assert bench.main(["--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("orchestrator.bench:") and "\n" not in err
