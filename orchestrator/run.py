@@ -195,6 +195,12 @@ def run_sweep(cfg: Config) -> dict:
     started = time.perf_counter()
     results = tuner.fit()
     wall_seconds = time.perf_counter() - started
+    if any(not r.error and not (r.metrics or {}).get("done") and not (r.metrics or {}).get("diverged")
+           for r in results):
+        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
+        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
+        tracking.MlflowClient(uri).set_terminated(parent_run_id, status="KILLED")
+        raise KeyboardInterrupt
 
     summary = summarize(results)
     print(f"\nsweep {sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
