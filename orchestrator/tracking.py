@@ -69,8 +69,8 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """Create (or find) the experiment on the driver, before any trial starts; return its id."""
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)  # opens (and migrates) the store: a file that is not a database fails here
         exp = client.get_experiment_by_name(name)
         if exp is None:
             return client.create_experiment(name, artifact_location=default_artifact_location(uri))
