@@ -144,6 +144,9 @@ class TrialRun:
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
             self.set_tags({"failure_reason": reason[:4000]})
+        elif status == "FINISHED" and self.previous is not None and "failure_reason" in self.previous.data.tags:
+            # An earlier attempt's reason (a crash, a Ctrl-C) no longer describes this finished run.
+            self.client.delete_tag(self.run_id, "failure_reason")
         self.client.set_terminated(self.run_id, status=status)
 
 
