@@ -93,15 +93,28 @@ def check_address(address: str) -> None:
 
 def start_ray(cfg: Config) -> None:
     import ray
+    from ray.exceptions import AuthenticationError
     check_address(cfg.address)
     try:
         if cfg.address:
             ray.init(address=cfg.address, ignore_reinit_error=True)
         elif not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
             ray.init(include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]} "
-                         f"(a cluster started with `ray start` needs RAY_AUTH_MODE=token and its token)") from None
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
+        chain, cause = [], e  # Ray wraps the refusal: ConnectionError <- RuntimeError(text of AuthenticationError)
+        while cause is not None:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in chain):
+            # A cluster started with token auth (~/.ray/auth_token) refuses clients without its token, and Ray
+            # sends the token to an explicit --address only when RAY_AUTH_MODE=token says so.
+            where = f"the Ray cluster at {cfg.address or 'local'}"
+            token = ("the head's token (`ray get-auth-token` there) in ~/.ray/auth_token, RAY_AUTH_TOKEN or "
+                     "RAY_AUTH_TOKEN_PATH")
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                raise SweepError(f"{where} requires its auth token: set RAY_AUTH_MODE=token and put {token}") from None
+            raise SweepError(f"{where} refused this token (or found none): put {token}") from None
+        raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]}") from None
     cpus = ray.cluster_resources().get("CPU", 0)
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.cpus_per_trial > cpus:

@@ -59,6 +59,7 @@ def run_trial(config: dict) -> None:
         tune.report({**run.previous.data.metrics, "epoch": cfg.effective().epochs, "done": 1})
         return
     run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                  "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes sharing a host
                   "device": str(device), **latency_context(device)})
     run.log_params({"variant": variant, "seed": seed, **{k: v for k, v in cfg.effective().to_dict().items()
                                                          if k not in ("variants", "seeds", "seed_list")}})
