@@ -156,16 +156,19 @@ def run_sweep(cfg: Config) -> dict:
     cfg = cfg.effective().validate()
     uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     cfg = Config.from_dict({**cfg.to_dict(), "tracking_uri": uri})
+    # Cheap checks that write nothing come first, so bad input leaves no store, experiment or run behind.
+    check_address(cfg.address)
     tracking.check_tracking(uri)
-    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
-
     if cfg.resume:
+        experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, experiment_id)
     else:
         sweep_id, parent_run_id, storage = new_sweep_id(), None, None
     check_data(cfg)
     storage = check_storage(storage or cfg.storage_path)
     start_ray(cfg)
+    if not cfg.resume:
+        experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
 
     from ray import tune
     from orchestrator.trainable import FAULT_ENV, run_trial
@@ -232,7 +235,12 @@ def summarize(results):
     for r in results:
         m = r.metrics or {}
         status = "error" if r.error else ("diverged" if m.get("diverged") else "done")
-        rows.append({"variant": r.config["variant"], "seed": r.config["seed"], "status": status,
+        if r.config:
+            variant, seed = r.config["variant"], r.config["seed"]
+        else:  # failed before its first report, so Ray kept no config; its folder is named <variant>-seed<k>
+            variant, _, seed = Path(r.path).name.rpartition("-seed")
+            seed = int(seed)
+        rows.append({"variant": variant, "seed": seed, "status": status,
                      **{c: m.get(c) for c in TABLE_COLUMNS[3:]}})
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
