@@ -61,7 +61,7 @@ class Sizes:
     batch1_calls: int
 
 
-FULL = Sizes(rounds=3, train_per_class=40, val_images=500, component_seconds=0.5, peak_n=2048, peak_seconds=1.5,
+FULL = Sizes(rounds=5, train_per_class=24, val_images=500, component_seconds=0.5, peak_n=2048, peak_seconds=1.5,
              parallel_per_class=100, grid_per_class=0, grid_train_seconds=50, grid_epochs=2, latency_images=2000,
              latency_repeats=3, batch1_calls=100)
 QUICK = Sizes(rounds=2, train_per_class=10, val_images=100, component_seconds=0.15, peak_n=1024, peak_seconds=0.3,
@@ -132,60 +132,111 @@ def matmul_peak_gflops(device, threads: int, n: int, seconds: float) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_components(cfg: Config, variant: str, device, seconds: float) -> dict:
-    """ms for the parts of a batch-4 step, on a fixed synthetic batch: forward+backward in the trainer's and in
-    the contiguous format, and the optimizer step fused and for-loop. What is left of a measured step is data
-    and loop."""
-    out = {}
-    y = torch.randint(0, 10, (BATCH,), device=device)
-    for name, fmt in (("trainer", torch.channels_last if cfg.channels_last else torch.contiguous_format),
-                      ("plain", torch.contiguous_format)):
+def step_components(cfg: Config, variant: str, device, seconds: float, images, labels, focus) -> dict:
+    """Where a step's time goes, ms per step: batch fetch, zero_grad+forward+loss+backward, optimizer step, for a
+    plain step and a trainer-style step run alternately with a timer per part, so machine load hits all six
+    parts alike. Mean over the window. (The headline rates come from whole epochs of the real trainer.)"""
+    fmt = trainer_format(cfg, variant, device)
+    plain_loader_it = _cycle(lambda epoch: plain_loader(images, labels, focus))
+    train_set = data.TrainSet(images, labels, augment=cfg.augment, focus_classes=focus, device=device)
+    ours_it = _cycle(train_set.batches)
+    routes = {}
+    for name, route_fmt, fused in (("plain", torch.contiguous_format, None), ("trainer", fmt, cfg.fused_adam)):
         torch.manual_seed(0)
-        model = models.create_model(variant).to(device=device, memory_format=fmt).train()
-        x = torch.randn(BATCH, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-
-        def fwd_bwd():
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-        out[f"{name}_fwd_bwd_ms"] = median_ms(fwd_bwd, seconds, device)
-        fused = cfg.fused_adam if name == "trainer" else None
+        model = models.create_model(variant).to(device=device, memory_format=route_fmt).train()
         opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-4, fused=fused)
-        out[f"{name}_adam_ms"] = median_ms(opt.step, seconds, device)
-    return out
+        routes[name] = (model, opt, route_fmt)
+    totals = {f"{r}_{part}_ms": 0.0 for r in routes for part in ("data", "fwd_bwd", "adam")}
+
+    def step(name, it, n_steps):
+        model, opt, route_fmt = routes[name]
+        t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device).contiguous(memory_format=route_fmt), y.to(device)
+        sync(device)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        sync(device)
+        t3 = time.perf_counter()
+        if n_steps is not None:
+            totals[f"{name}_data_ms"] += t1 - t0
+            totals[f"{name}_fwd_bwd_ms"] += t2 - t1
+            totals[f"{name}_adam_ms"] += t3 - t2
+    for _ in range(3):  # warm-up
+        step("plain", plain_loader_it, None), step("trainer", ours_it, None)
+    n, t_end = 0, time.perf_counter() + seconds
+    while n < 5 or time.perf_counter() < t_end:
+        step("plain", plain_loader_it, n)
+        step("trainer", ours_it, n)
+        n += 1
+    return {k: v / n * 1e3 for k, v in totals.items()}
 
 
-def channels_last_crashes(variant: str, device) -> bool:
-    """torch 2.14 on CPU: the oneDNN backward of a strided 1x1 conv with 2-7 input channels in channels_last
-    corrupts the heap (abort/segfault). v2 and alpha have such a dense skip from the 3-channel image."""
-    if device.type != "cpu":
-        return False
-    return any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-               and 1 < m.in_channels < 8 for m in models.create_model(variant).modules())
+def _cycle(make_epoch):
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
 
 
-def trainer_config(base: Config, variant: str, device, **changes) -> Config:
-    if base.channels_last and channels_last_crashes(variant, device):
-        changes["channels_last"] = False
-    return dataclasses.replace(base, **changes)
+def trainer_format(cfg: Config, variant: str, device) -> torch.memory_format:
+    """The memory format the trainer really uses (train.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
+    return build(cfg, variant, device)[3]
 
 
-class CpuLoad:
-    """Busy CPU-seconds of the whole machine from /proc/stat (all processes, ours included)."""
+def machine_busy_seconds() -> float:
+    """Busy CPU-seconds of the whole machine since boot, from /proc/stat (all but idle and iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Load:
+    """CPU use during a phase, in cores: the whole machine, this process and everything it started (workers, Ray's
+    daemons and trial processes; sampled every 0.5 s, so a child that lives < 0.5 s is missed), and the rest:
+    other people's processes, which this benchmark cannot control."""
 
     def __init__(self):
-        self.start = self.busy_seconds()
+        import psutil
+        import threading
+        self._psutil, self._seen, self._stop = psutil, {}, threading.Event()
+        self._sample()
+        self._base = dict(self._seen)  # CPU already spent before the phase
+        self._t0, self._busy0 = time.time(), machine_busy_seconds()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
 
-    @staticmethod
-    def busy_seconds() -> float:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-        except OSError:
-            return float("nan")
-        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    def _sample(self) -> None:
+        me = self._psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    self._seen[(p.pid, p.create_time())] = t.user + t.system
+            except self._psutil.Error:
+                pass
 
-    def since(self) -> float:
-        return self.busy_seconds() - self.start
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        wall = time.time() - self._t0
+        ours = sum(v - self._base.get(k, 0.0) for k, v in self._seen.items())
+        machine = machine_busy_seconds() - self._busy0
+        return {"wall_seconds": wall, "machine_cores": machine / wall, "ours_cores": ours / wall,
+                "other_cores": max(0.0, machine - ours) / wall}
 
 
 # --- worker processes (3 and the plain side of 4) ------------------------------------------------------------
@@ -213,20 +264,35 @@ def _work_epoch(msg, cache, device) -> dict:
                             focus_classes=data.parse_focus_classes(cfg.focus_classes)).num_samples()
     ends = []
     time.sleep(max(0.0, msg["start_at"] - time.time()))
-    cpu0 = time.process_time()
     h = train(cfg, msg["variant"], msg["seed"], trial_data=d, device=device, measure=False,
               on_epoch_end=lambda epoch, metrics, make_state: ends.append(time.time()))["history"][0]
     train_s = samples / h["train_images_per_second"]
     t_end = ends[0] - (h["epoch_seconds"] - train_s)  # the callback comes after the (tiny) validation pass
-    return {"images_per_second": h["train_images_per_second"], "start": t_end - train_s, "end": t_end,
-            "cpu_seconds": time.process_time() - cpu0}
+    return {"images_per_second": h["train_images_per_second"], "start": t_end - train_s, "end": t_end}
 
 
 def _work_trial(msg, cache, device) -> dict:
     """One whole trial exactly as the Ray trainable runs it (it loads its own data and measures latency)."""
-    t0 = time.perf_counter()
-    train(Config.from_dict(msg["cfg"]), msg["variant"], msg["seed"], device=device)
-    return {"seconds": time.perf_counter() - t0}
+    t0 = time.time()
+    history = train(Config.from_dict(msg["cfg"]), msg["variant"], msg["seed"], device=device)["history"]
+    return trial_stats(t0, time.time(), [h["epoch_seconds"] for h in history],
+                       [h["train_images_per_second"] for h in history])
+
+
+def trial_stats(start: float, end: float, epoch_seconds: list, rates: list) -> dict:
+    return {"start": start, "end": end, "seconds": end - start, "epoch_seconds": sum(epoch_seconds),
+            "train_images_per_second": statistics.mean(rates) if rates else float("nan")}
+
+
+def ray_trial_stats(uri: str, out: dict) -> list[dict]:
+    """Each Ray trial's MLflow child run: its life (run start to end) and its logged epoch times and rates."""
+    from mlflow import MlflowClient
+    client = MlflowClient(uri)
+    runs = client.search_runs([out["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    return [trial_stats(r.info.start_time / 1e3, r.info.end_time / 1e3,
+                        [m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")],
+                        [m.value for m in client.get_metric_history(r.info.run_id, "train_images_per_second")])
+            for r in runs]
 
 
 _WORK = {"epoch": _work_epoch, "trial": _work_trial}
@@ -293,7 +359,7 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
         f"{args.threads} thread(s), device {device}")
     for r in range(sizes.rounds):
         for v in args.variants:
-            cfg = trainer_config(base_cfg, v, device, epochs=1)
+            cfg = dataclasses.replace(base_cfg, epochs=1)
             order = ("trainer", "plain") if r % 2 == 0 else ("plain", "trainer")  # ABBA: drift hits both alike
             for route in order:
                 if route == "trainer":
@@ -305,7 +371,8 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
                     torch.manual_seed(r)
                     model = models.create_model(v).to(device)
                     rows[v]["plain_images_per_second"].append(plain_epoch(model, train_x, train_y, focus, device, r))
-            rows[v]["components"].append(step_components(cfg, v, device, sizes.component_seconds))
+            rows[v]["components"].append(step_components(cfg, v, device, sizes.component_seconds, train_x, train_y,
+                                                         focus))
             log(f"  round {r + 1} {v}: trainer {rows[v]['trainer_images_per_second'][-1]:.0f} img/s, "
                 f"plain {rows[v]['plain_images_per_second'][-1]:.0f} img/s")
         peaks.append(matmul_peak_gflops(device, args.threads, sizes.peak_n, sizes.peak_seconds))
@@ -315,13 +382,16 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
            "peak_all_cores_gflops_per_round": peaks_all, "peak_all_cores_gflops": statistics.median(peaks_all),
            "variants": {}}
     for v, row in rows.items():
-        cfg = trainer_config(base_cfg, v, device)
         macs = models.macs_per_image(models.create_model(v))
         t, p = statistics.median(row["trainer_images_per_second"]), statistics.median(row["plain_images_per_second"])
         comp = {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]}
         out["variants"][v] = {
-            **row, "components": comp, "macs_per_image": macs, "channels_last": cfg.channels_last,
-            "trainer_median_images_per_second": t, "plain_median_images_per_second": p, "speedup": t / p,
+            **row, "components": comp, "macs_per_image": macs,
+            "channels_last": trainer_format(base_cfg, v, device) == torch.channels_last,
+            "trainer_median_images_per_second": t, "plain_median_images_per_second": p,
+            # paired per round (the two epochs ran back to back), then the median: robust to load drifting
+            "speedup": statistics.median(a / b for a, b in zip(row["trainer_images_per_second"],
+                                                               row["plain_images_per_second"])),
             "eval_median_images_per_second": statistics.median(row["eval_images_per_second"]),
             "trainer_ms_per_step": BATCH / t * 1e3, "plain_ms_per_step": BATCH / p * 1e3,
             "trainer_gflops": 6 * macs * t / 1e9, "plain_gflops": 6 * macs * p / 1e9,
@@ -335,7 +405,7 @@ def bench_parallel(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     k, variant = args.parallel_k, "base"
     root = data.resolve_data_dir(args.data_dir)
     per_class = even_per_class(sizes.parallel_per_class, root)
-    cfg = trainer_config(base_cfg, variant, device, epochs=1)
+    cfg = dataclasses.replace(base_cfg, epochs=1)
     workers = Workers(k, 1, device)
     log(f"parallel: K={k} processes x 1 thread, {variant}, {14 * per_class} samples per epoch, {sizes.rounds} rounds")
 
@@ -348,12 +418,9 @@ def bench_parallel(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
         for r in range(sizes.rounds):
             for mode in (("single", "all") if r % 2 == 0 else ("all", "single")):
                 n = 1 if mode == "single" else k
-                load = CpuLoad()
-                t0 = time.time()
+                load = Load()
                 res = [x[0] for x in workers.run([[request(r + 1)] for _ in range(n)] + [[]] * (k - n))[:n]]
-                wall = time.time() - t0
-                ours = sum(x["cpu_seconds"] for x in res)
-                other_cores.append(max(0.0, (load.since() - ours) / wall))
+                other_cores.append(load.stop()["other_cores"])
                 if mode == "single":
                     singles.append(res[0]["images_per_second"])
                 else:
@@ -365,10 +432,11 @@ def bench_parallel(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     finally:
         workers.close()
     single, aggregate = statistics.median(singles), statistics.median(aggregates)
+    paired = statistics.median(a / (k * b) for a, b in zip(aggregates, singles))  # each round's pair ran back to back
     return {"k": k, "variant": variant, "samples_per_epoch": 14 * per_class, "single_images_per_second": singles,
             "aggregate_images_per_second": aggregates, "overlap_fraction": overlaps,
             "other_processes_cores": other_cores, "single_median": single, "aggregate_median": aggregate,
-            "efficiency": aggregate / (k * single), "channels_last": cfg.channels_last}
+            "efficiency": paired}
 
 
 def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, images_per_second: float = 0) -> dict:
@@ -381,13 +449,14 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
     if sizes.grid_train_seconds and images_per_second:
         want = round(images_per_second * sizes.grid_train_seconds / (14 * sizes.grid_epochs))  # 14 samples/class
     per_class = even_per_class(max(want, 2), root)
-    cfg = dataclasses.replace(trainer_config(base_cfg, variant, device), variants=(variant,), seeds=k,
+    cfg = dataclasses.replace(base_cfg, variants=(variant,), seeds=k,
                               epochs=sizes.grid_epochs, subset_per_class=per_class, cpus_per_trial=1,
                               gpus_per_trial=(1 / k if device.type == "cuda" else 0.0),
                               latency_batch1_calls=sizes.batch1_calls, report=False, max_failures=0)
     log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
         f"{k} at once")
-    t0 = time.perf_counter()
+    load = Load()
+    t0, plain_t0_epoch = time.perf_counter(), time.time()
     workers = Workers(k, 1, device)
     try:
         trials = workers.run([[{"kind": "trial", "cfg": cfg.to_dict(), "variant": variant, "seed": s}]
@@ -395,7 +464,9 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
     finally:
         workers.close()
     plain_wall = time.perf_counter() - t0
-    trial_seconds = [x["seconds"] for w in trials for x in w]
+    plain_load = load.stop()
+    plain_trials = [x for w in trials for x in w]
+    trial_seconds = [x["seconds"] for x in plain_trials]
     log(f"  plain train() in {k} processes: {plain_wall:.1f} s (trials {', '.join(f'{s:.0f}' for s in trial_seconds)} s)")
 
     import ray
@@ -404,7 +475,8 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
     cfg = dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "ray_results"),
                               experiment_name="bench")
     started_here = not ray.is_initialized()
-    t0 = time.perf_counter()
+    load = Load()
+    t0, t0_epoch = time.perf_counter(), time.time()
     try:
         if started_here:
             ray.init(num_cpus=k, num_gpus=1 if device.type == "cuda" else 0, include_dashboard=False,
@@ -412,6 +484,8 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
         ray_init_s = time.perf_counter() - t0
         out = run_sweep(cfg)
         ray_wall = time.perf_counter() - t0
+        ray_load = load.stop()
+        ray_trials = ray_trial_stats(cfg.tracking_uri, out)
     finally:
         if started_here:
             ray.shutdown()
@@ -422,8 +496,12 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
     log(f"  run_sweep (Ray Tune + MLflow): {ray_wall:.1f} s (ray.init {ray_init_s:.1f} s, tuner.fit "
         f"{out['wall_seconds']:.1f} s)")
     fixed = ray_wall - out["wall_seconds"]  # ray.init, driver checks, MLflow parent run, summary: once per sweep
+    fit_start = t0_epoch + fixed  # near enough: what follows tuner.fit (summary, finishing the parent) is quick
     return {"k": k, "variant": variant, "epochs": sizes.grid_epochs, "per_class": per_class,
             "plain_wall_seconds": plain_wall, "plain_trial_seconds": trial_seconds,
+            "plain_trials": plain_trials, "ray_trials": ray_trials, "plain_load": plain_load, "ray_load": ray_load,
+            "ray_first_trial_start_seconds": min(t["start"] for t in ray_trials) - fit_start,
+            "plain_first_trial_start_seconds": min(t["start"] for t in plain_trials) - plain_t0_epoch,
             "ray_wall_seconds": ray_wall, "ray_init_seconds": ray_init_s, "ray_fit_seconds": out["wall_seconds"],
             "fixed_seconds": fixed, "extra_seconds_per_wave": out["wall_seconds"] - plain_wall,
             "overhead": ray_wall / plain_wall - 1, "min_trial_seconds": min(trial_seconds)}
@@ -437,7 +515,7 @@ def bench_latency(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     rows = {v: {"latency_ms_per_image": [], "latency_ms_batch1": []} for v in args.variants}
     for _ in range(sizes.latency_repeats):
         for v in args.variants:  # variants interleaved within each repeat
-            model, _, _, fmt = build(trainer_config(base_cfg, v, device), v, device)
+            model, _, _, fmt = build(base_cfg, v, device)
             m = measure_latency(model, vx, vy, device, batch1_calls=sizes.batch1_calls, memory_format=fmt)
             for key in rows[v]:
                 rows[v][key].append(m[key])
@@ -483,20 +561,22 @@ def verdict(ok: bool, shortfall: str, cause: str) -> str:
     return "met" if ok else f"**missed** by {shortfall}: {cause}"
 
 
+def step_sum_ms(c: dict, route: str) -> float:
+    return c[f"{route}_data_ms"] + c[f"{route}_fwd_bwd_ms"] + c[f"{route}_adam_ms"]
+
+
 def throughput_cause(row: dict) -> str:
     c = row["components"]
-    t_ms, p_ms = row["trainer_ms_per_step"], row["plain_ms_per_step"]
-    ceiling = p_ms / min(c["trainer_fwd_bwd_ms"], c["plain_fwd_bwd_ms"])  # data and optimizer free, faster format
-    note = "; channels_last off (oneDNN bug, see *)" if not row["channels_last"] else (
-        f"; channels_last makes fwd+bwd {c['trainer_fwd_bwd_ms'] / c['plain_fwd_bwd_ms'] - 1:+.0%} here"
-        if c["trainer_fwd_bwd_ms"] > 1.05 * c["plain_fwd_bwd_ms"] else "")
-    if ceiling < TARGET_SPEEDUP:
-        return (f"forward+backward ({min(c['trainer_fwd_bwd_ms'], c['plain_fwd_bwd_ms']):.1f} of the plain "
-                f"{p_ms:.1f} ms) caps any speed-up at {ceiling:.2f}x: batch-4 convolutions, the same kernels in "
-                f"both routes{note}")
-    rest = t_ms - c["trainer_fwd_bwd_ms"] - c["trainer_adam_ms"]
-    return (f"fwd+bwd is {c['trainer_fwd_bwd_ms'] / t_ms:.0%} of the trainer's {t_ms:.1f} ms step (cap "
-            f"{ceiling:.2f}x); data/loop {rest:.1f} ms{note}")
+    plain, trainer = step_sum_ms(c, "plain"), step_sum_ms(c, "trainer")
+    fb = min(c["trainer_fwd_bwd_ms"], c["plain_fwd_bwd_ms"])
+    cap = plain / fb  # the speed-up if data and optimizer cost nothing and fwd+bwd took the faster format
+    fmt = " (contiguous, see *)" if not row["channels_last"] else (
+        f" (channels_last {c['trainer_fwd_bwd_ms'] / c['plain_fwd_bwd_ms'] - 1:+.0%} vs contiguous)"
+        if abs(c["trainer_fwd_bwd_ms"] / c["plain_fwd_bwd_ms"] - 1) > 0.05 else "")
+    return (f"forward+backward, the same convolutions in both routes, is {c['trainer_fwd_bwd_ms']:.1f} of the "
+            f"trainer's {trainer:.1f} ms step{fmt}; the trainer cut data+Adam from "
+            f"{plain - c['plain_fwd_bwd_ms']:.1f} to {trainer - c['trainer_fwd_bwd_ms']:.1f} ms; even at zero "
+            f"data+Adam the cap is {cap:.2f}x")
 
 
 def spread(xs) -> str:
@@ -527,8 +607,8 @@ def render(res: dict) -> str:
                      f"({worst[0]}) | {said} |")
     if par:
         e = par["efficiency"]
-        lines.append(f"| parallel efficiency >= {TARGET_EFFICIENCY} at K={par['k']} | {e:.2f} | "
-                     f"{verdict(e >= TARGET_EFFICIENCY, f'{TARGET_EFFICIENCY - e:.2f}', parallel_cause(par))} |")
+        lines.append(f"| parallel efficiency >= {TARGET_EFFICIENCY} at K={par['k']} | {e:.3f} | "
+                     f"{verdict(e >= TARGET_EFFICIENCY, f'{TARGET_EFFICIENCY - e:.3f}', parallel_cause(par))} |")
     if orch:
         o = orch["overhead"]
         projected = f"; projected for the paper's grid: {proj['orchestration_fraction']:.1%}" if proj else ""
@@ -538,7 +618,7 @@ def render(res: dict) -> str:
         lines += ["", f"## 1. Training throughput, batch {BATCH}, train mode, focused augmentation ({dev})", "",
                   f"One epoch of {tp['samples_per_epoch']} samples ({tp['per_class']}/class + focus-class copies) per "
                   f"measurement, {len(next(iter(tp['variants'].values()))['trainer_images_per_second'])} rounds "
-                  "interleaved trainer/plain, medians. Trainer: `orchestrator.train.train` with the default Config "
+                  "interleaved trainer/plain (ABBA); img/s are medians, the speed-up is the median of the per-round ratios. Trainer: `orchestrator.train.train` with the default Config "
                   "(channels_last, fused Adam, in-memory batched augmentation). Plain: torchvision-style PIL "
                   "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous.", "",
                   "| variant | trainer img/s | trainer ms/step | plain img/s | plain ms/step | speed-up | "
@@ -549,21 +629,22 @@ def render(res: dict) -> str:
                          f"{r['trainer_ms_per_step']:.2f} | {r['plain_median_images_per_second']:.0f} | "
                          f"{r['plain_ms_per_step']:.2f} | {r['speedup']:.2f}x | "
                          f"{verdict(ok, '%.2fx' % (TARGET_SPEEDUP - r['speedup']), throughput_cause(r))} |")
-        lines += ["", "Where the step time goes (ms; fwd+bwd and Adam timed alone on a fixed batch, data/loop = step "
-                  "minus both, so it carries their noise; cap = plain step / the faster fwd+bwd: the speed-up if "
-                  "data, optimizer and loop cost nothing):", "",
-                  "| variant | plain fwd+bwd | plain Adam (for-loop) | plain data/loop | trainer fwd+bwd | "
-                  "trainer Adam (fused) | trainer data/loop | cap |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Where the step time goes (ms per step; a plain and a trainer-style step run alternately on the "
+                  "same data with a timer per part, so load hits all parts alike; cap = plain step / the faster "
+                  "fwd+bwd, the speed-up if data and optimizer cost nothing):", "",
+                  "| variant | plain data | plain fwd+bwd | plain Adam (for-loop) | trainer data | trainer fwd+bwd | "
+                  "trainer Adam (fused) | speed-up of these steps | cap |", "|---|---|---|---|---|---|---|---|---|"]
         for v, r in tp["variants"].items():
-            c, t_ms, p_ms = r["components"], r["trainer_ms_per_step"], r["plain_ms_per_step"]
-            lines.append(f"| {v} | {c['plain_fwd_bwd_ms']:.2f} | {c['plain_adam_ms']:.2f} | "
-                         f"{p_ms - c['plain_fwd_bwd_ms'] - c['plain_adam_ms']:.2f} | {c['trainer_fwd_bwd_ms']:.2f} | "
-                         f"{c['trainer_adam_ms']:.2f} | {t_ms - c['trainer_fwd_bwd_ms'] - c['trainer_adam_ms']:.2f} | "
-                         f"{p_ms / min(c['trainer_fwd_bwd_ms'], c['plain_fwd_bwd_ms']):.2f}x |")
+            c = r["components"]
+            plain, trainer = step_sum_ms(c, "plain"), step_sum_ms(c, "trainer")
+            lines.append(f"| {v} | {c['plain_data_ms']:.2f} | {c['plain_fwd_bwd_ms']:.2f} | {c['plain_adam_ms']:.2f} | "
+                         f"{c['trainer_data_ms']:.2f} | {c['trainer_fwd_bwd_ms']:.2f} | {c['trainer_adam_ms']:.2f} | "
+                         f"{plain / trainer:.2f}x | "
+                         f"{plain / min(c['trainer_fwd_bwd_ms'], c['plain_fwd_bwd_ms']):.2f}x |")
         if any(not r["channels_last"] for r in tp["variants"].values()):
-            lines += ["", "\\* trainer run with channels_last off: on CPU, torch's oneDNN backward of a strided 1x1 "
-                      "conv with 2-7 input channels in channels_last corrupts the heap (the dense skip from the "
-                      "image in v2/alpha); the default Config crashes on these variants."]
+            lines += ["", "\\* the trainer keeps this variant contiguous on CPU (`train.build`): torch's oneDNN "
+                      "backward of a strided 1x1 conv with 2-7 input channels in channels_last corrupts the heap "
+                      "(the dense skip from the image in v2/alpha)."]
         lines += ["", f"## 2. Achieved FLOP rate vs measured peak ({dev})", "",
                   f"Peak: best fp32 {env['peak_n']}x{env['peak_n']} matmul, {env['threads']} thread(s): "
                   f"{tp['peak_gflops']:.1f} GFLOP/s (rounds: {', '.join(f'{x:.1f}' for x in tp['peak_gflops_per_round'])}); "
@@ -577,13 +658,13 @@ def render(res: dict) -> str:
     if par:
         lines += ["", f"## 3. Parallel efficiency ({dev})", "",
                   f"{par['variant']}, trainer epochs of {par['samples_per_epoch']} samples, {par['k']} spawned "
-                  "processes x 1 thread started together vs one alone, interleaved; efficiency = aggregate / "
+                  "processes x 1 thread started together vs one alone, interleaved; efficiency = median over rounds of aggregate / "
                   "(K x single).", "",
                   "| K | single img/s | aggregate img/s | efficiency | overlap of the K epochs | other processes' "
                   f"load (cores) | target >= {TARGET_EFFICIENCY} |", "|---|---|---|---|---|---|---|",
-                  f"| {par['k']} | {par['single_median']:.0f} | {par['aggregate_median']:.0f} | {par['efficiency']:.2f} | "
+                  f"| {par['k']} | {par['single_median']:.0f} | {par['aggregate_median']:.0f} | {par['efficiency']:.3f} | "
                   f"{min(par['overlap_fraction']):.0%} | {statistics.median(par['other_processes_cores']):.2f} | "
-                  f"{verdict(par['efficiency'] >= TARGET_EFFICIENCY, '%.2f' % (TARGET_EFFICIENCY - par['efficiency']), parallel_cause(par))} |"]
+                  f"{verdict(par['efficiency'] >= TARGET_EFFICIENCY, '%.3f' % (TARGET_EFFICIENCY - par['efficiency']), parallel_cause(par))} |"]
     if orch:
         lines += ["", f"## 4. Orchestration overhead ({dev})", "",
                   f"Grid: {orch['variant']} x {orch['k']} seeds, {orch['epochs']} epoch(s) on {orch['per_class']}/class, "
@@ -595,7 +676,18 @@ def render(res: dict) -> str:
                   f"target <= {TARGET_OVERHEAD:.0%} |", "|---|---|---|---|---|---|---|",
                   f"| {orch['plain_wall_seconds']:.1f} | {orch['ray_wall_seconds']:.1f} | {orch['ray_init_seconds']:.1f} | "
                   f"{orch['ray_fit_seconds']:.1f} | {orch['overhead']:+.1%} | {orch['min_trial_seconds']:.0f} | "
-                  f"{verdict(orch['overhead'] <= TARGET_OVERHEAD, '%.1f%%' % (100 * (orch['overhead'] - TARGET_OVERHEAD)), orchestration_cause(orch))} |"]
+                  f"{verdict(orch['overhead'] <= TARGET_OVERHEAD, '%.1f%%' % (100 * (orch['overhead'] - TARGET_OVERHEAD)), orchestration_cause(orch))} |",
+                  "", "Where it goes (medians over the trials; Ray's from each trial's MLflow run, start to end):", "",
+                  "| route | first trial began after s | trial s | of which epochs (train + validation) s | "
+                  "train img/s per trial | machine busy (cores) | ours (cores) | other processes (cores) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for route, label in (("plain", "plain processes"), ("ray", "Ray + MLflow")):
+            ts, ld = orch[f"{route}_trials"], orch[f"{route}_load"]
+            lines.append(f"| {label} | {orch[f'{route}_first_trial_start_seconds']:.1f} | "
+                         f"{statistics.median(t['seconds'] for t in ts):.1f} | "
+                         f"{statistics.median(t['epoch_seconds'] for t in ts):.1f} | "
+                         f"{statistics.median(t['train_images_per_second'] for t in ts):.0f} | "
+                         f"{ld['machine_cores']:.2f} | {ld['ours_cores']:.2f} | {ld['other_cores']:.2f} |")
     if proj:
         lines += ["", f"## 5. Projected wall time of the paper's grid ({dev})", "",
                   f"{proj['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
@@ -631,15 +723,25 @@ def parallel_cause(par: dict) -> str:
     if other > 0.2:
         return (f"other processes kept {other:.2f} cores busy during the runs, so the {par['k']} trials did not "
                 f"have {par['k']} free cores")
-    return "the K trials contend for shared memory bandwidth and cache (no other load measured)"
+    return (f"other load was low ({other:.2f} cores), so the K trials slow each other: they share the L3 cache and "
+            "memory bandwidth (and, on a VM, possibly one physical core)")
 
 
 def orchestration_cause(orch: dict) -> str:
-    short = (f"; the trials lasted {orch['min_trial_seconds']:.0f} s, under the 1 minute the target assumes, so "
-             "start-up weighs more than it would" if orch["min_trial_seconds"] < 60 else "")
-    return (f"Ray start-up and driver checks {orch['fixed_seconds']:.1f} s (once per sweep) and "
-            f"{orch['extra_seconds_per_wave']:+.1f} s more in tuner.fit than the plain processes (trial actors "
-            f"starting, checkpoints, MLflow logging, model upload) on trials of {orch['min_trial_seconds']:.0f} s{short}")
+    med = lambda route, key: statistics.median(t[key] for t in orch[f"{route}_trials"])  # noqa: E731
+    parts = [f"Ray start-up and driver checks {orch['fixed_seconds']:.1f} s (once per sweep)",
+             f"trial processes began {orch['ray_first_trial_start_seconds'] - orch['plain_first_trial_start_seconds']:+.1f} s "
+             "later than spawned ones (actor start, imports)",
+             f"trials lasted {med('ray', 'seconds') - med('plain', 'seconds'):+.1f} s longer (checkpoints, MLflow logging, "
+             f"model upload, training at {med('ray', 'train_images_per_second'):.0f} vs "
+             f"{med('plain', 'train_images_per_second'):.0f} img/s)"]
+    other = max(orch["plain_load"]["other_cores"], orch["ray_load"]["other_cores"])
+    if other > 0.2:
+        parts.append(f"other processes kept {orch['plain_load']['other_cores']:.2f} / {orch['ray_load']['other_cores']:.2f} "
+                     f"cores busy (plain / Ray phase), which stretches every step")
+    if orch["min_trial_seconds"] < 60:
+        parts.append(f"the trials lasted {orch['min_trial_seconds']:.0f} s, under the 1 minute the target assumes")
+    return "; ".join(parts)
 
 
 def reference_latency() -> dict:

@@ -56,6 +56,10 @@ def test_orchestration_overhead_runs_the_same_grid_through_ray_and_plain_process
     assert positive(orch["plain_wall_seconds"]) and positive(orch["ray_wall_seconds"])
     assert len(orch["plain_trial_seconds"]) == 1 and positive(orch["plain_trial_seconds"][0])
     assert 0 < orch["ray_fit_seconds"] <= orch["ray_wall_seconds"]
+    # The Ray side is read back from the trial's MLflow run: it trained and logged its epochs.
+    assert len(orch["ray_trials"]) == 1 and positive(orch["ray_trials"][0]["train_images_per_second"])
+    assert positive(orch["ray_trials"][0]["epoch_seconds"]) and positive(orch["plain_trials"][0]["epoch_seconds"])
+    assert positive(orch["plain_load"]["machine_cores"]) and positive(orch["ray_load"]["ours_cores"])
     env = {"device_label": "cpu (test)", "quick": True, "time": "t", "torch": "x", "cores": 2, "threads": 1, "data": "d"}
     table = bench.render({"environment": env, "orchestration": orch})
     assert "## 4. Orchestration overhead (cpu (test))" in table and "orchestration overhead <= 5%" in table
