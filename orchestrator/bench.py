@@ -355,6 +355,7 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
                 "components": []} for v in args.variants}
     peaks, peaks_all = [], []
     samples = data.TrainSet(train_x, train_y, focus_classes=focus).num_samples()
+    load = Load()
     log(f"throughput: {samples} samples per epoch ({per_class}/class + focus copies), {sizes.rounds} rounds, "
         f"{args.threads} thread(s), device {device}")
     for r in range(sizes.rounds):
@@ -377,7 +378,7 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
                 f"plain {rows[v]['plain_images_per_second'][-1]:.0f} img/s")
         peaks.append(matmul_peak_gflops(device, args.threads, sizes.peak_n, sizes.peak_seconds))
         peaks_all.append(matmul_peak_gflops(device, args.cores, sizes.peak_n, sizes.peak_seconds))
-    out = {"samples_per_epoch": samples, "per_class": per_class, "val_images": len(d.val_labels),
+    out = {"samples_per_epoch": samples, "per_class": per_class, "val_images": len(d.val_labels), "load": load.stop(),
            "peak_gflops_per_round": peaks, "peak_gflops": statistics.median(peaks),
            "peak_all_cores_gflops_per_round": peaks_all, "peak_all_cores_gflops": statistics.median(peaks_all),
            "variants": {}}
@@ -513,13 +514,14 @@ def bench_latency(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     vx, vy = vx[:sizes.latency_images], vy[:sizes.latency_images]
     log(f"latency: {len(vy)} validation images, {sizes.batch1_calls} batch-1 calls, {sizes.latency_repeats} repeats")
     rows = {v: {"latency_ms_per_image": [], "latency_ms_batch1": []} for v in args.variants}
+    load = Load()
     for _ in range(sizes.latency_repeats):
         for v in args.variants:  # variants interleaved within each repeat
             model, _, _, fmt = build(base_cfg, v, device)
             m = measure_latency(model, vx, vy, device, batch1_calls=sizes.batch1_calls, memory_format=fmt)
             for key in rows[v]:
                 rows[v][key].append(m[key])
-    return {"images": len(vy), "batch1_calls": sizes.batch1_calls, "variants": rows}
+    return {"images": len(vy), "batch1_calls": sizes.batch1_calls, "variants": rows, "load": load.stop()}
 
 
 def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: int) -> dict:
@@ -620,7 +622,8 @@ def render(res: dict) -> str:
                   f"measurement, {len(next(iter(tp['variants'].values()))['trainer_images_per_second'])} rounds "
                   "interleaved trainer/plain (ABBA); img/s are medians, the speed-up is the median of the per-round ratios. Trainer: `orchestrator.train.train` with the default Config "
                   "(channels_last, fused Adam, in-memory batched augmentation). Plain: torchvision-style PIL "
-                  "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous.", "",
+                  "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous. Other processes kept "
+                  f"{tp['load']['other_cores']:.2f} of {env['cores']} cores busy on average meanwhile.", "",
                   "| variant | trainer img/s | trainer ms/step | plain img/s | plain ms/step | speed-up | "
                   f"target >= {TARGET_SPEEDUP}x |", "|---|---|---|---|---|---|---|"]
         for v, r in tp["variants"].items():
@@ -710,7 +713,8 @@ def render(res: dict) -> str:
                   f"`measure_latency`: per image = forward + argmax on batches of 4 over {lat['images']} validation "
                   f"images (paper's definition); batch-1 = median of {lat['batch1_calls']} single-image calls. "
                   f"median [min-max] over {len(next(iter(lat['variants'].values()))['latency_ms_per_image'])} repeats, "
-                  "variants interleaved.", "",
+                  f"variants interleaved. Other processes kept {lat['load']['other_cores']:.2f} of {env['cores']} cores "
+                  "busy on average meanwhile.", "",
                   "| variant | ms/image (batches of 4) | ms batch 1 | paper ms/image (their hardware) |", "|---|---|---|---|"]
         for v, r in lat["variants"].items():
             lines.append(f"| {v} | {spread(r['latency_ms_per_image'])} | {spread(r['latency_ms_batch1'])} | "
