@@ -223,8 +223,11 @@ def run_sweep(cfg: Config) -> dict:
     tracking.MlflowClient(uri).log_metric(parent_run_id, "sweep_wall_seconds", wall_seconds)
     tracking.finish_sweep_run(uri, parent_run_id)
     if cfg.report:
-        from orchestrator.report import build_report
-        build_report(uri, cfg.experiment_name, sweep_id=sweep_id)
+        from orchestrator.report import ReportError, build_report
+        try:
+            build_report(uri, cfg.experiment_name, sweep_id=sweep_id)
+        except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
+            print(f"no report: {e}", file=sys.stderr)
     return {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
             "summary": summary, "wall_seconds": wall_seconds, "storage_path": path}
 
