@@ -58,9 +58,16 @@ def check_data(cfg: Config) -> None:
     # Reading both splits validates sizes and labels, and fails here rather than in every trial.
     train_x, train_y = data.load_cifar10(root, "train")
     data.load_cifar10(root, "test")
-    data.parse_focus_classes(cfg.focus_classes)
+    # data/ raises plain ValueError for these two; name the flag so the user knows what to change.
+    try:
+        data.parse_focus_classes(cfg.focus_classes)
+    except ValueError as e:
+        raise ConfigError(f"--focus-classes: {e}") from None
     if cfg.subset_per_class:
-        data.stratified_subset(train_x, train_y, cfg.subset_per_class, seed=0)
+        try:
+            data.stratified_subset(train_x, train_y, cfg.subset_per_class, seed=0)
+        except ValueError as e:
+            raise ConfigError(f"--subset-per-class: {e}: pass a smaller N, or 0 for all images") from None
 
 
 def check_storage(path: str) -> str:
