@@ -141,6 +141,10 @@ def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, s
     """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
     tags = {"kind": "sweep"}
     if cfg.sweep_id:
+        # It goes into an MLflow filter string: a quote there is an injection or a typo, never a sweep id.
+        if not all(c.isalnum() or c in "-_." for c in cfg.sweep_id):
+            raise SweepError(f"--sweep-id {cfg.sweep_id!r} is not a sweep id: pass the <id> of a parent run "
+                             f"named sweep-<id> (e.g. 20250101-120000-abc123)")
         tags["sweep_id"] = cfg.sweep_id
     runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
             if r.data.tags.get("sweep_status") != "finished"]
