@@ -137,14 +137,21 @@ def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def check_resumable(cfg: Config, uri: str) -> None:
+    """What --resume can refuse before opening the store, so a failed --resume leaves no new database behind."""
+    # The id goes into an MLflow filter string: a quote there is an injection or a typo, never a sweep id.
+    if cfg.sweep_id and not all(c.isalnum() or c in "-_." for c in cfg.sweep_id):
+        raise SweepError(f"--sweep-id {cfg.sweep_id!r} is not a sweep id: pass the <id> of a parent run "
+                         f"named sweep-<id> (e.g. 20250101-120000-abc123)")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise SweepError(f"no MLflow store at {uri[len('sqlite:///'):]}, so no sweep to resume: pass the "
+                         f"--tracking-uri the sweep used, or start a new sweep without --resume")
+
+
 def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, str]:
     """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
     tags = {"kind": "sweep"}
     if cfg.sweep_id:
-        # It goes into an MLflow filter string: a quote there is an injection or a typo, never a sweep id.
-        if not all(c.isalnum() or c in "-_." for c in cfg.sweep_id):
-            raise SweepError(f"--sweep-id {cfg.sweep_id!r} is not a sweep id: pass the <id> of a parent run "
-                             f"named sweep-<id> (e.g. 20250101-120000-abc123)")
         tags["sweep_id"] = cfg.sweep_id
     runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
             if r.data.tags.get("sweep_status") != "finished"]
@@ -171,6 +178,7 @@ def run_sweep(cfg: Config) -> dict:
     check_address(cfg.address)
     tracking.check_tracking(uri)
     if cfg.resume:
+        check_resumable(cfg, uri)
         experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, experiment_id)
     else:
