@@ -63,6 +63,14 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                                 f"pass a writable --tracking-uri sqlite:///path/mlflow.db") from None
         if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking store {db} is not writable: pass a writable --tracking-uri")
+        probe = db.parent / f".write-test-{os.getpid()}"
+        try:  # a full disk passes os.access; only a write finds out, and better here than after Ray started
+            probe.write_bytes(b"x" * 65536)
+        except OSError as e:
+            raise TrackingError(f"cannot write the tracking store {db} ({e.strerror}): free space or pass "
+                                f"another --tracking-uri") from None
+        finally:
+            probe.unlink(missing_ok=True)
     else:
         raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///path/to/mlflow.db or http://host:port")
 
