@@ -207,7 +207,7 @@ class Load:
     def __init__(self):
         import psutil
         import threading
-        self._psutil, self._seen, self._stop = psutil, {}, threading.Event()
+        self._psutil, self._seen, self._labels, self._stop = psutil, {}, {}, threading.Event()
         self._sample()
         self._base = dict(self._seen)  # CPU already spent before the phase
         self._t0, self._busy0 = time.time(), machine_busy_seconds()
@@ -220,7 +220,10 @@ class Load:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
-                    self._seen[(p.pid, p.create_time())] = t.user + t.system
+                    key = (p.pid, p.create_time())
+                    self._seen[key] = t.user + t.system
+                if key not in self._labels:
+                    self._labels[key] = process_label(p)
             except self._psutil.Error:
                 pass
 
@@ -233,10 +236,33 @@ class Load:
         self._thread.join()
         self._sample()
         wall = time.time() - self._t0
-        ours = sum(v - self._base.get(k, 0.0) for k, v in self._seen.items())
+        used = {k: v - self._base.get(k, 0.0) for k, v in self._seen.items()}
+        ours = sum(used.values())
+        by_label = {}
+        for k, v in used.items():
+            by_label[self._labels.get(k, "?")] = by_label.get(self._labels.get(k, "?"), 0.0) + v / wall
         machine = machine_busy_seconds() - self._busy0
         return {"wall_seconds": wall, "machine_cores": machine / wall, "ours_cores": ours / wall,
-                "other_cores": max(0.0, machine - ours) / wall}
+                "other_cores": max(0.0, machine - ours) / wall,
+                "ours_by_process_cores": dict(sorted(by_label.items(), key=lambda kv: -kv[1]))}
+
+
+def process_label(p) -> str:
+    """A short name for one of our processes: Ray's titles ('ray::ImplicitFunc'), daemons, scripts, workers."""
+    try:
+        cmd = p.cmdline()
+    except Exception:
+        return "?"
+    if not cmd:
+        return p.name()
+    if cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    if any("multiprocessing" in a for a in cmd):
+        return "spawned worker"
+    if "-m" in cmd[:-1]:
+        return "python -m " + cmd[cmd.index("-m") + 1]
+    scripts = [os.path.basename(a) for a in cmd[1:] if a.endswith(".py")]
+    return scripts[0] if scripts else os.path.basename(cmd[0])
 
 
 # --- worker processes (3 and the plain side of 4) ------------------------------------------------------------
@@ -691,6 +717,9 @@ def render(res: dict) -> str:
                          f"{statistics.median(t['epoch_seconds'] for t in ts):.1f} | "
                          f"{statistics.median(t['train_images_per_second'] for t in ts):.0f} | "
                          f"{ld['machine_cores']:.2f} | {ld['ours_cores']:.2f} | {ld['other_cores']:.2f} |")
+        for route, label in (("plain", "Plain phase"), ("ray", "Ray phase")):
+            top = list(orch[f"{route}_load"]["ours_by_process_cores"].items())[:8]
+            lines.append(f"\n{label}, our processes by CPU (cores): " + ", ".join(f"{n} {c:.2f}" for n, c in top))
     if proj:
         lines += ["", f"## 5. Projected wall time of the paper's grid ({dev})", "",
                   f"{proj['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
