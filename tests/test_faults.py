@@ -1,0 +1,259 @@
+"""Faults injected for real into real sweeps (local Ray, real MLflow): Ctrl-C on the driver, the tracking server
+going away mid-sweep, a full or read-only disk at start, a diverging trial, and a kernel that crashed trials.
+
+A SIGKILLed trial and a SIGKILLed driver are tested in test_orchestrator.py; a lost worker node in test_cluster.py.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import free_port, start_tracking_server, stop_tracking_server
+from orchestrator import run as orun
+from orchestrator import tracking
+from orchestrator.config import Config
+from test_orchestrator import EPOCH_METRICS, FINAL_METRICS, child_runs, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "resnet-revisited"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.run", "--data-dir", str(data),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"),
+            "--latency-batch1-calls", "20", "--no-report", *extra]
+
+
+def trial_runs(client: MlflowClient) -> list:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
+
+
+def epoch_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def assert_each_epoch_once(client: MlflowClient, run, epochs: int) -> None:
+    assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("failure_reason"))
+    for key in EPOCH_METRICS:
+        assert epoch_steps(client, run.info.run_id, key) == list(range(1, epochs + 1)), (run.info.run_name, key)
+    assert set(FINAL_METRICS) <= set(run.data.metrics), run.info.run_name
+    assert "failure_reason" not in run.data.tags, run.data.tags["failure_reason"]
+    assert "model/state_dict.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+
+
+# --- the driver gets Ctrl-C ---------------------------------------------------------------------------
+def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_cifar, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # The store exists before this test polls it: two processes creating one SQLite store race on its schema.
+    tracking.ensure_experiment(uri, EXPERIMENT)
+    client = MlflowClient(uri)
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "3")
+    log = tmp_path / "driver.err"
+    driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=open(log, "wb"))
+
+    def one_finished_one_mid_training():
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        try:
+            runs = trial_runs(client)
+            return (any(r.info.status == "FINISHED" for r in runs) and
+                    any(r.info.status == "RUNNING" and
+                        0 < len(epoch_steps(client, r.info.run_id, "train_loss")) < 3 for r in runs))
+        except Exception:  # the store is busy: poll again
+            return False
+    try:
+        wait_for(one_finished_one_mid_training, 420, "one finished trial and one mid-training")
+        os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: SIGINT to the foreground group
+        code = driver.wait(timeout=240)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # anything of that group still alive
+        except ProcessLookupError:
+            pass
+        driver.wait()
+    err = log.read_text(errors="replace")
+    assert code == 130, err[-3000:]
+    assert "interrupted: continue with `python -m orchestrator.run --resume`" in err.splitlines(), err[-3000:]
+    [sweep] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.kind = 'sweep'")
+    assert sweep.info.status == "KILLED" and "sweep_status" not in sweep.data.tags
+    before = {r.info.run_name: (r.info.run_id, r.info.end_time) for r in trial_runs(client)
+              if r.info.status == "FINISHED"}
+    assert 1 <= len(before) < 3, before
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = trial_runs(client)
+    assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
+    for r in runs:
+        assert_each_epoch_once(client, r, epochs=3)
+        if r.info.run_name in before:  # finished before Ctrl-C: the same run, not trained again
+            assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
+    sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
+    assert [(s.info.run_id, s.info.status) for s in sweeps] == [(sweep.info.run_id, "FINISHED")]
+
+
+# --- a kernel bug that aborted trials -----------------------------------------------------------------------
+def test_v2_and_alpha_train_in_channels_last_without_crashing_the_process(tiny_cifar):
+    """oneDNN's channels_last backward of a strided 1x1 conv with 3 input channels corrupted the heap (double
+    free / SIGSEGV) in every V2/Alpha trial; train() now keeps those models contiguous on CPU. Run in a child
+    process: a regression aborts it, not pytest."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from orchestrator.config import Config\n"
+            "from orchestrator.train import train\n"
+            f"cfg = Config(data_dir={str(tiny_cifar)!r}, epochs=1)\n"
+            "assert cfg.channels_last\n"
+            "for v in ('v2', 'alpha'):\n"
+            "    print(v, train(cfg, v, 0, measure=False)['history'][-1]['train_loss'], flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
+    assert [line.split()[0] for line in out.stdout.splitlines()] == ["v2", "alpha"]
+
+
+# --- a full or read-only disk at start ------------------------------------------------------------------
+MOUNT = """set -e
+mkdir -p "$1"
+case "$2" in
+  full) mount -t tmpfs -o size=256k tmpfs "$1"; dd if=/dev/zero of="$1/filler" bs=4k 2>/dev/null || true ;;
+  ro) mount -t tmpfs -o ro,size=256k tmpfs "$1" ;;
+esac
+shift 2
+exec "$@"
+"""
+
+
+def in_mount_namespace(mount_point: Path, mode: str, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run cmd with a real tmpfs at mount_point, filled up (full) or read-only (ro), in a private mount namespace
+    (unshare: no root needed where user namespaces are allowed; the mount vanishes with the process)."""
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", MOUNT, "sh",
+                           str(mount_point), mode, *cmd], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def can_mount(tmp_path_factory):
+    probe = in_mount_namespace(tmp_path_factory.mktemp("mount-probe") / "m", "ro", ["true"]) \
+        if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user+mount namespace here: {probe.stderr.strip() if probe else ''}")
+
+
+@pytest.mark.parametrize("mode, what, expected", [
+    ("full", "storage", "error: storage path {m}/ray_results is not writable (No space left on device): free "
+                        "space or pass another --storage-path"),
+    ("ro", "storage", "error: storage path {m}/ray_results is not writable (Read-only file system)"),
+    ("full", "tracking", "error: cannot write the tracking store {m}/mlflow.db (No space left on device)"),
+    ("ro", "tracking", "error: tracking store {m}/mlflow.db is not writable: pass a writable --tracking-uri"),
+])
+def test_full_or_read_only_disk_fails_in_one_line_before_any_trial(mode, what, expected, tiny_cifar, tmp_path,
+                                                                    can_mount):
+    m = tmp_path / "disk"
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seeds", "1", "--epochs", "1")
+    if what == "storage":
+        args[args.index("--storage-path") + 1] = str(m / "ray_results")
+    else:
+        args[args.index("--tracking-uri") + 1] = f"sqlite:///{m}/mlflow.db"
+    out = in_mount_namespace(m, mode, args)
+    err = out.stderr.strip()
+    assert out.returncode == 2, err[-3000:]
+    # One line, and nothing was started: no Ray (it would log), no store, no Tune experiment outside the mount.
+    assert err.startswith(expected.format(m=m)) and len(err.splitlines()) == 1, err[-3000:]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+# --- the tracking server goes away mid-sweep -----------------------------------------------------------
+def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
+    """SIGKILL the MLflow server once the first epoch is in its store, keep it down (5 s, plus its restart) while
+    both trials train on, restart it on the same port and store. Epochs logged meanwhile are retried by MLflow's client
+    (7 retries, exponential backoff: ~4 min) and arrive; each epoch is in the store exactly once."""
+    port, store = free_port(), tmp_path / "server"
+    server = start_tracking_server(store, port)
+    uri = f"http://127.0.0.1:{port}"
+    outage: dict = {}
+
+    def epochs_in_store() -> int:
+        try:
+            with sqlite3.connect(f"file:{store}/mlflow.db?mode=ro", uri=True, timeout=5) as db:
+                return db.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    def fault():
+        nonlocal server
+        try:
+            wait_for(lambda: epochs_in_store() >= 1, 300, "the first epoch in the store")
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            outage["down_ms"] = time.time() * 1000
+            time.sleep(5)
+            outage["restart_ms"] = time.time() * 1000
+            server = start_tracking_server(store, port)  # same port, same SQLite store and artifacts
+            outage["up_ms"] = time.time() * 1000
+        except BaseException as e:  # reported by the test thread below
+            outage["error"] = e
+    chaos = threading.Thread(target=fault, daemon=True)
+    chaos.start()
+    try:
+        cfg = Config(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), tracking_uri=uri,
+                     storage_path=str(tmp_path / "ray"), latency_batch1_calls=20, report=False)
+        out = orun.run_sweep(cfg)
+        chaos.join(timeout=300)
+        assert "error" not in outage, outage.get("error")
+        assert "up_ms" in outage, "the server was never restarted"
+        client = MlflowClient(uri)
+        runs = child_runs(uri, out["parent_run_id"])
+        assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"], "lost or duplicate runs"
+        logged_while_down = []
+        for r in runs:
+            assert_each_epoch_once(client, r, epochs=3)
+            logged_while_down += [m for key in EPOCH_METRICS for m in client.get_metric_history(r.info.run_id, key)
+                                  if outage["down_ms"] <= m.timestamp < outage["up_ms"]]
+        # The fault really hit logging: epochs were logged (client-side timestamp) while nothing listened.
+        assert logged_while_down, outage
+        assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+    finally:
+        chaos.join(timeout=300)
+        stop_tracking_server(server)
+
+
+# --- a diverging trial ------------------------------------------------------------------------------------
+def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tiny_cifar, tmp_path, local_ray,
+                                                                              monkeypatch):
+    """At lr 1e10 Base overflows to a NaN loss in its first epoch (it does from ~1e8) while V2 stays finite (up to
+    ~1e12): one real divergence beside one healthy trial of the same sweep."""
+    monkeypatch.chdir(tmp_path)  # the report goes to ./reports/<sweep id>/
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = Config(variants=("base", "v2"), seeds=1, epochs=1, lr=1e10, data_dir=str(tiny_cifar), tracking_uri=uri,
+                 storage_path=str(tmp_path / "ray"), latency_batch1_calls=20, report=True)
+    out = orun.run_sweep(cfg)
+    assert dict(zip(out["summary"].variant, out["summary"].status)) == {"base": "diverged", "v2": "done"}
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in child_runs(uri, out["parent_run_id"])}
+    assert set(runs) == {"base-seed0", "v2-seed0"}
+    failed, healthy = runs["base-seed0"], runs["v2-seed0"]
+    assert failed.info.status == "FAILED"
+    reason = failed.data.tags["failure_reason"]
+    assert reason.startswith("base-seed0: train_loss became ") and reason.endswith(" in epoch 1"), reason
+    assert epoch_steps(client, failed.info.run_id, "train_loss") == []  # nothing of the diverged epoch logged
+    # Diverging is deterministic: the trial ended without Ray retrying it from a checkpoint.
+    assert not list(Path(out["storage_path"]).glob("base-seed0/error.txt"))
+    assert healthy.info.status == "FINISHED" and "final_val_accuracy" in healthy.data.metrics
+    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+
+    report = (tmp_path / "reports" / out["sweep_id"] / "report.md").read_text()
+    failed_section = report.split("## Failed trials", 1)[1].split("## Missing trials", 1)[0]
+    assert "base-seed0" in failed_section and "FAILED" in failed_section and reason in failed_section
+    assert "v2-seed0" not in failed_section
+    assert "Incomplete variants" in report  # flagged at the top, too
