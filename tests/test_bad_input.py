@@ -192,6 +192,7 @@ def readme_table() -> str:
     rows = ["| # | Kind | Input | What you get (exit 2, before any trial starts) |", "|---|---|---|---|"]
     for i, b in enumerate(BAD_INPUTS, 1):
         got = b.expected.replace("{closed_port}", "<port>").replace("{http_port}", "<port>").replace("{tmp}/", "")
+        got = got if got.startswith("error: ") else f"error: <file>: ...{got}..."
         got = f"`{got}`" + (" (after argparse's usage text)" if b.usage else "")
         rows.append(f"| {i} | {b.kind} | {b.shown} | {got.replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
