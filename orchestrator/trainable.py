@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import ray
 import torch
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -96,14 +97,14 @@ def run_trial(config: dict) -> None:
 
 
 def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> None:
-    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model."""
+    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model
+    (`runs:/<run id>/mlflow_model`). Saved and uploaded through the client, not a fluent `start_run`, whose
+    exit would mark the run FINISHED before the trial is done with it."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state_dict.pt"
-        torch.save(model.state_dict(), path)
-        client.log_artifact(run_id, str(path), artifact_path="model")
-    with mlflow.start_run(run_id=run_id):
-        example = torch.zeros(1, 3, 32, 32).numpy()
-        mlflow.pytorch.log_model(model, name="mlflow_model", input_example=example,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+        client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
+        mlflow.pytorch.save_model(model, Path(tmp) / "mlflow_model", input_example=torch.zeros(1, 3, 32, 32).numpy(),
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        client.log_artifacts(run_id, str(Path(tmp) / "mlflow_model"), artifact_path="mlflow_model")

@@ -135,6 +135,8 @@ def assert_complete_trial_run(client, run, epochs):
     assert run.data.params["lr"] == "0.0005"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/state_dict.pt" in artifacts
+    mlflow_model = {a.path for a in client.list_artifacts(run.info.run_id, "mlflow_model")}
+    assert "mlflow_model/MLmodel" in mlflow_model, mlflow_model
 
 
 def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
@@ -206,7 +208,12 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
-    before = {r.info.run_name: r.info.end_time for r in finished_runs()}
+    # Ray's workers outlive the driver by a moment; read the store once it has stopped changing.
+    before, settled = None, {}
+    while before != settled:
+        before, _ = settled, time.sleep(3)
+        settled = {r.info.run_name: (r.info.end_time, r.info.status) for r in finished_runs()}
+    before = {name: end for name, (end, _) in before.items()}
     assert 1 <= len(before) < 3
 
     resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
