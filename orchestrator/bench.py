@@ -208,6 +208,7 @@ class Load:
         import psutil
         import threading
         self._psutil, self._seen, self._labels, self._stop = psutil, {}, {}, threading.Event()
+        self.samples = []  # (time, {label: CPU-seconds since the start}) every 0.5 s
         self._sample()
         self._base = dict(self._seen)  # CPU already spent before the phase
         self._t0, self._busy0 = time.time(), machine_busy_seconds()
@@ -226,6 +227,22 @@ class Load:
                     self._labels[key] = process_label(p)
             except self._psutil.Error:
                 pass
+        if hasattr(self, "_base"):
+            self.samples.append((time.time(), self._by_label()))
+
+    def _by_label(self) -> dict:
+        out = {}
+        for k, v in self._seen.items():
+            out[self._labels.get(k, "?")] = out.get(self._labels.get(k, "?"), 0.0) + v - self._base.get(k, 0.0)
+        return out
+
+    def cores_between(self, t0: float, t1: float) -> dict | None:
+        """Our CPU by process label between two times (nearest samples), in cores; None if too short."""
+        inside = [(t, c) for t, c in self.samples if t0 <= t <= t1]
+        if len(inside) < 4:
+            return None
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        return {k: (b.get(k, 0.0) - a.get(k, 0.0)) / (tb - ta) for k in b}
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -236,15 +253,15 @@ class Load:
         self._thread.join()
         self._sample()
         wall = time.time() - self._t0
-        used = {k: v - self._base.get(k, 0.0) for k, v in self._seen.items()}
-        ours = sum(used.values())
-        by_label = {}
-        for k, v in used.items():
-            by_label[self._labels.get(k, "?")] = by_label.get(self._labels.get(k, "?"), 0.0) + v / wall
+        by_label = {k: v / wall for k, v in self._by_label().items()}
+        ours = sum(by_label.values()) * wall
         machine = machine_busy_seconds() - self._busy0
         return {"wall_seconds": wall, "machine_cores": machine / wall, "ours_cores": ours / wall,
                 "other_cores": max(0.0, machine - ours) / wall,
                 "ours_by_process_cores": dict(sorted(by_label.items(), key=lambda kv: -kv[1]))}
+
+
+RAY_WORKER = "Ray workers (trials)"
 
 
 def process_label(p) -> str:
@@ -255,8 +272,8 @@ def process_label(p) -> str:
         return "?"
     if not cmd:
         return p.name()
-    if cmd[0].startswith("ray::"):
-        return cmd[0].split()[0]
+    if cmd[0].startswith("ray::") or any(a.endswith(("default_worker.py", "setup_worker.py")) for a in cmd):
+        return RAY_WORKER
     if any("multiprocessing" in a for a in cmd):
         return "spawned worker"
     if "-m" in cmd[:-1]:
@@ -513,6 +530,9 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
         ray_wall = time.perf_counter() - t0
         ray_load = load.stop()
         ray_trials = ray_trial_stats(cfg.tracking_uri, out)
+        # Ray's own CPU while all K trials train: its steady cost over a long sweep (start-up is counted apart)
+        steady = load.cores_between(max(t["start"] for t in ray_trials) + 2, min(t["end"] for t in ray_trials) - 2)
+        ray_load["steady_by_process_cores"] = steady or ray_load["ours_by_process_cores"]
     finally:
         if started_here:
             ray.shutdown()
@@ -531,7 +551,23 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
             "plain_first_trial_start_seconds": min(t["start"] for t in plain_trials) - plain_t0_epoch,
             "ray_wall_seconds": ray_wall, "ray_init_seconds": ray_init_s, "ray_fit_seconds": out["wall_seconds"],
             "fixed_seconds": fixed, "extra_seconds_per_wave": out["wall_seconds"] - plain_wall,
+            **structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_t0_epoch, t0_epoch + fixed,
+                                  ray_load, k),
             "overhead": ray_wall / plain_wall - 1, "min_trial_seconds": min(trial_seconds)}
+
+
+def structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_start, fit_start, ray_load, k) -> dict:
+    """What Ray + MLflow add, from parts that hardly depend on outside load: start-up once, how much later the
+    trials begin, trial time outside the epochs (checkpoints, logging, model upload), and the CPU share of Ray's
+    daemons and driver (everything of ours in the Ray phase that is not a trial worker), against K trial cores."""
+    med = lambda ts, f: statistics.median(f(t) for t in ts)  # noqa: E731
+    late = max(0.0, min(t["start"] for t in ray_trials) - fit_start - (min(t["start"] for t in plain_trials) - plain_start))
+    outside = max(0.0, med(ray_trials, lambda t: t["seconds"] - t["epoch_seconds"])
+                  - med(plain_trials, lambda t: t["seconds"] - t["epoch_seconds"]))
+    steady = ray_load["steady_by_process_cores"]
+    daemons = max(0.0, sum(steady.values()) - steady.get(RAY_WORKER, 0.0))
+    return {"late_start_seconds": late, "outside_epochs_extra_seconds": outside, "daemon_cores": daemons,
+            "structural_overhead": (fixed + late + outside) / plain_wall + daemons / k}
 
 
 def bench_latency(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
@@ -574,7 +610,10 @@ def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: 
     trainer_s, plain_s = serial["trainer"] / (k * eff), serial["plain"] / (k * eff)
     orchestration_s = 0.0
     if orch:
-        orchestration_s = max(0.0, orch["fixed_seconds"]) + max(0.0, orch["extra_seconds_per_wave"]) * trials / k
+        # once per sweep, then per wave of K trials, plus the daemons' share of the cores all along
+        orchestration_s = (max(0.0, orch["fixed_seconds"])
+                           + (orch["late_start_seconds"] + orch["outside_epochs_extra_seconds"]) * trials / k
+                           + orch["daemon_cores"] / k * trainer_s)
     peak = max(tp["peak_all_cores_gflops"], tp["peak_gflops"])  # under outside load all cores can measure lower
     return {"k": k, "efficiency": eff, "variants_measured": len(tp["variants"]), "trials": trials,
             "trainer_wall_seconds": trainer_s + orchestration_s, "orchestration_seconds": orchestration_s,
@@ -638,10 +677,11 @@ def render(res: dict) -> str:
         lines.append(f"| parallel efficiency >= {TARGET_EFFICIENCY} at K={par['k']} | {e:.3f} | "
                      f"{verdict(e >= TARGET_EFFICIENCY, f'{TARGET_EFFICIENCY - e:.3f}', parallel_cause(par))} |")
     if orch:
-        o = orch["overhead"]
+        o, judged, how = orchestration_judged(orch)
         projected = f"; projected for the paper's grid: {proj['orchestration_fraction']:.1%}" if proj else ""
-        lines.append(f"| orchestration overhead <= {TARGET_OVERHEAD:.0%} | {o:+.1%} on this grid{projected} | "
-                     f"{verdict(o <= TARGET_OVERHEAD, f'{o - TARGET_OVERHEAD:.1%}', orchestration_cause(orch))} |")
+        lines.append(f"| orchestration overhead <= {TARGET_OVERHEAD:.0%} | wall {o:+.1%} on this grid, structural "
+                     f"{orch['structural_overhead']:.1%}{projected} | {how}"
+                     f"{verdict(judged <= TARGET_OVERHEAD, f'{judged - TARGET_OVERHEAD:.1%}', orchestration_cause(orch))} |")
     if tp:
         lines += ["", f"## 1. Training throughput, batch {BATCH}, train mode, focused augmentation ({dev})", "",
                   f"One epoch of {tp['samples_per_epoch']} samples ({tp['per_class']}/class + focus-class copies) per "
@@ -701,11 +741,14 @@ def render(res: dict) -> str:
                   f"`train()` looped in {orch['k']} spawned processes (process start included). Ray: `ray.init` + "
                   "`orchestrator.run.run_sweep` (Tune, per-epoch checkpoints, MLflow SQLite in a temp dir, model "
                   "logging, system metrics; report off). One run each.", "",
-                  "| plain wall s | Ray+MLflow wall s | of which ray.init s | tuner.fit s | overhead | shortest trial s | "
-                  f"target <= {TARGET_OVERHEAD:.0%} |", "|---|---|---|---|---|---|---|",
+                  "| plain wall s | Ray+MLflow wall s | of which ray.init s | tuner.fit s | wall overhead | structural "
+                  "overhead | shortest trial s |", "|---|---|---|---|---|---|---|",
                   f"| {orch['plain_wall_seconds']:.1f} | {orch['ray_wall_seconds']:.1f} | {orch['ray_init_seconds']:.1f} | "
-                  f"{orch['ray_fit_seconds']:.1f} | {orch['overhead']:+.1%} | {orch['min_trial_seconds']:.0f} | "
-                  f"{verdict(orch['overhead'] <= TARGET_OVERHEAD, '%.1f%%' % (100 * (orch['overhead'] - TARGET_OVERHEAD)), orchestration_cause(orch))} |",
+                  f"{orch['ray_fit_seconds']:.1f} | {orch['overhead']:+.1%} | {orch['structural_overhead']:.1%} | "
+                  f"{orch['min_trial_seconds']:.0f} |", "",
+                  "Structural = (start-up once + later trial start + extra trial time outside the epochs) / plain wall "
+                  "+ the CPU of Ray's daemons and driver / K: the parts that outside load hardly moves. The wall ratio "
+                  "is judged when both phases saw about the same outside load, the structural one otherwise.",
                   "", "Where it goes (medians over the trials; Ray's from each trial's MLflow run, start to end):", "",
                   "| route | first trial began after s | trial s | of which epochs (train + validation) s | "
                   "train img/s per trial | machine busy (cores) | ours (cores) | other processes (cores) |",
@@ -717,15 +760,17 @@ def render(res: dict) -> str:
                          f"{statistics.median(t['epoch_seconds'] for t in ts):.1f} | "
                          f"{statistics.median(t['train_images_per_second'] for t in ts):.0f} | "
                          f"{ld['machine_cores']:.2f} | {ld['ours_cores']:.2f} | {ld['other_cores']:.2f} |")
-        for route, label in (("plain", "Plain phase"), ("ray", "Ray phase")):
-            top = list(orch[f"{route}_load"]["ours_by_process_cores"].items())[:8]
+        for label, by in (("Plain phase", orch["plain_load"]["ours_by_process_cores"]),
+                          ("Ray phase", orch["ray_load"]["ours_by_process_cores"]),
+                          ("Ray phase while all trials trained", orch["ray_load"]["steady_by_process_cores"])):
+            top = sorted(by.items(), key=lambda kv: -kv[1])[:8]
             lines.append(f"\n{label}, our processes by CPU (cores): " + ", ".join(f"{n} {c:.2f}" for n, c in top))
     if proj:
         lines += ["", f"## 5. Projected wall time of the paper's grid ({dev})", "",
                   f"{proj['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
                   f"of 10,000 + the latency measurement, from the rates above; {proj['k']} trials at once at "
-                  f"efficiency {proj['efficiency']:.2f}. Ray/MLflow: the measured start-up once plus the measured "
-                  f"extra per wave of {proj['k']} trials ({hours(proj['orchestration_seconds'])}, "
+                  f"efficiency {proj['efficiency']:.2f}. Ray/MLflow: the measured start-up once, the later start and "
+                  f"extra time outside the epochs per wave of {proj['k']} trials, and its daemons' CPU share ({hours(proj['orchestration_seconds'])}, "
                   f"{proj['orchestration_fraction']:.1%} of the wall time). Floor = total FLOPs / the best measured "
                   "matmul rate of the machine."
                   + (f" Only {proj['variants_measured']} variant(s) measured: the figures cover those only."
@@ -760,20 +805,30 @@ def parallel_cause(par: dict) -> str:
             "memory bandwidth (and, on a VM, possibly one physical core)")
 
 
+def orchestration_judged(orch: dict) -> tuple[float, float, str]:
+    """(wall overhead, the figure judged against the target, a note saying which one and why)."""
+    o = orch["overhead"]
+    gap = orch["ray_load"]["other_cores"] - orch["plain_load"]["other_cores"]
+    if abs(gap) > 0.25:
+        return o, orch["structural_overhead"], (
+            f"judged on the structural figure: outside load differed by {gap:+.2f} cores between the phases, "
+            "which the wall ratio cannot separate from Ray's cost; ")
+    return o, o, ""
+
+
 def orchestration_cause(orch: dict) -> str:
-    med = lambda route, key: statistics.median(t[key] for t in orch[f"{route}_trials"])  # noqa: E731
     parts = [f"Ray start-up and driver checks {orch['fixed_seconds']:.1f} s (once per sweep)",
-             f"trial processes began {orch['ray_first_trial_start_seconds'] - orch['plain_first_trial_start_seconds']:+.1f} s "
-             "later than spawned ones (actor start, imports)",
-             f"trials lasted {med('ray', 'seconds') - med('plain', 'seconds'):+.1f} s longer (checkpoints, MLflow logging, "
-             f"model upload, training at {med('ray', 'train_images_per_second'):.0f} vs "
-             f"{med('plain', 'train_images_per_second'):.0f} img/s)"]
+             f"trials began {orch['late_start_seconds']:.1f} s later (actor start, imports)",
+             f"{orch['outside_epochs_extra_seconds']:.1f} s more per trial outside the epochs (checkpoints, MLflow "
+             "logging, model upload)",
+             f"Ray's daemons and driver used {orch['daemon_cores']:.2f} cores while the trials trained"]
     other = max(orch["plain_load"]["other_cores"], orch["ray_load"]["other_cores"])
     if other > 0.2:
         parts.append(f"other processes kept {orch['plain_load']['other_cores']:.2f} / {orch['ray_load']['other_cores']:.2f} "
-                     f"cores busy (plain / Ray phase), which stretches every step")
+                     f"cores busy (plain / Ray phase)")
     if orch["min_trial_seconds"] < 60:
-        parts.append(f"the trials lasted {orch['min_trial_seconds']:.0f} s, under the 1 minute the target assumes")
+        parts.append(f"the trials lasted {orch['min_trial_seconds']:.0f} s, under the 1 minute the target assumes, so "
+                     "start-up weighs more than it would")
     return "; ".join(parts)
 
 
