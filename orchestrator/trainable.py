@@ -97,14 +97,18 @@ def run_trial(config: dict) -> None:
 
 
 def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> None:
-    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model
-    (`runs:/<run id>/mlflow_model`). Saved and uploaded through the client, not a fluent `start_run`, whose
-    exit would mark the run FINISHED before the trial is done with it."""
+    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model (a
+    LoggedModel linked to the run, `mlflow_model`)."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
         client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
-        mlflow.pytorch.save_model(model, Path(tmp) / "mlflow_model", input_example=torch.zeros(1, 3, 32, 32).numpy(),
-                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        client.log_artifacts(run_id, str(Path(tmp) / "mlflow_model"), artifact_path="mlflow_model")
+    mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
+    try:
+        mlflow.pytorch.log_model(model, name="mlflow_model", input_example=torch.zeros(1, 3, 32, 32).numpy(),
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    finally:
+        # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged. (Ending the
+        # fluent run as FINISHED here let a resumed sweep see the run change after it looked finished.)
+        mlflow.end_run(status="RUNNING")

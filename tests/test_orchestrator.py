@@ -135,8 +135,9 @@ def assert_complete_trial_run(client, run, epochs):
     assert run.data.params["lr"] == "0.0005"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/state_dict.pt" in artifacts
-    mlflow_model = {a.path for a in client.list_artifacts(run.info.run_id, "mlflow_model")}
-    assert "mlflow_model/MLmodel" in mlflow_model, mlflow_model
+    models_logged = client.search_logged_models([run.info.experiment_id],
+                                                filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.status for m in models_logged] == ["READY"], models_logged
 
 
 def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
