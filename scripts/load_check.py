@@ -23,7 +23,7 @@ EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
                  "train_images_per_second"]
 FINAL_METRICS = ["param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
                  "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1"]
-ARTIFACTS = ["model/state_dict.pt (run artifact)", "MLmodel (the run's READY logged model)"]
+ARTIFACTS = ["model/state_dict.pt", "the MLflow model's MLmodel (under the run, or its READY logged model)"]
 
 
 def tiny_dataset(root: Path) -> Path:
@@ -38,6 +38,7 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
           storage_path: str) -> list[tuple[str, int, int]]:
     """(what, expected, found) for everything one sweep must have left in the store."""
     from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
     children, token = [], None
@@ -48,7 +49,7 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
         token = page.token
         if not token:
             break
-    logged_models: dict[str, list] = {}  # MLflow 3: log_model makes a LoggedModel linked to its source run
+    logged_models: dict[str, list] = {}  # MLflow 3's log_model makes a LoggedModel linked to its source run
     token = None
     while True:
         page = client.search_logged_models([parent.info.experiment_id], max_results=100, page_token=token)
@@ -67,10 +68,14 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
             metric_points += len(steps) if sorted(steps) == list(range(1, epochs + 1)) else 0
         final_metrics += sum(key in r.data.metrics for key in FINAL_METRICS)
         params_ok += {"variant", "seed", "lr", "epochs", "batch_size"} <= set(r.data.params)
-        artifacts += "model/state_dict.pt" in {a.path for a in client.list_artifacts(r.info.run_id, "model")}
-        artifacts += any(m.status == "READY" and r.info.run_id == m.source_run_id and "MLmodel" in
-                         {a.path for a in client.list_logged_model_artifacts(m.model_id)}
-                         for m in logged_models.get(r.info.run_id, []))
+        # The run's own artifact store, listed directly (the client's runs:/ listing also looks up logged
+        # models through the default tracking URI, i.e. ./mlflow.db).
+        repo = get_artifact_repository(r.info.artifact_uri)
+        artifacts += "model/state_dict.pt" in {a.path for a in repo.list_artifacts("model")}
+        artifacts += ("mlflow_model/MLmodel" in {a.path for a in repo.list_artifacts("mlflow_model")} or
+                      any(m.status == "READY" and "MLmodel" in
+                          {a.path for a in client.list_logged_model_artifacts(m.model_id)}
+                          for m in logged_models.get(r.info.run_id, [])))
     sweeps = client.search_runs([parent.info.experiment_id], f"tags.sweep_id = '{parent.data.tags['sweep_id']}' "
                                 f"and tags.kind = 'sweep'")
     attempts_failed = list(Path(storage_path).glob("*/error.txt"))
