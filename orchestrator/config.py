@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -88,7 +89,7 @@ class Config:
             (len(set(self.seed_list)) == len(self.seed_list), f"--seed-list has repeated seeds: {self.seed_list}"),
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
-            (self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a finite number > 0 (got {self.lr})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1/--beta2 must be in [0, 1)"),
             (0 < self.lr_factor < 1, f"--lr-factor must be in (0, 1) (got {self.lr_factor})"),

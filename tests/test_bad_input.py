@@ -122,7 +122,7 @@ BAD_INPUTS = [
              "error: argument --seed-list: expected a comma-separated list of int, got '1,x'", usage=True),
     BadInput("CLI value", "`--epochs 1.5`", ("--epochs", "1.5"),
              "error: argument --epochs: expected int, got '1.5'", usage=True),
-    BadInput("CLI value", "`--lr nan`", ("--lr", "nan"), "error: --lr must be > 0 (got nan)"),
+    BadInput("CLI value", "`--lr nan`", ("--lr", "nan"), "error: --lr must be a finite number > 0 (got nan)"),
     BadInput("CLI value", "`--beta1 1`", ("--beta1", "1"), "error: --beta1/--beta2 must be in [0, 1)"),
     BadInput("CLI value", "`--augment flip`", ("--augment", "flip"),
              "error: argument --augment: invalid choice: 'flip'", usage=True),
