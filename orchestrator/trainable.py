@@ -15,6 +15,7 @@ import mlflow
 import mlflow.pytorch
 import ray
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
@@ -104,6 +105,14 @@ def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
         client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
+    # A retried trial may find the model of an earlier attempt: READY means it is already logged; PENDING (or
+    # FAILED) means that attempt died mid-upload, and the half-logged model must not linger beside the new one.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    earlier = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    if any(m.status == LoggedModelStatus.READY for m in earlier):
+        return
+    for m in earlier:
+        client.delete_logged_model(m.model_id)
     mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
     try:
         mlflow.pytorch.log_model(model, name="mlflow_model", input_example=torch.zeros(1, 3, 32, 32).numpy(),

@@ -257,3 +257,32 @@ def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tin
     assert "base-seed0" in failed_section and "FAILED" in failed_section and reason in failed_section
     assert "v2-seed0" not in failed_section
     assert "Incomplete variants" in report  # flagged at the top, too
+
+
+def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_ready_one(tracking_server):
+    """Issue 8 (seen in CI): a node died inside `log_model`, leaving a PENDING LoggedModel; the retried trial must
+    end with exactly one READY model for the run, and a second call after success must not add another."""
+    import mlflow
+    import torch
+
+    from models import create_model
+    from orchestrator.trainable import _log_model
+
+    uri, _, _ = tracking_server
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("half-logged")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.create_logged_model(experiment_id, name="mlflow_model", source_run_id=run_id)  # the dead attempt's
+
+    def statuses():
+        found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        return [m.status.value for m in found]
+
+    assert statuses() == ["PENDING"]
+    model = create_model("base")
+    _log_model(run_id, model, torch.device("cpu"))
+    assert statuses() == ["READY"]
+    _log_model(run_id, model, torch.device("cpu"))  # a retry after the model was fully logged
+    assert statuses() == ["READY"]
+    assert client.get_run(run_id).info.status == "RUNNING"  # the trial, not _log_model, ends the run
