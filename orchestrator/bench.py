@@ -13,7 +13,6 @@ Writes bench/results/bench-<quick|full>-<time>.{md,json} and prints the Markdown
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import multiprocessing as mp
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 import data
 import models
 from data.bench import plain_loader
-from orchestrator.config import Config
+from orchestrator.config import ArgumentParser, Config
 from orchestrator.latency import cpu_model, measure_latency, torch_threads
 from orchestrator.train import TrialData, build, train
 
@@ -852,7 +851,7 @@ def even_per_class(want: int, root) -> int:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny epochs, short trials, fewer repeats")
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10)")
     ap.add_argument("--variants", default=",".join(models.list_models()), help="comma-separated variants")

@@ -136,8 +136,15 @@ def _positive_or_any(kind):
     return parse
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (argparse's own message and where help is), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "python -m orchestrator.run", description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    parser = ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):

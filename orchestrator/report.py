@@ -8,7 +8,6 @@ output folder, prints the tables, and logs every file as an artifact of the swee
 `report/`. Failed or missing trials are never averaged in silently: n is shown per variant and a variant
 with fewer finished seeds than requested is flagged in every table.
 """
-import argparse
 import math
 import re
 import sys
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from models import reference  # noqa: E402
 from orchestrator import stats  # noqa: E402
+from orchestrator.config import ArgumentParser  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_EXPERIMENT = "resnet-revisited"
@@ -562,7 +562,7 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default %(default)s)")
     p.add_argument("--experiment-name", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default %(default)s)")
     p.add_argument("--sweep", default=None, help="sweep id (default: the latest finished sweep)")

@@ -6,7 +6,6 @@ does not have yet, so a restarted trial never logs an epoch twice and never skip
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from orchestrator.config import ArgumentParser
 
 # Fail fast when a server is down at start-up; trials keep MLflow's default retries (minutes).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -260,7 +261,7 @@ def _detach(cmd: list[str], uri: str, run_dir: Path, timeout_s: float = 180.0) -
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.tracking",
+    p = ArgumentParser(prog="python -m orchestrator.tracking",
                                 description="Start an MLflow tracking server for this project.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run `mlflow server` over this project's store (binds 127.0.0.1 by default)")
