@@ -240,7 +240,10 @@ def run_sweep(cfg: Config) -> dict:
     summary = summarize(results)
     print(f"\nsweep {sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
     tracking.MlflowClient(uri).log_metric(parent_run_id, "sweep_wall_seconds", wall_seconds)
-    tracking.finish_sweep_run(uri, parent_run_id)
+    failed_trials = close_errored_runs(uri, experiment_id, sweep_id, results)
+    # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
+    # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
+    tracking.finish_sweep_run(uri, parent_run_id, "FAILED" if failed_trials else "FINISHED")
     if cfg.report:
         from orchestrator.report import ReportError, build_report
         try:
@@ -248,7 +251,34 @@ def run_sweep(cfg: Config) -> dict:
         except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
             print(f"no report: {e}", file=sys.stderr)
     return {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-            "summary": summary, "wall_seconds": wall_seconds, "storage_path": path}
+            "summary": summary, "wall_seconds": wall_seconds, "storage_path": path, "failed_trials": failed_trials}
+
+
+def variant_seed(result) -> tuple[str, int]:
+    if result.config:
+        return result.config["variant"], int(result.config["seed"])
+    # Failed before its first report, so Ray kept no config; its folder is named <variant>-seed<k>.
+    variant, _, seed = Path(result.path).name.rpartition("-seed")
+    return variant, int(seed)
+
+
+def close_errored_runs(uri: str, experiment_id: str, sweep_id: str, results) -> list[str]:
+    """Names of the trials Ray gave up on. A trial killed outright (OOM, SIGKILL, lost node) could not end its
+    own MLflow run: mark it FAILED with Ray's error, so the UI doesn't show it running forever."""
+    failed = []
+    client = tracking.MlflowClient(uri)
+    for r in results:
+        if not r.error:
+            continue
+        variant, seed = variant_seed(r)
+        failed.append(f"{variant}-seed{seed}")
+        for run in tracking.find_runs(uri, experiment_id, kind="trial", sweep_id=sweep_id, variant=variant,
+                                      seed=str(seed)):
+            if run.info.status == "RUNNING":
+                first_line = (str(r.error).strip().splitlines() or [""])[0]
+                client.set_tag(run.info.run_id, "failure_reason", f"{type(r.error).__name__}: {first_line}"[:4000])
+                client.set_terminated(run.info.run_id, status="FAILED")
+    return sorted(failed)
 
 
 def summarize(results):
@@ -257,11 +287,7 @@ def summarize(results):
     for r in results:
         m = r.metrics or {}
         status = "error" if r.error else ("diverged" if m.get("diverged") else "done")
-        if r.config:
-            variant, seed = r.config["variant"], r.config["seed"]
-        else:  # failed before its first report, so Ray kept no config; its folder is named <variant>-seed<k>
-            variant, _, seed = Path(r.path).name.rpartition("-seed")
-            seed = int(seed)
+        variant, seed = variant_seed(r)
         rows.append({"variant": variant, "seed": seed, "status": status,
                      **{c: m.get(c) for c in TABLE_COLUMNS[3:]}})
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -271,13 +297,20 @@ def summarize(results):
 def main(argv=None) -> int:
     try:
         cfg = parse_config(argv, description=__doc__.splitlines()[0])
-        run_sweep(cfg)
+        out = run_sweep(cfg)
     except (ConfigError, data.DataError, tracking.TrackingError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
+    if out["failed_trials"]:
+        n, total = len(out["failed_trials"]), len(out["summary"])
+        print(f"error: {n} of {total} trials failed after --max-failures {cfg.max_failures} restarts "
+              f"({', '.join(out['failed_trials'])}): each run's failure_reason in MLflow and error.txt "
+              f"under {out['storage_path']} say why; `python -m orchestrator.run --resume --sweep-id {out['sweep_id']}` retries "
+              f"them", file=sys.stderr)
+        return 1
     return 0
 
 

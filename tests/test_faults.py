@@ -228,6 +228,38 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         stop_tracking_server(server)
 
 
+
+# --- a trial out of retries ----------------------------------------------------------------------------
+def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_only_it(tiny_cifar, tmp_path, local_ray,
+                                                                                     monkeypatch, capsys):
+    """With --max-failures 0, one SIGKILL is final: the sweep still finishes the other trial, marks the killed
+    trial's run FAILED with Ray's error (it could not end its own run), exits 1 saying which trial and how to
+    retry, and `--resume` retries just that trial from its checkpoint."""
+    from orchestrator.trainable import FAULT_ENV
+    monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "2",
+                       "--max-failures", "0")[3:]
+    assert orun.main(args) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 trials failed after --max-failures 0 restarts (base-seed1)"), last
+    assert "--resume --sweep-id" in last
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {r.info.run_name: r for r in trial_runs(client)}
+    assert runs["base-seed1"].info.status == "FAILED" and runs["base-seed1"].data.tags["failure_reason"]
+    assert_each_epoch_once(client, runs["base-seed0"], epochs=2)
+    finished_at = runs["base-seed0"].info.end_time
+    sweep = client.search_runs([runs["base-seed0"].info.experiment_id], "tags.kind = 'sweep'")[0]
+    assert sweep.info.status == "FAILED" and sweep.data.tags["sweep_status"] == "failed"
+
+    assert orun.main(driver_args(tmp_path, tiny_cifar, "--resume")[3:]) == 0
+    runs = {r.info.run_name: r for r in trial_runs(client)}
+    assert sorted(runs) == ["base-seed0", "base-seed1"]  # the retry continued the same run
+    for r in runs.values():
+        assert_each_epoch_once(client, r, epochs=2)
+    assert runs["base-seed0"].info.end_time == finished_at  # the finished trial was not run again
+    assert client.get_run(sweep.info.run_id).data.tags["sweep_status"] == "finished"
+
+
 # --- a diverging trial ------------------------------------------------------------------------------------
 def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tiny_cifar, tmp_path, local_ray,
                                                                               monkeypatch):
