@@ -21,6 +21,13 @@ import models
 from orchestrator.config import Config
 from orchestrator.latency import measure_latency
 
+# What `train` reports, hence what every trial logs to MLflow: per epoch (step = epoch), and once at the end
+# (step 0; the latencies only when measured). Tests and scripts/load_check.py check runs against these names.
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+                 "train_images_per_second")
+FINAL_METRICS = ("param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
+                 "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1")
+
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss; retrying the same seed would diverge again."""

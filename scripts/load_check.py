@@ -18,11 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from orchestrator.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
-EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-                 "train_images_per_second"]
-FINAL_METRICS = ["param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
-                 "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1"]
 ARTIFACTS = ["model/state_dict.pt", "the MLflow model's MLmodel (under the run, or its READY logged model)"]
 
 

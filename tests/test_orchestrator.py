@@ -17,13 +17,9 @@ import models
 
 from orchestrator import run as orun
 from orchestrator.config import Config, build_parser, parse_config
-from orchestrator.train import load_trial_data, train
+from orchestrator.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
 from orchestrator.trainable import FAULT_ENV
 
-EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-                 "train_images_per_second"]
-FINAL_METRICS = ["param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
-                 "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -78,6 +74,8 @@ def test_every_variant_trains_with_the_default_kernels(variant, tiny_cifar):
     cfg = Config(data_dir=str(tiny_cifar), epochs=1)
     result = train(cfg, variant, 0, measure=False)
     assert math.isfinite(result["history"][0]["train_loss"])
+    assert set(result["history"][0]) == {"epoch", *EPOCH_METRICS}  # the names trials log and tests check
+    assert set(result["final"]) == set(FINAL_METRICS) - {"latency_ms_per_image", "latency_ms_batch1"}
     assert result["final"]["param_count"] == models.count_parameters(models.create_model(variant))
 
 
