@@ -1,9 +1,11 @@
-"""One typed configuration with the paper's defaults; every field is one CLI flag (`--field-name`)."""
+"""One typed configuration with the paper's defaults; every field is one CLI flag (`--field-name`) and one key of
+an optional TOML file (`--config`; flags given on the command line win over the file)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import tomllib
 import typing
 from dataclasses import dataclass, field
 
@@ -146,6 +148,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser(prog: str = "python -m orchestrator.run", description: str = "") -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default="", metavar="FILE.toml",
+                        help="read field values from a TOML file (keys are these flags without the leading --: "
+                             "epochs = 2, variants = [\"base\", \"v6\"]); flags given here override it")
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -163,6 +168,69 @@ def build_parser(prog: str = "python -m orchestrator.run", description: str = ""
     return parser
 
 
+def _from_toml(path: str, key: str, value, hint):
+    """A TOML value as the field's type: the same values the flag takes (lists may also be comma strings)."""
+    def wrong(kind: str):
+        return ConfigError(f"config file {path}: {key} must be {kind} (got {value!r}): fix that line, e.g. "
+                           f"{key} = {_toml_example(hint)}")
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, str):
+            try:
+                return _parse_tuple(item)(value)
+            except argparse.ArgumentTypeError:
+                raise wrong(f"a list of {item.__name__}") from None
+        if isinstance(value, list) and all(isinstance(x, item) and not isinstance(x, bool) for x in value):
+            return tuple(value)
+        raise wrong(f"a list of {item.__name__}")
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise wrong({bool: "true or false", int: "an integer", float: "a number", str: "a quoted string"}[hint])
+    return value
+
+
+def _toml_example(hint) -> str:
+    return {bool: "true", int: "2", float: "0.0005", str: '"..."'}.get(hint, '["base", "v6"]')
+
+
+def load_config_file(path: str) -> dict:
+    """Field values from a TOML file whose keys are the flags' names (`epochs = 2`, `seed-list = [3, 7]`)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found: pass the path of a TOML file to --config") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror}): pass a readable TOML file") from None
+    except ValueError as e:  # TOMLDecodeError, or bytes that are not UTF-8
+        raise ConfigError(f"config file {path} is not valid TOML ({str(e).splitlines()[0]}): write one "
+                          f"`key = value` per line, e.g. epochs = 2") from None
+    hints = typing.get_type_hints(Config)
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in hints:
+            raise ConfigError(f"config file {path}: unknown key {key!r}: keys are the --flags of "
+                              f"`python -m orchestrator.run --help` without the dashes (e.g. epochs, seed-list)")
+        values[name] = _from_toml(path, key, value, hints[name])
+    return values
+
+
 def parse_config(argv=None, **parser_kw) -> Config:
-    args = build_parser(**parser_kw).parse_args(argv)
-    return Config(**vars(args)).effective().validate()
+    parser = build_parser(**parser_kw)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default="")
+    file = pre.parse_known_args(argv)[0].config
+    if file:
+        parser.set_defaults(**load_config_file(file))  # so flags on the command line still win
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return Config(**args).effective().validate()

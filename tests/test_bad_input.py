@@ -101,6 +101,12 @@ def text_file_as_store(tmp: Path, tiny: Path) -> None:
     (tmp / "notes.db").write_text("my notes, not an MLflow database\n")
 
 
+def toml_file(text: str):
+    def make(tmp: Path, tiny: Path) -> None:
+        (tmp / "sweep.toml").write_text(text)
+    return make
+
+
 @dataclass(frozen=True)
 class BadInput:
     kind: str                 # README column: what sort of input
@@ -140,6 +146,17 @@ BAD_INPUTS = [
              empty_store),
     BadInput("CLI value", "`--bogus-flag 3`", ("--bogus-flag", "3"),
              "error: unrecognized arguments: --bogus-flag 3"),
+    # config files
+    BadInput("config file", "`--config sweep.toml` that does not exist", ("--config", "{tmp}/sweep.toml"),
+             "error: config file {tmp}/sweep.toml not found: pass the path of a TOML file to --config"),
+    BadInput("config file", "`sweep.toml` with `epoch = 3` (a misspelt key)", ("--config", "{tmp}/sweep.toml"),
+             "error: config file {tmp}/sweep.toml: unknown key 'epoch'", toml_file("epoch = 3\n")),
+    BadInput("config file", "`sweep.toml` with `epochs = \"3\"` (a string)", ("--config", "{tmp}/sweep.toml"),
+             "error: config file {tmp}/sweep.toml: epochs must be an integer (got '3')", toml_file('epochs = "3"\n')),
+    BadInput("config file", "`sweep.toml` that is not TOML (`epochs: 3`)", ("--config", "{tmp}/sweep.toml"),
+             "error: config file {tmp}/sweep.toml is not valid TOML", toml_file("epochs: 3\n")),
+    BadInput("config file", "`sweep.toml` with `variants = [\"base\", \"resnet50\"]`", ("--config", "{tmp}/sweep.toml"),
+             "error: unknown variant resnet50", toml_file('variants = ["base", "resnet50"]\n')),
     # data files
     BadInput("data file", "`--data-dir` that does not exist", ("--data-dir", "{tmp}/nowhere"),
              "error: no CIFAR-10 found (looked for {tmp}/nowhere/data_batch_1.bin"),
@@ -219,7 +236,7 @@ def ports():
 def test_the_table_has_at_least_15_rows_of_every_kind():
     kinds = {b.kind for b in BAD_INPUTS}
     assert len(BAD_INPUTS) >= 15
-    assert {"CLI value", "data file", "tracking URI", "cluster address"} <= kinds
+    assert {"CLI value", "config file", "data file", "tracking URI", "cluster address"} <= kinds
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[f"{i + 1}-{b.args[-1][:30]}" for i, b in enumerate(BAD_INPUTS)])

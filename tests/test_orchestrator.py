@@ -32,7 +32,7 @@ def tiny_config(tmp_path, data_dir, **kw) -> Config:
 # --- config ----------------------------------------------------------------------------------------
 def test_every_config_field_is_one_cli_flag():
     parser = build_parser()
-    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    flags = {a.dest for a in parser._actions if a.dest not in ("help", "config")}  # --config: a file of these
     assert flags == {f.name for f in dataclasses.fields(Config)}
     defaults = Config()
     assert (defaults.lr, defaults.weight_decay, defaults.batch_size, defaults.epochs, defaults.lr_patience) == \
@@ -41,6 +41,20 @@ def test_every_config_field_is_one_cli_flag():
     assert cfg.variants == ("base", "v6") and cfg.seed_values() == (3, 7)
     assert cfg.channels_last is False and cfg.lr == 0.01
     assert parse_config(["--quick"]).epochs == 2 and parse_config(["--quick"]).subset_per_class == 500
+
+
+def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
+    """A TOML file with the flags' names as keys; the same types the flags take; flags override it."""
+    path = tmp_path / "sweep.toml"
+    path.write_text('variants = ["base", "v6"]\nseed-list = "3,7"\nepochs = 3\nlr = 1\n'
+                    'channels_last = false\naugment = "none"\n')
+    cfg = parse_config(["--config", str(path)])
+    assert (cfg.variants, cfg.seed_values(), cfg.epochs, cfg.lr, cfg.channels_last, cfg.augment) == \
+        (("base", "v6"), (3, 7), 3, 1.0, False, "none")
+    assert isinstance(cfg.lr, float)
+    cfg = parse_config(["--config", str(path), "--epochs", "5", "--channels-last", "--variants", "alpha"])
+    assert (cfg.epochs, cfg.channels_last, cfg.variants, cfg.seed_values()) == (5, True, ("alpha",), (3, 7))
+    assert parse_config(["--config", str(path), "--quick"]).epochs == 2  # --quick still means 2 epochs
 
 
 # --- the plain training function ----------------------------------------------------------------------
