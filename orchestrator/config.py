@@ -218,19 +218,16 @@ def load_config_file(path: str) -> dict:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in hints:
-            raise ConfigError(f"config file {path}: unknown key {key!r}: keys are the --flags of "
-                              f"`python -m orchestrator.run --help` without the dashes (e.g. epochs, seed-list)")
+            raise ConfigError(f"config file {path}: unknown key {key!r}: keys are the flag names of "
+                              f"`python -m orchestrator.run --help` without the leading -- (e.g. epochs, seed-list)")
         values[name] = _from_toml(path, key, value, hints[name])
     return values
 
 
 def parse_config(argv=None, **parser_kw) -> Config:
     parser = build_parser(**parser_kw)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="")
-    file = pre.parse_known_args(argv)[0].config
-    if file:
-        parser.set_defaults(**load_config_file(file))  # so flags on the command line still win
-    args = vars(parser.parse_args(argv))
-    args.pop("config")
-    return Config(**args).effective().validate()
+    args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**load_config_file(args.config))  # file values become defaults: flags given still win
+        args = parser.parse_args(argv)
+    return Config(**{k: v for k, v in vars(args).items() if k != "config"}).effective().validate()
