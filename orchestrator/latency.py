@@ -38,7 +38,7 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -73,16 +73,16 @@ def measure_latency(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     with node_lock(), torch_threads(LATENCY_THREADS):
         for _ in range(warmup_calls):
             model(single).argmax(1)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for x in batches:
             model(x).argmax(1)
-        _sync(device)
+        sync(device)
         per_image_ms = (time.perf_counter() - t0) * 1e3 / len(labels)
         times = []
         for _ in range(batch1_calls):
             t = time.perf_counter()
             model(single).argmax(1)
-            _sync(device)
+            sync(device)
             times.append((time.perf_counter() - t) * 1e3)
     return {"latency_ms_per_image": per_image_ms, "latency_ms_batch1": statistics.median(times)}

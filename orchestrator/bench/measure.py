@@ -10,13 +10,8 @@ import data
 import models
 from data.bench import plain_loader
 from orchestrator.config import Config
-from orchestrator.latency import torch_threads
+from orchestrator.latency import sync, torch_threads
 from orchestrator.train import build
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_ms(fn, seconds: float, device, warmup: int = 3) -> float:
