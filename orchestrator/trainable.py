@@ -90,14 +90,14 @@ def run_trial(config: dict) -> None:
         run.finish("FAILED", reason=f"{type(e).__name__}: {e}")
         raise
     run.log_metrics(result["final"], step=0)
-    _log_model(run.run_id, result["model"], device)
+    _log_model(run.run_id, sweep["experiment_id"], result["model"])
     monitor.finish()
     run.finish("FINISHED")
     last = result["history"][-1]
     tune.report({"epoch": last["epoch"], **last, **result["final"], "done": 1})
 
 
-def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> None:
+def _log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
     """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model (a
     LoggedModel linked to the run, `mlflow_model`)."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
@@ -107,7 +107,6 @@ def _log_model(run_id: str, model: torch.nn.Module, device: torch.device) -> Non
         client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
     # A retried trial may find the model of an earlier attempt: READY means it is already logged; PENDING (or
     # FAILED) means that attempt died mid-upload, and the half-logged model must not linger beside the new one.
-    experiment_id = client.get_run(run_id).info.experiment_id
     earlier = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
     if any(m.status == LoggedModelStatus.READY for m in earlier):
         return

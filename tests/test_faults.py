@@ -295,7 +295,6 @@ def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_
     """Issue 8 (seen in CI): a node died inside `log_model`, leaving a PENDING LoggedModel; the retried trial must
     end with exactly one READY model for the run, and a second call after success must not add another."""
     import mlflow
-    import torch
 
     from models import create_model
     from orchestrator.trainable import _log_model
@@ -313,8 +312,8 @@ def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_
 
     assert statuses() == ["PENDING"]
     model = create_model("base")
-    _log_model(run_id, model, torch.device("cpu"))
+    _log_model(run_id, experiment_id, model)
     assert statuses() == ["READY"]
-    _log_model(run_id, model, torch.device("cpu"))  # a retry after the model was fully logged
+    _log_model(run_id, experiment_id, model)  # a retry after the model was fully logged
     assert statuses() == ["READY"]
     assert client.get_run(run_id).info.status == "RUNNING"  # the trial, not _log_model, ends the run
