@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from models import reference  # noqa: E402
 from orchestrator import stats  # noqa: E402
 from orchestrator.config import ArgumentParser  # noqa: E402
+from orchestrator.tracking import all_pages  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_EXPERIMENT = "resnet-revisited"
@@ -51,14 +52,7 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by=None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, order_by=order_by,
-                                  page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+    return all_pages(client.search_runs, [experiment_id], filter_string, max_results=1000, order_by=order_by)
 
 
 def _find_sweep(client: MlflowClient, tracking_uri: str, experiment_name: str, sweep_id: str | None):

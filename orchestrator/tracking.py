@@ -93,6 +93,17 @@ def ensure_experiment(uri: str, name: str) -> str:
         raise TrackingError(f"cannot use the MLflow store {uri}: {str(e).splitlines()[0]}") from None
 
 
+def all_pages(search, *args, **kwargs) -> list:
+    """Every result of an MLflow search (`search_runs`, `search_logged_models`), following its page tokens."""
+    items, token = [], None
+    while True:
+        page = search(*args, page_token=token, **kwargs)
+        items += list(page)
+        token = page.token
+        if not token:
+            return items
+
+
 def find_runs(uri: str, experiment_id: str, **tags) -> list:
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
     return MlflowClient(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from orchestrator.tracking import all_pages  # noqa: E402
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
 ARTIFACTS = ["model/state_dict.pt", "the MLflow model's MLmodel (under the run, or its READY logged model)"]
@@ -38,23 +39,11 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
-    children, token = [], None
-    while True:  # page through: search_runs returns at most max_results per call
-        page = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
-        children += list(page)
-        token = page.token
-        if not token:
-            break
+    children = all_pages(client.search_runs, [parent.info.experiment_id],
+                         f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
     logged_models: dict[str, list] = {}  # MLflow 3's log_model makes a LoggedModel linked to its source run
-    token = None
-    while True:
-        page = client.search_logged_models([parent.info.experiment_id], max_results=100, page_token=token)
-        for m in page:
-            logged_models.setdefault(m.source_run_id, []).append(m)
-        token = page.token
-        if not token:
-            break
+    for m in all_pages(client.search_logged_models, [parent.info.experiment_id], max_results=100):
+        logged_models.setdefault(m.source_run_id, []).append(m)
     expected_names = {f"{v}-seed{s}" for v in variants for s in seeds}
     n = len(expected_names)
     names = [r.info.run_name for r in children]

@@ -57,6 +57,18 @@ def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
     assert parse_config(["--config", str(path), "--quick"]).epochs == 2  # --quick still means 2 epochs
 
 
+def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):
+    from orchestrator.tracking import all_pages
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("paging")
+    run_ids = {client.create_run(experiment_id).info.run_id for _ in range(5)}
+    for run_id in list(run_ids)[:3]:
+        client.create_logged_model(experiment_id, source_run_id=run_id)
+    runs = all_pages(client.search_runs, [experiment_id], "", max_results=2)  # 3 pages
+    assert {r.info.run_id for r in runs} == run_ids and len(runs) == 5
+    assert len(all_pages(client.search_logged_models, [experiment_id], max_results=2)) == 3
+
+
 # --- the plain training function ----------------------------------------------------------------------
 def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
     cfg = Config(data_dir=str(tiny_cifar), epochs=2, latency_batch1_calls=5)
