@@ -22,7 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import free_port, start_tracking_server, stop_tracking_server
-from test_orchestrator import assert_complete_trial_run
+from test_orchestrator import assert_complete_trial_run, trial_runs
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -270,12 +270,6 @@ def wait_driver(proc, log: Path, timeout_s: float) -> None:
     assert rc == 0, log.read_text()[-4000:]
 
 
-def trial_runs(uri, experiment):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client, [] if exp is None else client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
-
-
 def test_sweep_runs_on_both_nodes_and_logs_to_the_server(two_nodes, server, tiny_cifar, tmp_path):
     cluster, head, worker = two_nodes
     uri, store = server
@@ -287,7 +281,8 @@ def test_sweep_runs_on_both_nodes_and_logs_to_the_server(two_nodes, server, tiny
         wait_driver(driver, log, 420)
     finally:
         kill_group(driver.pid)
-    client, runs = trial_runs(uri, "two-nodes")
+    client = MlflowClient(uri)
+    runs = trial_runs(client, "two-nodes")
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"]
     for r in runs:
         assert_complete_trial_run(client, r, epochs=epochs)
@@ -312,7 +307,8 @@ def wait_for_run_on(uri, experiment, node_id: str, timeout_s: float):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
-            client, runs = trial_runs(uri, experiment)
+            client = MlflowClient(uri)
+            runs = trial_runs(client, experiment)
             for r in runs:
                 if r.data.tags.get("ray_node_id") == node_id:
                     assert r.info.status == "RUNNING", f"{r.info.run_name} finished before it could be interrupted"
@@ -340,7 +336,8 @@ def test_lost_worker_node_trials_finish_on_the_surviving_node(two_nodes, server,
         wait_driver(driver, log, 480)
     finally:
         kill_group(driver.pid)
-    client, runs = trial_runs(uri, "lost-node")
+    client = MlflowClient(uri)
+    runs = trial_runs(client, "lost-node")
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"], "lost or duplicated runs"
     for r in runs:
         assert_complete_trial_run(client, r, epochs=epochs)  # FINISHED, each epoch exactly once

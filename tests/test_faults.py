@@ -22,7 +22,8 @@ from conftest import free_port, start_tracking_server, stop_tracking_server
 from orchestrator import run as orun
 from orchestrator import tracking
 from orchestrator.config import Config
-from test_orchestrator import EPOCH_METRICS, FINAL_METRICS, child_runs, wait_for
+from test_orchestrator import (EPOCH_METRICS, assert_complete_trial_run, child_runs, epoch_steps, trial_runs,
+                               wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "resnet-revisited"
@@ -33,24 +34,6 @@ def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.run", "--data-dir", str(data),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"),
             "--latency-batch1-calls", "20", "--no-report", *extra]
-
-
-def trial_runs(client: MlflowClient) -> list:
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return client.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
-
-
-def epoch_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-def assert_each_epoch_once(client: MlflowClient, run, epochs: int) -> None:
-    assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("failure_reason"))
-    for key in EPOCH_METRICS:
-        assert epoch_steps(client, run.info.run_id, key) == list(range(1, epochs + 1)), (run.info.run_name, key)
-    assert set(FINAL_METRICS) <= set(run.data.metrics), run.info.run_name
-    assert "failure_reason" not in run.data.tags, run.data.tags["failure_reason"]
-    assert "model/state_dict.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
 
 
 # --- the driver gets Ctrl-C ---------------------------------------------------------------------------
@@ -97,7 +80,7 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     runs = trial_runs(client)
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
     for r in runs:
-        assert_each_epoch_once(client, r, epochs=3)
+        assert_complete_trial_run(client, r, epochs=3)
         if r.info.run_name in before:  # finished before Ctrl-C: the same run, not trained again
             assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
     sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
@@ -217,7 +200,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"], "lost or duplicate runs"
         logged_while_down = []
         for r in runs:
-            assert_each_epoch_once(client, r, epochs=3)
+            assert_complete_trial_run(client, r, epochs=3)
             logged_while_down += [m for key in EPOCH_METRICS for m in client.get_metric_history(r.info.run_id, key)
                                   if outage["down_ms"] <= m.timestamp < outage["up_ms"]]
         # The fault really hit logging: epochs were logged (client-side timestamp) while nothing listened.
@@ -246,7 +229,7 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {r.info.run_name: r for r in trial_runs(client)}
     assert runs["base-seed1"].info.status == "FAILED" and runs["base-seed1"].data.tags["failure_reason"]
-    assert_each_epoch_once(client, runs["base-seed0"], epochs=2)
+    assert_complete_trial_run(client, runs["base-seed0"], epochs=2)
     finished_at = runs["base-seed0"].info.end_time
     sweep = client.search_runs([runs["base-seed0"].info.experiment_id], "tags.kind = 'sweep'")[0]
     assert sweep.info.status == "FAILED" and sweep.data.tags["sweep_status"] == "failed"
@@ -255,7 +238,7 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     runs = {r.info.run_name: r for r in trial_runs(client)}
     assert sorted(runs) == ["base-seed0", "base-seed1"]  # the retry continued the same run
     for r in runs.values():
-        assert_each_epoch_once(client, r, epochs=2)
+        assert_complete_trial_run(client, r, epochs=2)
     assert runs["base-seed0"].info.end_time == finished_at  # the finished trial was not run again
     assert client.get_run(sweep.info.run_id).data.tags["sweep_status"] == "finished"
 

@@ -148,10 +148,22 @@ def child_runs(uri, parent_run_id):
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
+def trial_runs(client, experiment="resnet-revisited") -> list:
+    """Every trial run of the experiment (none before the experiment exists)."""
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
+
+
+def epoch_steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
 def assert_complete_trial_run(client, run, epochs):
-    assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+    """FINISHED, each epoch logged exactly once, every final metric, tags, params and exactly one model."""
+    assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("failure_reason"))
+    assert "failure_reason" not in run.data.tags, run.data.tags["failure_reason"]  # not even a stale one
     for key in EPOCH_METRICS:
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        steps = epoch_steps(client, run.info.run_id, key)
         assert steps == list(range(1, epochs + 1)), (run.info.run_name, key, steps)
     for key in FINAL_METRICS:
         assert key in run.data.metrics, (run.info.run_name, key)
