@@ -19,3 +19,8 @@ def size_mb_decimals() -> pd.Series:
     read from the file's text because a float forgets its trailing digits."""
     raw = pd.read_csv(REFERENCE_CSV, index_col="variant", dtype={"size_mb": str})["size_mb"]
     return raw.str.split(".").str[1].str.len()
+
+
+def label(variant: str, paper: pd.DataFrame) -> str:
+    """The paper's name for a variant ("Base", "V1", ...); a name the paper lacks stays as it is."""
+    return paper.loc[variant, "paper_label"] if variant in paper.index else variant

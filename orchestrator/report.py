@@ -2,36 +2,34 @@
 
     python -m orchestrator.report [--tracking-uri URI] [--experiment-name NAME] [--sweep ID] [--out DIR]
 
-Reads one sweep (parent run + child trial runs, schema in contract.md) from MLflow, aggregates the finished
-trials per variant with pandas, writes tables (Markdown, CSV, LaTeX), PNG figures and report.md to the
-output folder, prints the tables, and logs every file as an artifact of the sweep's parent run under
-`report/`. Failed or missing trials are never averaged in silently: n is shown per variant and a variant
-with fewer finished seeds than requested is flagged in every table.
+Reads one sweep from MLflow (parent run + child trial runs; README: "What each trial records in MLflow"),
+aggregates the finished trials per variant with pandas, writes tables (Markdown, CSV, LaTeX: orchestrator.tables),
+PNG figures (orchestrator.figures) and report.md to the output folder, prints the tables, and logs every file
+as an artifact of the sweep's parent run under `report/`. Failed or missing trials are never averaged in
+silently: n is shown per variant and a variant with fewer finished seeds than requested is flagged in every table.
 """
 import math
-import re
 import sys
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")  # headless: the report runs at the end of a sweep, often on a server
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from models import reference  # noqa: E402
-from orchestrator import stats  # noqa: E402
-from orchestrator.config import ArgumentParser  # noqa: E402
-from orchestrator.tracking import all_pages  # noqa: E402
+from models import reference
+from models.reference import label
+from orchestrator import stats
+from orchestrator import tables as fmt
+from orchestrator.config import ArgumentParser
+from orchestrator.figures import accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure
+from orchestrator.tracking import all_pages
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_EXPERIMENT = "resnet-revisited"
 ALPHA = 0.05  # significance level of the claims check
-EPOCH_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-FINAL_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
-DASH = "—"
+# What the report reads of what every trial logs (orchestrator.train.EPOCH_METRICS / FINAL_METRICS; a test
+# keeps these a subset of those, so a renamed metric cannot silently empty a table).
+CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
 
 
 class ReportError(ValueError):
@@ -97,17 +95,17 @@ def _load_trials(client: MlflowClient, parent) -> pd.DataFrame:
             "start_time": run.info.start_time, "variant": tags.get("variant", run.data.params.get("variant")),
             "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
             "failure_reason": tags.get("failure_reason", ""),
-            **{m: metrics.get(m, math.nan) for m in FINAL_METRICS},
+            **{m: metrics.get(m, math.nan) for m in TABLE_METRICS},
         })
     return pd.DataFrame(rows, columns=["run_id", "run_name", "status", "start_time", "variant", "seed",
-                                       "failure_reason", *FINAL_METRICS])
+                                       "failure_reason", *TABLE_METRICS])
 
 
 def _load_history(client: MlflowClient, trials: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch metrics of the given trials, long format: variant, seed, run_id, metric, epoch, value."""
     rows = [
         (t.variant, t.seed, t.run_id, key, m.step, m.value)
-        for t in trials.itertuples() for key in EPOCH_METRICS
+        for t in trials.itertuples() for key in CURVE_METRICS
         for m in client.get_metric_history(t.run_id, key)
     ]
     return pd.DataFrame(rows, columns=["variant", "seed", "run_id", "metric", "epoch", "value"])
@@ -147,82 +145,20 @@ def _flag(row) -> str:
     return f"⚠ incomplete ({_seeds_text(row)})" if row["incomplete"] else ""
 
 
-def _label(variant: str, paper: pd.DataFrame) -> str:
-    return paper.loc[variant, "paper_label"] if variant in paper.index else variant
-
-
-# ---------------------------------------------------------------------------------------------- formatting
-
-
-def _num(x, digits: int) -> str:
-    return DASH if x is None or pd.isna(x) else f"{x:,.{digits}f}"
-
-
-def _pm(mean, std, digits: int) -> str:
-    return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {_num(std, digits)}"
-
-
-def _yes_no(x) -> str:
-    return DASH if x is None or pd.isna(x) else ("yes" if x else "no")
-
-
-# Numbers, "mean ± std", intervals and dashes are right-aligned; everything else left.
-_NUMERIC_CELL = re.compile(r"[-+−]?[\d.,]+(e[-+]\d+)?( ± ([\d.,]+|—))?|—|\[[-\d., ]+\]")
-
-
-def _right_aligned(col: pd.Series) -> bool:
-    cells = [str(c) for c in col if str(c)]
-    return bool(cells) and all(_NUMERIC_CELL.fullmatch(c) for c in cells)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (pandas' to_markdown needs tabulate, which we don't depend on)."""
-    cells = [[str(c) for c in df.columns]] + [[str(v).replace("|", r"\|") for v in row] for row in df.values]
-    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(df.columns))]  # GFM rule needs "---"
-    right = [_right_aligned(df[c]) for c in df.columns]
-
-    def fmt(row):
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)) + " |"
-
-    rule = "| " + " | ".join("-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right)) + " |"
-    return "\n".join([fmt(cells[0]), rule, *map(fmt, cells[1:])])
-
-
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _latex_cell(s) -> str:
-    s = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s).replace("⚠ ", ""))
-    for uni, tex in (("±", r"$\pm$"), ("—", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
-                     ("≥", r"$\geq$")):  # plain pdflatex has no Unicode math
-        s = s.replace(uni, tex)
-    return s
-
-
-def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table (\\usepackage{booktabs}); pandas' to_latex would need jinja2 and Unicode-aware LaTeX."""
-    spec = "".join("r" if _right_aligned(df[c]) else "l" for c in df.columns)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_latex_cell(caption)}}}", rf"\label{{tab:{label}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_cell, df.columns)) + r" \\",
-             r"\midrule", *(" & ".join(map(_latex_cell, row)) + r" \\" for row in df.values),
-             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
 # -------------------------------------------------------------------------------------------------- tables
 
 
 def _table2(s: pd.DataFrame, paper: pd.DataFrame):
     base = s["size_mb"].get("base", math.nan)
     num = pd.DataFrame({
-        "model": [_label(v, paper) for v in s.index], "params": s["params"], "size_mb": s["size_mb"],
+        "model": [label(v, paper) for v in s.index], "params": s["params"], "size_mb": s["size_mb"],
         "size_change_pct": 100.0 * (s["size_mb"] - base) / base, "n": s["n"], "n_requested": s["n_requested"],
         "incomplete": s["incomplete"]}, index=s.index)
     shown = pd.DataFrame({
-        "Model": num["model"], "Parameters": num["params"].map(lambda x: _num(x, 0)),
-        "Size (MB)": num["size_mb"].map(lambda x: _num(x, 4)),
-        "% change in size vs Base": [DASH if v == "base" else _num(x, 2) for v, x in num["size_change_pct"].items()],
+        "Model": num["model"], "Parameters": num["params"].map(lambda x: fmt.num(x, 0)),
+        "Size (MB)": num["size_mb"].map(lambda x: fmt.num(x, 4)),
+        "% change in size vs Base": [fmt.DASH if v == "base" else fmt.num(x, 2)
+                                     for v, x in num["size_change_pct"].items()],
         "n": num["n"], "Flag": s.apply(_flag, axis=1)})
     return num, shown
 
@@ -232,16 +168,17 @@ def _table5(s: pd.DataFrame, paper: pd.DataFrame):
             "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std", "size_mb", "params",
             "n_requested", "incomplete"]
     num = s[cols].copy()
-    num.insert(0, "model", [_label(v, paper) for v in s.index])
+    num.insert(0, "model", [label(v, paper) for v in s.index])
     shown = pd.DataFrame({
         "Model": num["model"],
-        "Val. accuracy (%)": [_pm(m, sd, 2) for m, sd in zip(s.val_accuracy_pct_mean, s.val_accuracy_pct_std)],
+        "Val. accuracy (%)": [fmt.pm(m, sd, 2) for m, sd in zip(s.val_accuracy_pct_mean, s.val_accuracy_pct_std)],
         "n": num["n"],
-        "Inference (ms/image, batch 4)": [_pm(m, sd, 3) for m, sd in
+        "Inference (ms/image, batch 4)": [fmt.pm(m, sd, 3) for m, sd in
                                           zip(s.latency_ms_per_image_mean, s.latency_ms_per_image_std)],
-        "Inference (ms, batch 1)": [_pm(m, sd, 3) for m, sd in
+        "Inference (ms, batch 1)": [fmt.pm(m, sd, 3) for m, sd in
                                     zip(s.latency_ms_batch1_mean, s.latency_ms_batch1_std)],
-        "Size (MB)": num["size_mb"].map(lambda x: _num(x, 4)), "Parameters": num["params"].map(lambda x: _num(x, 0)),
+        "Size (MB)": num["size_mb"].map(lambda x: fmt.num(x, 4)),
+        "Parameters": num["params"].map(lambda x: fmt.num(x, 0)),
         "Flag": s.apply(_flag, axis=1)})
     return num, shown
 
@@ -268,19 +205,19 @@ def _vs_paper(ok: pd.DataFrame, s: pd.DataFrame, paper: pd.DataFrame):
             places = _PAPER_PLACES.get((theirs, v), digits)
             inside = (math.nan if pd.isna(lo) or pd.isna(ref)
                       else bool(round(lo, places) <= ref <= round(hi, places)))
-            rows.append({"variant": v, "model": _label(v, paper), "metric": ours, "metric_label": name,
+            rows.append({"variant": v, "model": label(v, paper), "metric": ours, "metric_label": name,
                          "digits": digits, "ours_mean": mean, "paper": ref, "difference": mean - ref,
                          "ci95_low": lo, "ci95_high": hi, "paper_in_ci95": inside, "n": len(values),
                          "flag": _flag(s.loc[v])})
     num = pd.DataFrame(rows)
     shown = pd.DataFrame({
         "Model": num["model"], "Metric": num["metric_label"],
-        "Ours (mean)": [_num(x, d) for x, d in zip(num.ours_mean, num.digits)],
-        "Paper": [_num(x, d) for x, d in zip(num.paper, num.digits)],
-        "Difference": [DASH if pd.isna(x) else f"{x:+,.{d}f}" for x, d in zip(num.difference, num.digits)],
-        "95% CI": [DASH if pd.isna(lo) else f"[{_num(lo, d)}, {_num(hi, d)}]"
+        "Ours (mean)": [fmt.num(x, d) for x, d in zip(num.ours_mean, num.digits)],
+        "Paper": [fmt.num(x, d) for x, d in zip(num.paper, num.digits)],
+        "Difference": [fmt.DASH if pd.isna(x) else f"{x:+,.{d}f}" for x, d in zip(num.difference, num.digits)],
+        "95% CI": [fmt.DASH if pd.isna(lo) else f"[{fmt.num(lo, d)}, {fmt.num(hi, d)}]"
                    for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
-        "Paper in 95% CI": num["paper_in_ci95"].map(_yes_no), "n": num["n"], "Flag": num["flag"]})
+        "Paper in 95% CI": num["paper_in_ci95"].map(fmt.yes_no), "n": num["n"], "Flag": num["flag"]})
     return num.drop(columns=["metric_label", "digits", "flag"]).assign(incomplete=num["flag"] != ""), shown
 
 
@@ -300,7 +237,7 @@ def _claims(ok: pd.DataFrame, s: pd.DataFrame, paper: pd.DataFrame):
             verdict = "not significant"
         else:
             verdict = "agrees with paper" if (w.difference > 0) == (paper_diff > 0) else "contradicts paper"
-        rows.append({"variant": v, "model": _label(v, paper), "ours_mean_pct": s.loc[v, "val_accuracy_pct_mean"],
+        rows.append({"variant": v, "model": label(v, paper), "ours_mean_pct": s.loc[v, "val_accuracy_pct_mean"],
                      "base_mean_pct": s["val_accuracy_pct_mean"].get("base", math.nan),
                      "difference_pp": w.difference, "t": w.t, "df": w.df, "p_value": w.p_value,
                      "significant": math.nan if pd.isna(w.p_value) else bool(w.p_value < ALPHA),
@@ -309,12 +246,12 @@ def _claims(ok: pd.DataFrame, s: pd.DataFrame, paper: pd.DataFrame):
     num = pd.DataFrame(rows, columns=["variant", "model", "ours_mean_pct", "base_mean_pct", "difference_pp", "t",
                                       "df", "p_value", "significant", "paper_difference_pp", "verdict", "n",
                                       "n_base", "flag"])
-    sign = lambda x, d=2: DASH if pd.isna(x) else f"{x:+.{d}f}"  # noqa: E731
+    sign = lambda x, d=2: fmt.DASH if pd.isna(x) else f"{x:+.{d}f}"  # noqa: E731
     shown = pd.DataFrame({
         "Model": num["model"], "Δ acc. vs Base (pp)": num["difference_pp"].map(sign),
-        "Welch t": num["t"].map(sign), "df": num["df"].map(lambda x: _num(x, 1)),
-        "p": num["p_value"].map(lambda x: DASH if pd.isna(x) else f"{x:.3g}"),
-        f"Significant at {ALPHA}": num["significant"].map(_yes_no),
+        "Welch t": num["t"].map(sign), "df": num["df"].map(lambda x: fmt.num(x, 1)),
+        "p": num["p_value"].map(lambda x: fmt.DASH if pd.isna(x) else f"{x:.3g}"),
+        f"Significant at {ALPHA}": num["significant"].map(fmt.yes_no),
         "Paper Δ (pp)": num["paper_difference_pp"].map(sign), "Verdict": num["verdict"],
         "n": num["n"], "n Base": num["n_base"], "Flag": num["flag"]})
     return num.drop(columns=["flag"]).assign(incomplete=num["flag"] != ""), shown
@@ -325,7 +262,7 @@ def _ranking(s: pd.DataFrame, paper: pd.DataFrame):
     theirs = pd.Series({v: paper.loc[v, "val_accuracy_pct"] if v in paper.index else math.nan for v in s.index})
     has_both = ours.notna() & theirs.notna()  # rank among the same set of variants on both sides
     num = pd.DataFrame({
-        "model": [_label(v, paper) for v in s.index], "ours_mean_pct": ours,
+        "model": [label(v, paper) for v in s.index], "ours_mean_pct": ours,
         "ours_rank": ours[has_both].rank(ascending=False, method="min"), "paper_pct": theirs,
         "paper_rank": theirs[has_both].rank(ascending=False, method="min"), "n": s["n"],
         "incomplete": s["incomplete"]}, index=s.index)
@@ -333,109 +270,20 @@ def _ranking(s: pd.DataFrame, paper: pd.DataFrame):
     num = num.sort_values(["ours_rank", "paper_rank"], na_position="last")
     rho = num["ours_rank"].corr(num["paper_rank"]) if has_both.sum() >= 3 else math.nan  # Spearman: Pearson of ranks
     shown = pd.DataFrame({
-        "Model": num["model"], "Our rank": num["ours_rank"].map(lambda x: _num(x, 0)),
-        "Ours (%)": num["ours_mean_pct"].map(lambda x: _num(x, 2)),
-        "Paper rank": num["paper_rank"].map(lambda x: _num(x, 0)),
-        "Paper (%)": num["paper_pct"].map(lambda x: _num(x, 2)), "Same rank": num["same_rank"].map(_yes_no),
+        "Model": num["model"], "Our rank": num["ours_rank"].map(lambda x: fmt.num(x, 0)),
+        "Ours (%)": num["ours_mean_pct"].map(lambda x: fmt.num(x, 2)),
+        "Paper rank": num["paper_rank"].map(lambda x: fmt.num(x, 0)),
+        "Paper (%)": num["paper_pct"].map(lambda x: fmt.num(x, 2)), "Same rank": num["same_rank"].map(fmt.yes_no),
         "n": num["n"], "Flag": s.loc[num.index].apply(_flag, axis=1)})
     return num, shown, rho
 
-
-# ------------------------------------------------------------------------------------------------- figures
-
-
-def _colors(variants: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(variants)}
-
-
-def _curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame, kind: str, path: Path):
-    """Figures 6–9: train and validation `kind` (loss | accuracy) per epoch, mean ± std band, per variant."""
-    scale, ylabel = (100.0, "Accuracy (%)") if kind == "accuracy" else (1.0, "Cross-entropy loss")
-    shown = [v for v in variants if v in set(curves["variant"])]
-    n_panels = len(shown) + 1
-    ncols = 3 if n_panels > 4 else n_panels
-    nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
-    axes = axes.ravel()
-    colors = _colors(variants)
-
-    def band(ax, v, split, color, style="-", label=None):
-        c = curves[(curves.variant == v) & (curves.metric == f"{split}_{kind}")].sort_values("epoch")
-        mean, std = scale * c["mean"], scale * c["std"].fillna(0.0)  # n=1: no spread to draw
-        ax.plot(c["epoch"], mean, style, color=color, marker="o", ms=3, label=label)
-        ax.fill_between(c["epoch"], mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-
-    for ax, v in zip(axes, shown):
-        band(ax, v, "train", "tab:blue", label="train")
-        band(ax, v, "val", "tab:orange", label="validation")
-        n = curves.loc[curves.variant == v, "n"].max()
-        ax.set_title(f"{_label(v, paper)} (n={n})")
-    overlay = axes[len(shown)]
-    for v in shown:
-        band(overlay, v, "val", colors[v], label=_label(v, paper))
-    overlay.set_title("Validation, all variants")
-    for ax in axes[:n_panels]:
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[n_panels:]:
-        ax.axis("off")
-    fig.suptitle(f"Training and validation {kind} per epoch (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _scatter(ax, s, paper, x, xerr, xlabel, paper_x=None):
-    colors = _colors(list(s.index))
-    for v in s.index:
-        if pd.isna(s.loc[v, x]) or pd.isna(s.loc[v, "val_accuracy_pct_mean"]):
-            continue
-        ax.errorbar(s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"], xerr=s[xerr].fillna(0)[v] if xerr else None,
-                    yerr=s["val_accuracy_pct_std"].fillna(0)[v], fmt="o", color=colors[v], capsize=3,
-                    label=f"{_label(v, paper)} (n={s.loc[v, 'n']})")
-        ax.annotate(_label(v, paper), (s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    if paper_x is not None:
-        ref = paper.loc[[v for v in s.index if v in paper.index]]
-        ax.scatter(ref[paper_x], ref["val_accuracy_pct"], marker="x", color="black",
-                   label="paper (1 run, its hardware)" if paper_x.startswith("latency") else "paper (1 run)")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Validation accuracy (%)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # nothing to label when no variant finished
-        ax.legend(fontsize=7)
-
-
-def _accuracy_vs_latency_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path):
-    """Figure 10 with error bars both ways (std over seeds), for both latency definitions."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
-    _scatter(a, s, paper, "latency_ms_per_image_mean", "latency_ms_per_image_std",
-             "Inference time (ms per image, batches of 4)", paper_x="latency_ms_per_image")
-    _scatter(b, s, paper, "latency_ms_batch1_mean", "latency_ms_batch1_std", "Inference time (ms, batch of 1)")
-    fig.suptitle("Validation accuracy vs inference time (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _accuracy_vs_size_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path):
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    _scatter(ax, s, paper, "size_mb", None, "Model size (MB)", paper_x="size_mb")
-    ax.set_title("Validation accuracy vs model size (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # -------------------------------------------------------------------------------------------------- report
 
 
 def _md_list(df: pd.DataFrame, empty: str) -> str:
-    return to_markdown(df) if len(df) else empty
+    return fmt.to_markdown(df) if len(df) else empty
 
 
 def _report_md(parent, experiment_name, tracking_uri, sweep_id, trials, ok, superseded, s, paper, tables, figures,
@@ -446,19 +294,19 @@ def _report_md(parent, experiment_name, tracking_uri, sweep_id, trials, ok, supe
     not_ok = trials[trials.status != "FINISHED"].sort_values(["variant", "seed"])
     # What was asked for but is not in the averages, so nothing goes missing silently.
     have = set(zip(ok.variant, ok.seed))
-    missing = pd.DataFrame([(_label(v, paper), ", ".join(str(k) for k in requested_seeds if (v, k) not in have))
+    missing = pd.DataFrame([(label(v, paper), ", ".join(str(k) for k in requested_seeds if (v, k) not in have))
                             for v in s.index], columns=["Model", "Missing seeds"])
     missing = missing[missing["Missing seeds"] != ""]
-    failed = pd.DataFrame({"Model": [_label(v, paper) if isinstance(v, str) else "?" for v in not_ok.variant],
+    failed = pd.DataFrame({"Model": [label(v, paper) if isinstance(v, str) else "?" for v in not_ok.variant],
                            "Seed": not_ok.seed.astype("Int64"), "Run": not_ok.run_name, "Run id": not_ok.run_id,
-                           "Status": not_ok.status, "Failure reason": not_ok.failure_reason.replace("", DASH)})
-    incomplete = [f"{_label(v, paper)} ({_seeds_text(s.loc[v])})" for v in s.index[s["incomplete"]]]
+                           "Status": not_ok.status, "Failure reason": not_ok.failure_reason.replace("", fmt.DASH)})
+    incomplete = [f"{label(v, paper)} ({_seeds_text(s.loc[v])})" for v in s.index[s["incomplete"]]]
 
     md = [f"# Report: sweep `{sweep_id}`", "",
           f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
           f"(`{parent.info.run_id}`, status {parent.info.status}).",
-          f"Requested variants: {', '.join(requested_variants) or DASH}; seeds: "
-          f"{', '.join(map(str, requested_seeds)) or DASH}. Finished trials averaged: {len(ok)}; "
+          f"Requested variants: {', '.join(requested_variants) or fmt.DASH}; seeds: "
+          f"{', '.join(map(str, requested_seeds)) or fmt.DASH}. Finished trials averaged: {len(ok)}; "
           f"failed or unfinished: {len(not_ok)}.", ""]
     if incomplete:
         md += [f"> ⚠ **Incomplete variants** (fewer finished seeds than requested): {', '.join(incomplete)}. "
@@ -470,10 +318,10 @@ def _report_md(parent, experiment_name, tracking_uri, sweep_id, trials, ok, supe
            "variant on its own hardware, so its values have no spread and its latencies are not directly "
            "comparable with ours.", ""]
     for name, title, _, shown in tables:
-        md += [f"## {title}", "", to_markdown(shown), "",
+        md += [f"## {title}", "", fmt.to_markdown(shown), "",
                f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", ""]
         if name == "ranking":
-            md += [f"Spearman rank correlation, ours vs paper: {_num(rho, 3)}.", ""]
+            md += [f"Spearman rank correlation, ours vs paper: {fmt.num(rho, 3)}.", ""]
     md += ["## Figures", ""] + [f"### {cap}\n\n![{cap}]({f})\n" for f, cap in figures]
     md += ["## Failed trials", "", "Failed or unfinished runs are listed here and never averaged.", "",
            _md_list(failed, "None."), "", "## Missing trials", "",
@@ -481,7 +329,7 @@ def _report_md(parent, experiment_name, tracking_uri, sweep_id, trials, ok, supe
     if len(superseded):
         md += ["## Superseded runs", "", "Earlier finished runs of a (variant, seed) that was run again; "
                "only the latest is averaged.", "",
-               to_markdown(superseded[["variant", "seed", "run_name", "run_id"]]), ""]
+               fmt.to_markdown(superseded[["variant", "seed", "run_name", "run_id"]]), ""]
     md += ["Per-trial values: [trials.csv](trials.csv); per-epoch mean/std: [curves.csv](curves.csv).", ""]
     return "\n".join(md)
 
@@ -527,9 +375,9 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
     for name, title, num, shown in tables:
         num.to_csv(out / f"{name}.csv", index=name in ("table2", "table5", "ranking"),
                    index_label="variant", float_format="%.10g")
-        (out / f"{name}.md").write_text(f"**{title}**\n\n{to_markdown(shown)}\n")
-        (out / f"{name}.tex").write_text(to_latex(shown, title, name))
-        print(f"\n{title}\n{to_markdown(shown)}")
+        (out / f"{name}.md").write_text(f"**{title}**\n\n{fmt.to_markdown(shown)}\n")
+        (out / f"{name}.tex").write_text(fmt.to_latex(shown, title, name))
+        print(f"\n{title}\n{fmt.to_markdown(shown)}")
 
     history = _load_history(client, ok)
     curves = (history.groupby(["variant", "metric", "epoch"])["value"].agg(["mean", "std", "count"])
@@ -541,12 +389,12 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
                ("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
                ("accuracy_vs_size.png", "Accuracy vs size")]
     if not curves.empty:
-        _curves_figure(curves, variants, paper, "loss", out / "loss_curves.png")
-        _curves_figure(curves, variants, paper, "accuracy", out / "accuracy_curves.png")
+        curves_figure(curves, variants, paper, "loss", out / "loss_curves.png")
+        curves_figure(curves, variants, paper, "accuracy", out / "accuracy_curves.png")
     else:
         figures = figures[2:]
-    _accuracy_vs_latency_figure(s, paper, out / "accuracy_vs_latency.png")
-    _accuracy_vs_size_figure(s, paper, out / "accuracy_vs_size.png")
+    accuracy_vs_latency_figure(s, paper, out / "accuracy_vs_latency.png")
+    accuracy_vs_size_figure(s, paper, out / "accuracy_vs_size.png")
 
     (out / "report.md").write_text(_report_md(
         parent, experiment_name, tracking_uri, sweep_id, trials, ok, superseded, s, paper, tables, figures, rho))

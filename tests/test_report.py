@@ -244,6 +244,11 @@ def test_ranking_ours_vs_paper(store):
     assert "Spearman rank correlation, ours vs paper: 1.000" in (store["out"] / "report.md").read_text()
 
 
+def test_report_reads_only_metrics_every_trial_logs():
+    from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
+    assert set(report.CURVE_METRICS) <= set(EPOCH_METRICS) and set(report.TABLE_METRICS) <= set(FINAL_METRICS)
+
+
 def test_per_epoch_curves(store):
     rows = list(csv.DictReader(open(store["out"] / "curves.csv")))
     get = {(r["variant"], r["metric"], int(r["epoch"])): r for r in rows}

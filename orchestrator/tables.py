@@ -1,0 +1,65 @@
+"""Text tables for the report: cell formatting, GitHub Markdown and booktabs LaTeX.
+
+Hand-written because pandas' own to_markdown / to_latex need tabulate and jinja2, which we don't depend on.
+"""
+import re
+
+import pandas as pd
+
+DASH = "—"
+
+
+def num(x, digits: int) -> str:
+    return DASH if x is None or pd.isna(x) else f"{x:,.{digits}f}"
+
+
+def pm(mean, std, digits: int) -> str:
+    return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {num(std, digits)}"
+
+
+def yes_no(x) -> str:
+    return DASH if x is None or pd.isna(x) else ("yes" if x else "no")
+
+
+# Numbers, "mean ± std", intervals and dashes are right-aligned; everything else left.
+_NUMERIC_CELL = re.compile(r"[-+−]?[\d.,]+(e[-+]\d+)?( ± ([\d.,]+|—))?|—|\[[-\d., ]+\]")
+
+
+def _right_aligned(col: pd.Series) -> bool:
+    cells = [str(c) for c in col if str(c)]
+    return bool(cells) and all(_NUMERIC_CELL.fullmatch(c) for c in cells)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs tabulate, which we don't depend on)."""
+    cells = [[str(c) for c in df.columns]] + [[str(v).replace("|", r"\|") for v in row] for row in df.values]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(df.columns))]  # GFM rule needs "---"
+    right = [_right_aligned(df[c]) for c in df.columns]
+
+    def fmt(row):
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)) + " |"
+
+    rule = "| " + " | ".join("-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right)) + " |"
+    return "\n".join([fmt(cells[0]), rule, *map(fmt, cells[1:])])
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_cell(s) -> str:
+    s = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s).replace("⚠ ", ""))
+    for uni, tex in (("±", r"$\pm$"), ("—", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
+                     ("≥", r"$\geq$")):  # plain pdflatex has no Unicode math
+        s = s.replace(uni, tex)
+    return s
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table (\\usepackage{booktabs}); pandas' to_latex would need jinja2 and Unicode-aware LaTeX."""
+    spec = "".join("r" if _right_aligned(df[c]) else "l" for c in df.columns)
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_latex_cell(caption)}}}", rf"\label{{tab:{label}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_cell, df.columns)) + r" \\",
+             r"\midrule", *(" & ".join(map(_latex_cell, row)) + r" \\" for row in df.values),
+             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
