@@ -10,7 +10,6 @@ difference. tests/test_load.py runs the same check on a smaller sweep in CI.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from orchestrator.config import ArgumentParser  # noqa: E402  (one-line errors, like every CLI here)
 from orchestrator.tracking import all_pages  # noqa: E402
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
@@ -96,7 +96,7 @@ def run_load(workdir: Path, variants: list[str], n_seeds: int, epochs: int = 1) 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python scripts/load_check.py", description=__doc__.splitlines()[0])
     p.add_argument("--variants", default="base,v6", help="comma-separated variants (default %(default)s)")
     p.add_argument("--seeds", type=int, default=32, help="seeds per variant (default %(default)s)")
     p.add_argument("--epochs", type=int, default=1)
