@@ -29,20 +29,20 @@ def curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame
     axes = axes.ravel()
     colors = _colors(variants)
 
-    def band(ax, v, split, color, style="-", label=None):
+    def band(ax, v, split, color, legend, style="-"):
         c = curves[(curves.variant == v) & (curves.metric == f"{split}_{kind}")].sort_values("epoch")
         mean, std = scale * c["mean"], scale * c["std"].fillna(0.0)  # n=1: no spread to draw
-        ax.plot(c["epoch"], mean, style, color=color, marker="o", ms=3, label=label)
+        ax.plot(c["epoch"], mean, style, color=color, marker="o", ms=3, label=legend)
         ax.fill_between(c["epoch"], mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
     for ax, v in zip(axes, shown):
-        band(ax, v, "train", "tab:blue", label="train")
-        band(ax, v, "val", "tab:orange", label="validation")
+        band(ax, v, "train", "tab:blue", "train")
+        band(ax, v, "val", "tab:orange", "validation")
         n = curves.loc[curves.variant == v, "n"].max()
         ax.set_title(f"{label(v, paper)} (n={n})")
     overlay = axes[len(shown)]
     for v in shown:
-        band(overlay, v, "val", colors[v], label=label(v, paper))
+        band(overlay, v, "val", colors[v], label(v, paper))
     overlay.set_title("Validation, all variants")
     for ax in axes[:n_panels]:
         ax.set_xlabel("Epoch")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,12 +36,7 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _load_check_main():
-    argv = [str(REPO / "scripts" / "load_check.py")]
-    old, sys.argv = sys.argv, argv
-    try:
-        runpy.run_path(argv[0], run_name="__main__")
-    finally:
-        sys.argv = old
+    runpy.run_path(str(REPO / "scripts" / "load_check.py"))["main"]([])
 
 
 def _mains():
