@@ -38,6 +38,13 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def flush_denormal(enabled: bool = True) -> bool:
+    """Flush subnormal floats to zero on this thread (and the threads it starts later); True when the CPU
+    supports it. Subnormal weights and Adam moments appear after ~5 epochs of V6 and make every op that
+    touches them several times slower; values below 1.2e-38 change no prediction."""
+    return torch.set_flush_denormal(enabled) and enabled
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -64,10 +71,12 @@ def latency_context(device: torch.device) -> dict:
 @torch.no_grad()
 def measure_latency(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                     *, batch1_calls: int = 200, memory_format=torch.contiguous_format,
-                    warmup_calls: int = 20) -> dict:
+                    warmup_calls: int = 20, flush_denormals: bool = True) -> dict:
     """latency_ms_per_image: the paper's definition (forward + argmax on batches of 4 over the validation
-    set, total time / images). latency_ms_batch1: median of `batch1_calls` single-image calls after warm-up."""
+    set, total time / images). latency_ms_batch1: median of `batch1_calls` single-image calls after warm-up.
+    Subnormals are flushed unless told otherwise: a trained V6 holds some, and they slow inference 4x."""
     model.eval()
+    flush_denormal(flush_denormals)
     batches = [x.contiguous(memory_format=memory_format) for x, _ in data.eval_batches(images, labels, 4, device)]
     single = batches[0][:1]
     with node_lock(), torch_threads(LATENCY_THREADS):

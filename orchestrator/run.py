@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live tab
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import data  # noqa: E402
-from orchestrator import tracking  # noqa: E402
+from orchestrator import records, tracking  # noqa: E402
 from orchestrator.config import Config, ConfigError, parse_config  # noqa: E402
 
 TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
@@ -51,13 +51,14 @@ def library_versions() -> dict:
 
 
 # --- checks made before any trial starts ----------------------------------------------------------
-def check_data(cfg: Config) -> None:
+def check_data(cfg: Config) -> str:
+    """Validate the data and the data flags; return the data's fingerprint when records need it."""
     root = data.resolve_data_dir(cfg.data_dir or None)
     if cfg.download:
         data.download_cifar10(root)
     # Reading both splits validates sizes and labels, and fails here rather than in every trial.
     train_x, train_y = data.load_cifar10(root, "train")
-    data.load_cifar10(root, "test")
+    test_x, test_y = data.load_cifar10(root, "test")
     # data/ raises plain ValueError for these two; name the flag so the user knows what to change.
     try:
         data.parse_focus_classes(cfg.focus_classes)
@@ -68,6 +69,21 @@ def check_data(cfg: Config) -> None:
             data.stratified_subset(train_x, train_y, cfg.subset_per_class, seed=0)
         except ValueError as e:
             raise ConfigError(f"--subset-per-class: {e}: pass a smaller N, or 0 for all images") from None
+    return data.fingerprint(train_x, train_y, test_x, test_y) if cfg.results_dir else ""
+
+
+def trials_to_run(cfg: Config, data_fingerprint: str) -> list[dict]:
+    """The (variant, seed) pairs of this sweep, less those --skip-existing finds records of. Refuses a
+    --results-dir holding records of another protocol, before anything runs."""
+    pairs = [{"variant": v, "seed": s} for v in cfg.variants for s in cfg.seed_values()]
+    if not cfg.results_dir:
+        return pairs
+    have = records.load_records(cfg.results_dir)
+    records.check_one_protocol(have, cfg.results_dir, records.protocol_of(cfg, data_fingerprint))
+    if cfg.skip_existing:
+        done = {(r["variant"], r["seed"]) for r in have}
+        pairs = [p for p in pairs if (p["variant"], p["seed"]) not in done]
+    return pairs
 
 
 def check_storage(path: str) -> str:
@@ -167,7 +183,7 @@ def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, s
 
 
 def trial_name(trial) -> str:
-    return f"{trial.config['variant']}-seed{trial.config['seed']}"
+    return f"{trial.config['trial']['variant']}-seed{trial.config['trial']['seed']}"
 
 
 def run_sweep(cfg: Config) -> dict:
@@ -183,13 +199,18 @@ def run_sweep(cfg: Config) -> dict:
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, experiment_id)
     else:
         sweep_id, parent_run_id, storage = new_sweep_id(), None, None
-    check_data(cfg)
+    data_fingerprint = check_data(cfg)
+    pairs = trials_to_run(cfg, data_fingerprint)
+    if not pairs:
+        print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
+        return {"sweep_id": None, "summary": None, "failed_trials": [], "wall_seconds": 0.0}
     storage = check_storage(storage or cfg.storage_path)
     start_ray(cfg)
     if not cfg.resume:
         experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
 
     from ray import tune
+    from orchestrator.callbacks import RecordWriter
     from orchestrator.trainable import FAULT_ENV, run_trial
 
     seeds = list(cfg.seed_values())
@@ -203,13 +224,17 @@ def run_sweep(cfg: Config) -> dict:
             tracking.Param(k, str(v)) for k, v in cfg.to_dict().items()])
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
-    print(f"sweep {sweep_id}: {len(cfg.variants)} variants x {len(seeds)} seeds, {cfg.epochs} epochs; "
-          f"MLflow run {parent_run_id} in {uri}", flush=True)
+    skipped = len(cfg.variants) * len(seeds) - len(pairs)
+    print(f"sweep {sweep_id}: {len(cfg.variants)} variants x {len(seeds)} seeds, {cfg.epochs} epochs"
+          + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
+          + f"; MLflow run {parent_run_id} in {uri}", flush=True)
 
     sweep = {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
              "tracking_uri": uri, "fault": os.environ.get(FAULT_ENV, "")}
     trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
-    reporter = tune.CLIReporter(parameter_columns={"variant": "variant", "seed": "seed"},
+    writer = RecordWriter(cfg.results_dir, cfg, sweep, records.protocol_of(cfg, data_fingerprint)) \
+        if cfg.results_dir else None
+    reporter = tune.CLIReporter(parameter_columns={"trial/variant": "variant", "trial/seed": "seed"},
                                 metric_columns={"epoch": "epoch", "val_accuracy": "val_acc",
                                                 "train_loss": "train_loss"},
                                 max_report_frequency=30, sort_by_metric=False)
@@ -220,13 +245,13 @@ def run_sweep(cfg: Config) -> dict:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"variant": tune.grid_search(list(cfg.variants)), "seed": tune.grid_search(seeds),
-                         "cfg": cfg.to_dict(), "sweep": sweep},
+            param_space={"trial": tune.grid_search(pairs), "cfg": cfg.to_dict(), "sweep": sweep},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                         reuse_actors=False),
             run_config=tune.RunConfig(name=f"sweep-{sweep_id}", storage_path=storage, progress_reporter=reporter,
                                       failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+                                      callbacks=[writer] if writer else None))
     started = time.perf_counter()
     results = tuner.fit()
     wall_seconds = time.perf_counter() - started
@@ -237,6 +262,10 @@ def run_sweep(cfg: Config) -> dict:
         tracking.MlflowClient(uri).set_terminated(parent_run_id, status="KILLED")
         raise KeyboardInterrupt
 
+    if writer:  # a trial that finished while an earlier driver died before writing its record
+        for variant, seed in (variant_seed(r) for r in results if (r.metrics or {}).get("done")):
+            if not (Path(cfg.results_dir) / records.record_name(variant, seed)).is_file():
+                writer.write(variant, seed)
     summary = summarize(results)
     print(f"\nsweep {sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
     tracking.MlflowClient(uri).log_metric(parent_run_id, "sweep_wall_seconds", wall_seconds)
@@ -256,7 +285,7 @@ def run_sweep(cfg: Config) -> dict:
 
 def variant_seed(result) -> tuple[str, int]:
     if result.config:
-        return result.config["variant"], int(result.config["seed"])
+        return result.config["trial"]["variant"], int(result.config["trial"]["seed"])
     # Failed before its first report, so Ray kept no config; its folder is named <variant>-seed<k>.
     variant, _, seed = Path(result.path).name.rpartition("-seed")
     return variant, int(seed)
@@ -298,12 +327,14 @@ def main(argv=None) -> int:
     try:
         cfg = parse_config(argv, description=__doc__.splitlines()[0])
         out = run_sweep(cfg)
-    except (ConfigError, data.DataError, tracking.TrackingError, SweepError) as e:
+    except (ConfigError, data.DataError, tracking.TrackingError, SweepError, records.RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
+    if out["sweep_id"] is None:  # nothing left to train
+        return 0
     if out["failed_trials"]:
         n, total = len(out["failed_trials"]), len(out["summary"])
         resume = f"python -m orchestrator.run --resume --sweep-id {out['sweep_id']}"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import data
 import models
 from orchestrator.config import Config
-from orchestrator.latency import measure_latency
+from orchestrator.latency import flush_denormal, measure_latency
 
 # What `train` reports, hence what every trial logs to MLflow: per epoch (step = epoch), and once at the end
 # (step 0; the latencies only when measured). Tests and scripts/load_check.py check runs against these names.
@@ -124,6 +124,7 @@ def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None 
     """
     cfg = cfg.effective()
     device = device or pick_device()
+    flush_denormal(cfg.flush_denormal)
     seed_everything(seed)
     d = trial_data or load_trial_data(cfg)
     model, opt, sched, memory_format = build(cfg, variant, device)
@@ -181,6 +182,6 @@ def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None 
              "final_val_accuracy": history[-1]["val_accuracy"],
              "best_val_accuracy": max(h["val_accuracy"] for h in history)}
     if measure:
-        final.update(measure_latency(model, d.val_images, d.val_labels, device,
-                                     batch1_calls=cfg.latency_batch1_calls, memory_format=memory_format))
+        final.update(measure_latency(model, d.val_images, d.val_labels, device, batch1_calls=cfg.latency_batch1_calls,
+                                     memory_format=memory_format, flush_denormals=cfg.flush_denormal))
     return {"history": history, "final": final, "model": model}

@@ -6,6 +6,7 @@ crash Ray restarts the trial from that checkpoint, and the run back-fills any ch
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import tempfile
@@ -20,7 +21,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
 from orchestrator.config import Config
-from orchestrator.latency import latency_context
+from orchestrator.latency import flush_denormal, latency_context
 from orchestrator.tracking import TrialRun
 from orchestrator.train import DivergedError, train
 
@@ -47,9 +48,10 @@ def _maybe_kill(target: str, trial_name: str, epoch: int, restored: bool) -> Non
 def run_trial(config: dict) -> None:
     cfg = Config.from_dict(config["cfg"])
     sweep = config["sweep"]
-    variant, seed = config["variant"], int(config["seed"])
+    variant, seed = config["trial"]["variant"], int(config["trial"]["seed"])
     name = f"{variant}-seed{seed}"
     torch.set_num_threads(cfg.cpus_per_trial)
+    flushing = flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
     device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
 
     state = _load_state(tune.get_checkpoint())
@@ -62,7 +64,8 @@ def run_trial(config: dict) -> None:
         return
     run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                   "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes sharing a host
-                  "device": str(device), **latency_context(device)})
+                  "device": str(device), "flush_denormal": str(flushing).lower(),
+                  "python_version": platform.python_version(), **latency_context(device)})
     run.log_params({"variant": variant, "seed": seed, **{k: v for k, v in cfg.effective().to_dict().items()
                                                          if k not in ("variants", "seeds", "seed_list")}})
     if state is not None:

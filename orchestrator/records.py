@@ -1,0 +1,157 @@
+"""Trial records: one plain JSON file per finished (variant, seed), portable beyond the MLflow store.
+
+    DIR/<variant>-seed<k>.json   {"schema_version", "variant", "seed", "protocol", "protocol_hash", "speed",
+                                  "measurement", "environment", "history", "final", "mlflow"}
+
+`protocol` holds every setting that changes what a trial computes, plus a digest of the data, and
+`protocol_hash` is the hash of exactly that: records of one hash are one experiment and may be averaged.
+Speed options that keep the maths (compile, memory format, fused kernels, denormal flushing) are recorded
+apart, outside the hash. A record names no host and no user. Files are written atomically: a crash leaves
+the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+# Config fields that change what a trial computes (its protocol). `focus_classes` is stored as label indices.
+PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "beta1", "beta2", "eps", "weight_decay", "lr_factor",
+                   "lr_patience", "lr_threshold", "augment", "focus_classes", "subset_per_class")
+# Config fields that change only how fast it is computed.
+SPEED_FIELDS = ("channels_last", "fused_adam", "compile", "flush_denormal")
+MEASUREMENT_FIELDS = ("latency_batch1_calls",)
+REQUIRED_KEYS = ("variant", "seed", "protocol", "protocol_hash", "history", "final")
+
+
+class RecordError(ValueError):
+    """A record that cannot be used (corrupt, another schema, another protocol); one line naming the fix."""
+
+
+def protocol_of(cfg, data_fingerprint: str) -> dict:
+    """The protocol of `cfg` (its effective values, so --quick is 2 epochs) on data with this fingerprint."""
+    from data import parse_focus_classes
+    protocol = {name: getattr(cfg, name) for name in PROTOCOL_FIELDS}
+    protocol["focus_classes"] = list(parse_focus_classes(cfg.focus_classes))
+    protocol["data_fingerprint"] = data_fingerprint
+    return protocol
+
+
+def protocol_hash(protocol: dict) -> str:
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_name(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}.json"
+
+
+def git_state() -> dict:
+    """The commit of the code that ran and whether tracked files differed from it."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=here)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": None if status is None else bool(status)}
+
+
+def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
+    """Write `record` to results_dir/<variant>-seed<k>.json atomically (temp file, fsync, rename)."""
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / record_name(record["variant"], record["seed"])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_record(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RecordError(f"record {path} is not readable JSON ({str(e).splitlines()[0]}): delete it to "
+                          f"train that trial again, or restore it from git") from None
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        found = record.get("schema_version") if isinstance(record, dict) else type(record).__name__
+        raise RecordError(f"record {path} has schema version {found!r}, this code reads {SCHEMA_VERSION}: "
+                          f"rebuild it with this version's orchestrator.run or move it to another folder")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"record {path} lacks {', '.join(missing)}: it is incomplete; delete it to train "
+                          f"that trial again")
+    if protocol_hash(record["protocol"]) != record["protocol_hash"]:
+        raise RecordError(f"record {path}: its protocol_hash does not match its protocol (edited by hand?): "
+                          f"restore it from git, or delete it to train that trial again")
+    if path.name != record_name(record["variant"], record["seed"]):
+        raise RecordError(f"record {path} holds {record['variant']}-seed{record['seed']}: rename it "
+                          f"{record_name(record['variant'], record['seed'])} or delete it")
+    return record
+
+
+def load_records(results_dir: str | os.PathLike) -> list[dict]:
+    """Every record in the folder (none if it does not exist), sorted by file name."""
+    folder = Path(results_dir)
+    return [load_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def protocol_difference(a: dict, b: dict) -> list[str]:
+    """Names of the protocol fields whose values differ between two protocols."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def check_one_protocol(records: list[dict], where: str, protocol: dict | None = None) -> None:
+    """Refuse a folder whose records are of more than one protocol, or of another one than `protocol`."""
+    reference = protocol if protocol is not None else (records[0]["protocol"] if records else None)
+    for record in records:
+        differs = protocol_difference(reference, record["protocol"])
+        if differs:
+            name = record_name(record["variant"], record["seed"])
+            against = "this sweep" if protocol is not None else record_name(records[0]["variant"],
+                                                                              records[0]["seed"])
+            raise RecordError(f"{where}/{name} was trained under another protocol than {against} (differs in "
+                              f"{', '.join(differs)}): use another --results-dir for another protocol")
+
+
+def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict:
+    """The record of a finished trial, read back from its MLflow child run: the numbers it logged, exactly."""
+    from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
+    run = client.get_run(run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    by_epoch: dict[int, dict] = {}
+    for key in EPOCH_METRICS:
+        for m in client.get_metric_history(run_id, key):
+            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return {
+        "schema_version": SCHEMA_VERSION, "variant": tags["variant"], "seed": int(tags["seed"]),
+        "protocol": protocol, "protocol_hash": protocol_hash(protocol),
+        "speed": {name: getattr(cfg, name) for name in SPEED_FIELDS},
+        "measurement": {**{name: getattr(cfg, name) for name in MEASUREMENT_FIELDS},
+                        "latency_threads": int(tags.get("latency_threads", 1))},
+        "environment": {**git, "torch_version": tags.get("torch_version"),
+                        "python_version": tags.get("python_version"), "device": tags.get("latency_device"),
+                        "hardware": tags.get("latency_hardware"),
+                        "denormals_flushed": tags.get("flush_denormal") == "true"},
+        "history": [by_epoch[epoch] for epoch in sorted(by_epoch)],
+        "final": {key: metrics[key] for key in FINAL_METRICS if key in metrics},
+        "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id, "sweep_id": tags.get("sweep_id")},
+    }
