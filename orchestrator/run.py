@@ -1,7 +1,8 @@
 """`python -m orchestrator.run`: the paper's variants × seeds as parallel Ray Tune trials, tracked in MLflow.
 
-Everything that can be checked is checked on the driver before any trial starts (config, data, tracking store,
-storage path, Ray cluster), so bad input costs one line and a non-zero exit, never a half-run sweep.
+A sweep is four steps: open it (check everything that can be checked, then start a new sweep or find the one to
+resume), build the tuner, fit it, close it (records, summary, failed trials, the report). Bad input costs one
+line and a non-zero exit before any trial starts (orchestrator.preflight), never a half-run sweep.
 """
 from __future__ import annotations
 
@@ -10,34 +11,47 @@ import os
 import platform
 import shlex
 import socket
-import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live table, with our columns
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import data  # noqa: E402
-from orchestrator import records, tracking  # noqa: E402
-from orchestrator.config import Config, ConfigError, parse_config  # noqa: E402
+from orchestrator import preflight, records, tracking  # noqa: E402
+from orchestrator.config import ConfigError, SweepConfig, parse_config  # noqa: E402
+from orchestrator.names import parse_trial_name, trial_name  # noqa: E402
+from orchestrator.preflight import SweepError  # noqa: E402
 
 TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
                  "latency_ms_per_image", "latency_ms_batch1"]
 
 
-class SweepError(RuntimeError):
-    """The sweep cannot start; the message says how to fix it."""
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep as the driver runs it: its config, ids in MLflow and Ray, and the trials it trains."""
+    cfg: SweepConfig
+    sweep_id: str
+    experiment_id: str
+    parent_run_id: str
+    storage: str                   # Ray Tune's storage root; the sweep's folder is `path`
+    pairs: list[dict]              # {"variant", "seed"} of each trial this sweep trains
+    protocol: dict | None          # the records' protocol, with --results-dir
 
+    @property
+    def path(self) -> str:
+        sep = "/" if "://" in self.storage else os.sep
+        return f"{self.storage.rstrip('/')}{sep}sweep-{self.sweep_id}"
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    def trial_context(self) -> dict:
+        """What every trial needs to know of the sweep beyond its TrainConfig."""
+        from orchestrator.trainable import FAULT_ENV
+        return {"sweep_id": self.sweep_id, "parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
+                "tracking_uri": self.cfg.tracking_uri, "cpus_per_trial": self.cfg.cpus_per_trial,
+                "fault": os.environ.get(FAULT_ENV, "")}
 
 
 def library_versions() -> dict:
@@ -50,125 +64,14 @@ def library_versions() -> dict:
             "python_version": platform.python_version()}
 
 
-# --- checks made before any trial starts ----------------------------------------------------------
-def check_data(cfg: Config) -> str:
-    """Validate the data and the data flags; return the data's fingerprint when records need it."""
-    root = data.resolve_data_dir(cfg.data_dir or None)
-    if cfg.download:
-        data.download_cifar10(root)
-    # Reading both splits validates sizes and labels, and fails here rather than in every trial.
-    train_x, train_y = data.load_cifar10(root, "train")
-    test_x, test_y = data.load_cifar10(root, "test")
-    # data/ raises plain ValueError for these two; name the flag so the user knows what to change.
-    try:
-        data.parse_focus_classes(cfg.focus_classes)
-    except ValueError as e:
-        raise ConfigError(f"--focus-classes: {e}") from None
-    if cfg.subset_per_class:
-        try:
-            data.stratified_subset(train_x, train_y, cfg.subset_per_class, seed=0)
-        except ValueError as e:
-            raise ConfigError(f"--subset-per-class: {e}: pass a smaller N, or 0 for all images") from None
-    return data.fingerprint(train_x, train_y, test_x, test_y) if cfg.results_dir else ""
-
-
-def trials_to_run(cfg: Config, data_fingerprint: str) -> list[dict]:
-    """The (variant, seed) pairs of this sweep, less those --skip-existing finds records of. Refuses a
-    --results-dir holding records of another protocol, before anything runs."""
-    pairs = [{"variant": v, "seed": s} for v in cfg.variants for s in cfg.seed_values()]
-    if not cfg.results_dir:
-        return pairs
-    have = records.load_records(cfg.results_dir)
-    records.check_one_protocol(have, cfg.results_dir, records.protocol_of(cfg, data_fingerprint))
-    if cfg.skip_existing:
-        done = {(r["variant"], r["seed"]) for r in have}
-        pairs = [p for p in pairs if (p["variant"], p["seed"]) not in done]
-    return pairs
-
-
-def check_storage(path: str) -> str:
-    if "://" in path:  # s3://, gs://, NFS mounts via file:// are checked by Ray/pyarrow themselves
-        return path
-    p = Path(path).expanduser().resolve()
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"x" * 65536)
-        probe.unlink()
-    except OSError as e:
-        raise SweepError(f"storage path {p} is not writable ({e.strerror}): free space or pass another "
-                         f"--storage-path") from None
-    return str(p)
-
-
-def check_address(address: str) -> None:
-    if not address or address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise SweepError(f"--address {address!r} is not host:port: pass the head node's address, e.g. 10.0.0.1:6379")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as e:
-        raise SweepError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
-                         f"`ray start --head` / `ray up cluster.yaml`, or drop --address for a local Ray") from None
-
-
-def start_ray(cfg: Config) -> None:
-    import ray
-    from ray.exceptions import AuthenticationError
-    check_address(cfg.address)
-    try:
-        if cfg.address:
-            ray.init(address=cfg.address, ignore_reinit_error=True)
-        elif not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
-            ray.init(include_dashboard=False)
-    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
-        chain, cause = [], e  # Ray wraps the refusal: ConnectionError <- RuntimeError(text of AuthenticationError)
-        while cause is not None:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        if any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in chain):
-            # A cluster started with token auth (~/.ray/auth_token) refuses clients without its token, and Ray
-            # sends the token to an explicit --address only when RAY_AUTH_MODE=token says so.
-            where = f"the Ray cluster at {cfg.address or 'local'}"
-            token = ("the head's token (`ray get-auth-token` there) in ~/.ray/auth_token, RAY_AUTH_TOKEN or "
-                     "RAY_AUTH_TOKEN_PATH")
-            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                raise SweepError(f"{where} requires its auth token: set RAY_AUTH_MODE=token and put {token}") from None
-            raise SweepError(f"{where} refused this token (or found none): put {token}") from None
-        raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]}") from None
-    cpus = ray.cluster_resources().get("CPU", 0)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.cpus_per_trial > cpus:
-        raise SweepError(f"--cpus-per-trial {cfg.cpus_per_trial} is more than the cluster's {cpus:g} CPUs: "
-                         f"lower it or add nodes")
-    if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
-        raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: "
-                         f"use --gpus-per-trial 0 or add GPU nodes")
-
-
-# --- the sweep ------------------------------------------------------------------------------------
 def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def check_resumable(cfg: Config, uri: str) -> None:
-    """What --resume can refuse before opening the store, so a failed --resume leaves no new database behind."""
-    # The id goes into an MLflow filter string: a quote there is an injection or a typo, never a sweep id.
-    if cfg.sweep_id and not all(c.isalnum() or c in "-_." for c in cfg.sweep_id):
-        raise SweepError(f"--sweep-id {cfg.sweep_id!r} is not a sweep id: pass the <id> of a parent run "
-                         f"named sweep-<id> (e.g. 20250101-120000-abc123)")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise SweepError(f"no MLflow store at {uri[len('sqlite:///'):]}, so no sweep to resume: pass the "
-                         f"--tracking-uri the sweep used, or start a new sweep without --resume")
-
-
-def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, str]:
+# --- 1. open the sweep ------------------------------------------------------------------------------
+def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, SweepConfig, str]:
     """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
-    tags = {"kind": "sweep"}
-    if cfg.sweep_id:
-        tags["sweep_id"] = cfg.sweep_id
+    tags = {"kind": "sweep", **({"sweep_id": cfg.sweep_id} if cfg.sweep_id else {})}
     runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
             if r.data.tags.get("sweep_status") != "finished"]
     if not runs:
@@ -176,133 +79,114 @@ def find_resumable(cfg: Config, experiment_id: str) -> tuple[str, str, Config, s
         raise SweepError(f"found no {which} to resume in experiment {cfg.experiment_name!r} at "
                          f"{cfg.tracking_uri}: check --sweep-id/--tracking-uri, or start a new sweep without --resume")
     run = runs[0]
-    stored = Config.from_dict(json.loads(run.data.tags["config_json"]))
     # Where to run may change between attempts; what to run may not.
-    stored = Config.from_dict({**stored.to_dict(), "address": cfg.address, "resume": True, "report": cfg.report})
+    stored = SweepConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
+        address=cfg.address, resume=True, report=cfg.report)
     return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
 
 
-def trial_name(trial) -> str:
-    return f"{trial.config['trial']['variant']}-seed{trial.config['trial']['seed']}"
+def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str) -> str:
+    uri = cfg.tracking_uri
+    flags = cfg.to_flags()
+    parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
+        "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
+        "git_commit": records.git_state()["git_commit"],
+        "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
+        "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
+        **library_versions()})
+    tracking.MlflowClient(uri).log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
+    return parent_run_id
 
 
-def run_sweep(cfg: Config) -> dict:
-    cfg = cfg.effective().validate()
-    uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
-    cfg = Config.from_dict({**cfg.to_dict(), "tracking_uri": uri})
+def open_sweep(cfg: SweepConfig) -> Sweep | None:
+    """Check everything, then start a new sweep or reopen the one to resume; None when nothing is left to train."""
+    cfg = cfg.validate().replace(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
+    uri = cfg.tracking_uri
     # Cheap checks that write nothing come first, so bad input leaves no store, experiment or run behind.
-    check_address(cfg.address)
+    preflight.check_address(cfg.address)
     tracking.check_tracking(uri)
+    sweep_id, parent_run_id, storage = new_sweep_id(), None, None
     if cfg.resume:
-        check_resumable(cfg, uri)
-        experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
-        sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, experiment_id)
-    else:
-        sweep_id, parent_run_id, storage = new_sweep_id(), None, None
-    data_fingerprint = check_data(cfg)
-    pairs = trials_to_run(cfg, data_fingerprint)
+        preflight.check_resumable(cfg, uri)
+        sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
+    data_fingerprint = preflight.check_data(cfg)
+    pairs = preflight.trials_to_run(cfg, data_fingerprint)
     if not pairs:
         print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
-        return {"sweep_id": None, "summary": None, "failed_trials": [], "wall_seconds": 0.0}
-    storage = check_storage(storage or cfg.storage_path)
-    start_ray(cfg)
-    if not cfg.resume:
-        experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
-
-    from ray import tune
-    from orchestrator.callbacks import RecordWriter
-    from orchestrator.trainable import FAULT_ENV, run_trial
-
-    seeds = list(cfg.seed_values())
+        return None
+    storage = preflight.check_storage(storage or cfg.storage_path)
+    preflight.start_ray(cfg)
+    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
     if parent_run_id is None:
-        parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
-            "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, seeds)), "git_commit": git_commit(),
-            "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
-            "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(cfg.to_dict()),
-            **library_versions()})
-        tracking.MlflowClient(uri).log_batch(parent_run_id, params=[
-            tracking.Param(k, str(v)) for k, v in cfg.to_dict().items()])
+        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage)
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
-    skipped = len(cfg.variants) * len(seeds) - len(pairs)
-    print(f"sweep {sweep_id}: {len(cfg.variants)} variants x {len(seeds)} seeds, {cfg.epochs} epochs"
-          + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
-          + f"; MLflow run {parent_run_id} in {uri}", flush=True)
+    protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol)
 
-    sweep = {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-             "tracking_uri": uri, "fault": os.environ.get(FAULT_ENV, "")}
+
+# --- 2. build the tuner -------------------------------------------------------------------------------
+def _tune_trial_name(trial) -> str:
+    return trial_name(trial.config["trial"]["variant"], trial.config["trial"]["seed"])
+
+
+def build_tuner(sweep: Sweep):
+    from ray import tune
+    from orchestrator.callbacks import RecordWriter
+    from orchestrator.trainable import run_trial
+    cfg = sweep.cfg
     trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
-    writer = RecordWriter(cfg.results_dir, cfg, sweep, records.protocol_of(cfg, data_fingerprint)) \
-        if cfg.results_dir else None
+    if cfg.resume and tune.Tuner.can_restore(sweep.path):
+        return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \
+        if sweep.protocol else None
     reporter = tune.CLIReporter(parameter_columns={"trial/variant": "variant", "trial/seed": "seed"},
                                 metric_columns={"epoch": "epoch", "val_accuracy": "val_acc",
                                                 "train_loss": "train_loss"},
                                 max_report_frequency=30, sort_by_metric=False)
-    path = str(Path(storage) / f"sweep-{sweep_id}") if "://" not in storage else f"{storage}/sweep-{sweep_id}"
-    if cfg.resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=None)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(pairs), "cfg": cfg.to_dict(), "sweep": sweep},
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=f"sweep-{sweep_id}", storage_path=storage, progress_reporter=reporter,
-                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                                      callbacks=[writer] if writer else None))
-    started = time.perf_counter()
-    results = tuner.fit()
-    wall_seconds = time.perf_counter() - started
-    if any(not r.error and not (r.metrics or {}).get("done") and not (r.metrics or {}).get("diverged")
-           for r in results):
-        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
-        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
-        tracking.MlflowClient(uri).set_terminated(parent_run_id, status="KILLED")
-        raise KeyboardInterrupt
-
-    if writer:  # a trial that finished while an earlier driver died before writing its record
-        for variant, seed in (variant_seed(r) for r in results if (r.metrics or {}).get("done")):
-            if not (Path(cfg.results_dir) / records.record_name(variant, seed)).is_file():
-                writer.write(variant, seed)
-    summary = summarize(results)
-    print(f"\nsweep {sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
-    tracking.MlflowClient(uri).log_metric(parent_run_id, "sweep_wall_seconds", wall_seconds)
-    failed_trials = close_errored_runs(uri, experiment_id, sweep_id, results)
-    # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
-    # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
-    tracking.finish_sweep_run(uri, parent_run_id, "FAILED" if failed_trials else "FINISHED")
-    if cfg.report:
-        from orchestrator.report import ReportError, build_report
-        try:
-            build_report(uri, cfg.experiment_name, sweep_id=sweep_id)
-        except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
-            print(f"no report: {e}", file=sys.stderr)
-    return {"sweep_id": sweep_id, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-            "summary": summary, "wall_seconds": wall_seconds, "storage_path": path, "failed_trials": failed_trials}
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(sweep.pairs), "train": cfg.train.to_dict(),
+                     "sweep": sweep.trial_context()},
+        tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=f"sweep-{sweep.sweep_id}", storage_path=sweep.storage,
+                                  progress_reporter=reporter, callbacks=callbacks, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
+# --- 4. close the sweep -------------------------------------------------------------------------------
 def variant_seed(result) -> tuple[str, int]:
     if result.config:
         return result.config["trial"]["variant"], int(result.config["trial"]["seed"])
-    # Failed before its first report, so Ray kept no config; its folder is named <variant>-seed<k>.
-    variant, _, seed = Path(result.path).name.rpartition("-seed")
-    return variant, int(seed)
+    return parse_trial_name(Path(result.path).name)  # failed before its first report: Ray kept no config
 
 
-def close_errored_runs(uri: str, experiment_id: str, sweep_id: str, results) -> list[str]:
+def is_done(result) -> bool:
+    return bool((result.metrics or {}).get("done"))
+
+
+def write_missing_records(sweep: Sweep, results) -> None:
+    """Records of trials that finished while an earlier driver died before writing them."""
+    from orchestrator.callbacks import RecordWriter
+    writer = RecordWriter(sweep.cfg.results_dir, sweep.cfg.train, sweep.trial_context(), sweep.protocol)
+    for variant, seed in (variant_seed(r) for r in results if is_done(r)):
+        if not (Path(sweep.cfg.results_dir) / records.record_name(variant, seed)).is_file():
+            writer.write(variant, seed)
+
+
+def close_errored_runs(sweep: Sweep, results) -> list[str]:
     """Names of the trials Ray gave up on. A trial killed outright (OOM, SIGKILL, lost node) could not end its
     own MLflow run: mark it FAILED with Ray's error, so the UI doesn't show it running forever."""
     failed = []
+    uri = sweep.cfg.tracking_uri
     client = tracking.MlflowClient(uri)
-    for r in results:
-        if not r.error:
-            continue
+    for r in (r for r in results if r.error):
         variant, seed = variant_seed(r)
-        failed.append(f"{variant}-seed{seed}")
-        for run in tracking.find_runs(uri, experiment_id, kind="trial", sweep_id=sweep_id, variant=variant,
-                                      seed=str(seed)):
+        failed.append(trial_name(variant, seed))
+        for run in tracking.find_runs(uri, sweep.experiment_id, kind="trial", sweep_id=sweep.sweep_id,
+                                      variant=variant, seed=str(seed)):
             if run.info.status == "RUNNING":
                 first_line = (str(r.error).strip().splitlines() or [""])[0]
                 client.set_tag(run.info.run_id, "failure_reason", f"{type(r.error).__name__}: {first_line}"[:4000])
@@ -323,6 +207,49 @@ def summarize(results):
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
+def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
+    uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
+    if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
+        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
+        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
+        client.set_terminated(sweep.parent_run_id, status="KILLED")
+        raise KeyboardInterrupt
+    if sweep.protocol:
+        write_missing_records(sweep, results)
+    summary = summarize(results)
+    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
+    client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
+    failed_trials = close_errored_runs(sweep, results)
+    # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
+    # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
+    tracking.finish_sweep_run(uri, sweep.parent_run_id, "FAILED" if failed_trials else "FINISHED")
+    if sweep.cfg.report:
+        from orchestrator.report import ReportError, build_report
+        try:
+            build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+        except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
+            print(f"no report: {e}", file=sys.stderr)
+    return {"sweep_id": sweep.sweep_id, "parent_run_id": sweep.parent_run_id, "experiment_id": sweep.experiment_id,
+            "summary": summary, "wall_seconds": wall_seconds, "storage_path": sweep.path,
+            "failed_trials": failed_trials}
+
+
+# --- the four steps -----------------------------------------------------------------------------------------
+def run_sweep(cfg: SweepConfig) -> dict | None:
+    """Run one sweep; None when --skip-existing left nothing to train."""
+    sweep = open_sweep(cfg)
+    if sweep is None:
+        return None
+    skipped = len(sweep.cfg.variants) * len(sweep.cfg.seed_values()) - len(sweep.pairs)
+    print(f"sweep {sweep.sweep_id}: {len(sweep.cfg.variants)} variants x {len(sweep.cfg.seed_values())} seeds, "
+          f"{sweep.cfg.train.epochs} epochs" + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
+          + f"; MLflow run {sweep.parent_run_id} in {sweep.cfg.tracking_uri}", flush=True)
+    tuner = build_tuner(sweep)
+    started = time.perf_counter()
+    results = tuner.fit()
+    return close_sweep(sweep, results, time.perf_counter() - started)
+
+
 def main(argv=None) -> int:
     try:
         cfg = parse_config(argv, description=__doc__.splitlines()[0])
@@ -333,9 +260,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
-    if out["sweep_id"] is None:  # nothing left to train
-        return 0
-    if out["failed_trials"]:
+    if out is not None and out["failed_trials"]:
         n, total = len(out["failed_trials"]), len(out["summary"])
         resume = f"python -m orchestrator.run --resume --sweep-id {out['sweep_id']}"
         print(f"error: {n} of {total} trials failed after --max-failures {cfg.max_failures} restarts "

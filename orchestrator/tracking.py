@@ -6,6 +6,7 @@ does not have yet, so a restarted trial never logs an epoch twice and never skip
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from orchestrator.config import ArgumentParser
+from orchestrator.cli import ArgumentParser
+from orchestrator.names import DEFAULT_TRACKING_URI, SQLITE_PREFIX, sqlite_path, trial_name
 
 # Fail fast when a server is down at start-up; trials keep MLflow's default retries (minutes).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -29,9 +31,8 @@ class TrackingError(RuntimeError):
 
 def resolve_tracking_uri(uri: str) -> str:
     """Make a relative SQLite path absolute, so trials on other processes and nodes write the same file."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
-        return f"sqlite:///{path}"
+    if sqlite_path(uri) is not None:
+        return f"{SQLITE_PREFIX}{sqlite_path(uri).expanduser().resolve()}"
     if "://" not in uri:  # a plain directory path: MLflow's file store is deprecated, keep users on SQLite
         raise TrackingError(f"tracking URI {uri!r} is not a URI: use sqlite:///path/to/mlflow.db or http://host:port")
     return uri
@@ -39,41 +40,47 @@ def resolve_tracking_uri(uri: str) -> str:
 
 def default_artifact_location(uri: str) -> str | None:
     """For a local SQLite store, artifacts go beside the database (mlflow/artifacts/); servers decide their own."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(uri)
+    return (db.parent / "artifacts").resolve().as_uri() if db is not None else None
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Raise TrackingError with one line if the store cannot be reached or written."""
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                if r.status != 200:
-                    raise TrackingError(f"MLflow server at {uri} answered {r.status}; check that it is an MLflow server")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
-                                f"`python -m orchestrator.tracking serve` or pass another --tracking-uri") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TrackingError(f"cannot create the tracking store directory {db.parent} ({e.strerror}): "
-                                f"pass a writable --tracking-uri sqlite:///path/mlflow.db") from None
-        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-            raise TrackingError(f"tracking store {db} is not writable: pass a writable --tracking-uri")
-        probe = db.parent / f".write-test-{os.getpid()}"
-        try:  # a full disk passes os.access; only a write finds out, and better here than after Ray started
-            probe.write_bytes(b"x" * 65536)
-        except OSError as e:
-            raise TrackingError(f"cannot write the tracking store {db} ({e.strerror}): free space or pass "
-                                f"another --tracking-uri") from None
-        finally:
-            probe.unlink(missing_ok=True)
+        _check_server(uri, timeout_s)
+    elif sqlite_path(uri) is not None:
+        _check_sqlite(sqlite_path(uri))
     else:
         raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///path/to/mlflow.db or http://host:port")
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            if r.status != 200:
+                raise TrackingError(f"MLflow server at {uri} answered {r.status}; check that it is an MLflow server")
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
+                            f"`python -m orchestrator.tracking serve` or pass another --tracking-uri") from None
+
+
+def _check_sqlite(db: Path) -> None:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackingError(f"cannot create the tracking store directory {db.parent} ({e.strerror}): "
+                            f"pass a writable --tracking-uri sqlite:///path/mlflow.db") from None
+    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"tracking store {db} is not writable: pass a writable --tracking-uri")
+    probe = db.parent / f".write-test-{os.getpid()}"
+    try:  # a full disk passes os.access; only a write finds out, and better here than after Ray started
+        probe.write_bytes(b"x" * 65536)
+    except OSError as e:
+        raise TrackingError(f"cannot write the tracking store {db} ({e.strerror}): free space or pass "
+                            f"another --tracking-uri") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -122,7 +129,7 @@ class TrialRun:
             if existing[0].info.status != "FINISHED":
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=f"{variant}-seed{seed}", tags={
+            run = self.client.create_run(experiment_id, run_name=trial_name(variant, seed), tags={
                 "mlflow.parentRunId": parent_run_id, "kind": "trial", "sweep_id": sweep_id,
                 "variant": variant, "seed": str(seed), **(tags or {})})
             self.run_id = run.info.run_id
@@ -273,19 +280,23 @@ def _detach(cmd: list[str], uri: str, run_dir: Path, timeout_s: float = 180.0) -
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m orchestrator.tracking",
-                                description="Start an MLflow tracking server for this project.")
+                       description="Start an MLflow tracking server for this project.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="run `mlflow server` over this project's store (binds 127.0.0.1 by default)")
+    s = sub.add_parser("serve", help="run `mlflow server` over this project's store (binds 127.0.0.1 by default)",
+                       description="Run `mlflow server` over this project's store, proxying artifacts so workers "
+                                   "need no shared disk. Binds 127.0.0.1 unless told otherwise; trials and the "
+                                   "report reach it with --tracking-uri http://HOST:PORT.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on: loopback or a private IP "
                                                        "(others need --allow-public)")
     s.add_argument("--allow-public", action="store_true",
                    help="allow 0.0.0.0 or a public address (only behind authentication, e.g. MLflow's basic-auth app)")
-    s.add_argument("--port", type=int, default=5000)
-    s.add_argument("--backend-store-uri", default="sqlite:///mlflow/mlflow.db",
-                   help="sqlite:///path or postgresql://user:pass@host/db")
+    s.add_argument("--port", type=int, default=5000, help="TCP port to listen on")
+    s.add_argument("--backend-store-uri", default=DEFAULT_TRACKING_URI,
+                   help="where runs are stored: sqlite:///path or postgresql://user:pass@host/db")
     s.add_argument("--artifacts-destination", default="mlflow/artifacts",
                    help="where the server stores artifacts (local path or s3:// URI)")
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=1, help="server worker processes (one is enough for a sweep)")
     s.add_argument("--detach", action="store_true",
                    help="run in the background: stop the server an earlier --detach recorded in --run-dir, start "
                         "this one, wait until it answers, write server.pid, server.log and tracking_uri there")
@@ -298,9 +309,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     backend = args.backend_store_uri
-    if backend.startswith("sqlite:///"):
+    if sqlite_path(backend) is not None:
         backend = resolve_tracking_uri(backend)
-        Path(backend[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_path(backend).parent.mkdir(parents=True, exist_ok=True)
     dest = args.artifacts_destination
     if "://" not in dest:
         Path(dest).expanduser().mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 import data
 import models
-from orchestrator.config import Config
+from orchestrator.config import TrainConfig
 from orchestrator.latency import flush_denormal, measure_latency
+from orchestrator.names import trial_name
 
 # What `train` reports, hence what every trial logs to MLflow: per epoch (step = epoch), and once at the end
 # (step 0; the latencies only when measured). Tests and scripts/load_check.py check runs against these names.
@@ -41,7 +42,7 @@ class TrialData:
     val_labels: torch.Tensor
 
 
-def load_trial_data(cfg: Config) -> TrialData:
+def load_trial_data(cfg: TrainConfig) -> TrialData:
     root = data.resolve_data_dir(cfg.data_dir or None)
     train_x, train_y = data.load_cifar10(root, "train")
     val_x, val_y = data.load_cifar10(root, "test")
@@ -99,7 +100,28 @@ def _hits_onednn_strided_1x1_bug(model: torch.nn.Module, device: torch.device) -
         for m in model.modules())
 
 
-def build(cfg: Config, variant: str, device: torch.device):
+@dataclass
+class Trainer:
+    """What one trial trains with: the model, its optimizer and scheduler, and the memory format of its inputs."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    memory_format: torch.memory_format
+
+    def state(self, epoch: int, history: list[dict]) -> dict:
+        """A checkpoint: a snapshot, not live references (training goes on mutating the tensors in place)."""
+        return copy.deepcopy({"epoch": epoch, "model": self.model.state_dict(),
+                              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                              "rng": rng_state(), "history": history})
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+
+
+def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = models.create_model(variant)
     if _hits_onednn_strided_1x1_bug(model, device):
@@ -110,78 +132,86 @@ def build(cfg: Config, variant: str, device: torch.device):
                            weight_decay=cfg.weight_decay, fused=fused or None)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
                                                        patience=cfg.lr_patience, threshold=cfg.lr_threshold)
-    return model, opt, sched, memory_format
+    return Trainer(model, opt, sched, memory_format)
 
 
-def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None = None,
+def train_epoch(trainer: Trainer, step, batches, device) -> dict:
+    """One pass over the epoch's batches; train loss, accuracy and images/s, read once at the end."""
+    trainer.model.train()
+    t0 = time.perf_counter()
+    # Accumulated on the device: a .item() per step would force a sync on GPUs.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for x, y in batches:
+        if len(y) < 2:  # a 1-image remainder batch: the FC head's BatchNorm1d cannot train on it
+            continue
+        out = step(x.contiguous(memory_format=trainer.memory_format))
+        loss = F.cross_entropy(out, y)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+    seconds = time.perf_counter() - t0
+    return {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+            "train_images_per_second": seen / seconds}
+
+
+def final_metrics(model: torch.nn.Module, variant: str, history: list[dict]) -> dict:
+    """Size and cost of the trained model (the paper's Table 2 columns) and its accuracies."""
+    return {"param_count": models.count_parameters(model), "size_mb": models.size_mb(model),
+            "state_dict_bytes": models.state_dict_bytes(model),
+            "macs_per_image": models.macs_per_image(models.create_model(variant)),
+            "final_val_accuracy": history[-1]["val_accuracy"],
+            "best_val_accuracy": max(h["val_accuracy"] for h in history)}
+
+
+def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | None = None,
           device: torch.device | None = None, state: dict | None = None,
           on_epoch_end: Callable[[int, dict, Callable[[], dict]], None] | None = None,
           measure: bool = True) -> dict:
-    """Train `variant` with `seed` under the paper's protocol; return per-epoch history and final metrics.
+    """Train `variant` with `seed` under the paper's protocol.
 
-    `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`;
-    training resumes after its epoch. Returns {"history": [per-epoch metrics], "final": {...}}.
+    `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`; training
+    resumes after its epoch. Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained
+    model}; "final" has the latencies only when `measure`.
     """
-    cfg = cfg.effective()
     device = device or pick_device()
     flush_denormal(cfg.flush_denormal)
     seed_everything(seed)
     d = trial_data or load_trial_data(cfg)
-    model, opt, sched, memory_format = build(cfg, variant, device)
+    trainer = build(cfg, variant, device)
     train_set = data.TrainSet(d.train_images, d.train_labels, augment=cfg.augment,
                               focus_classes=data.parse_focus_classes(cfg.focus_classes),
                               batch_size=cfg.batch_size, seed=seed, device=device)
     history, start_epoch = [], 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        trainer.load(state)
         history, start_epoch = list(state["history"]), state["epoch"] + 1
-    step = torch.compile(model) if cfg.compile else model
+    step = torch.compile(trainer.model) if cfg.compile else trainer.model
 
     for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        for x, y in train_set.batches(epoch):
-            if len(y) < 2:  # a 1-image remainder batch: the FC head's BatchNorm1d cannot train on it
-                continue
-            out = step(x.contiguous(memory_format=memory_format))
-            loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Accumulate on-device: a .item() per step would force a sync on GPUs.
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-        train_seconds = time.perf_counter() - t0
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"{variant}-seed{seed}: train_loss became {train_loss} in epoch {epoch}")
-        val_loss, val_accuracy = evaluate(model, d.val_images, d.val_labels, device, memory_format)
-        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
-        sched.step(val_accuracy)
-        metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / seen, "val_loss": val_loss,
-                   "val_accuracy": val_accuracy, "lr": lr, "epoch_seconds": time.perf_counter() - t0,
-                   "train_images_per_second": seen / train_seconds}
+        metrics = train_epoch(trainer, step, train_set.batches(epoch), device)
+        if not math.isfinite(metrics["train_loss"]):
+            raise DivergedError(f"{trial_name(variant, seed)}: train_loss became {metrics['train_loss']} in "
+                                f"epoch {epoch}")
+        val_loss, val_accuracy = evaluate(trainer.model, d.val_images, d.val_labels, device, trainer.memory_format)
+        lr = trainer.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+        trainer.scheduler.step(val_accuracy)
+        metrics = {"train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
+                   "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr,
+                   "epoch_seconds": time.perf_counter() - t0,
+                   "train_images_per_second": metrics["train_images_per_second"]}
         history.append({"epoch": epoch, **metrics})
         if on_epoch_end is not None:
-            def make_state(epoch=epoch):
-                # A snapshot, not live references: training goes on mutating the tensors in place.
-                return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "rng": rng_state(), "history": history})
-            on_epoch_end(epoch, metrics, make_state)
+            on_epoch_end(epoch, metrics, lambda epoch=epoch: trainer.state(epoch, history))
 
-    final = {"param_count": models.count_parameters(model), "size_mb": models.size_mb(model),
-             "state_dict_bytes": models.state_dict_bytes(model),
-             "macs_per_image": models.macs_per_image(models.create_model(variant)),
-             "final_val_accuracy": history[-1]["val_accuracy"],
-             "best_val_accuracy": max(h["val_accuracy"] for h in history)}
+    final = final_metrics(trainer.model, variant, history)
     if measure:
-        final.update(measure_latency(model, d.val_images, d.val_labels, device, batch1_calls=cfg.latency_batch1_calls,
-                                     memory_format=memory_format, flush_denormals=cfg.flush_denormal))
-    return {"history": history, "final": final, "model": model}
+        final.update(measure_latency(trainer.model, d.val_images, d.val_labels, device,
+                                     batch1_calls=cfg.latency_batch1_calls, memory_format=trainer.memory_format,
+                                     flush_denormals=cfg.flush_denormal))
+    return {"history": history, "final": final, "model": trainer.model}

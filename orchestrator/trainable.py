@@ -20,8 +20,9 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
-from orchestrator.config import Config
+from orchestrator.config import TrainConfig
 from orchestrator.latency import flush_denormal, latency_context
+from orchestrator.names import trial_name
 from orchestrator.tracking import TrialRun
 from orchestrator.train import DivergedError, train
 
@@ -40,34 +41,39 @@ def _load_state(checkpoint) -> dict | None:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def _maybe_kill(target: str, trial_name: str, epoch: int, restored: bool) -> None:
-    if not restored and target == f"{trial_name}:{epoch}":
+def _maybe_kill(target: str, name: str, epoch: int, restored: bool) -> None:
+    if not restored and target == f"{name}:{epoch}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_trial(config: dict) -> None:
-    cfg = Config.from_dict(config["cfg"])
-    sweep = config["sweep"]
-    variant, seed = config["trial"]["variant"], int(config["trial"]["seed"])
-    name = f"{variant}-seed{seed}"
-    torch.set_num_threads(cfg.cpus_per_trial)
-    flushing = flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
-    device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
-
-    state = _load_state(tune.get_checkpoint())
-    mlflow.set_tracking_uri(sweep["tracking_uri"])
+def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, flushing: bool) -> TrialRun:
+    """The trial's MLflow child run (found again after a restart), with its tags and exactly its params:
+    variant, seed and the TrainConfig it trains with."""
     run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
                    variant, seed)
     if run.previous is not None and run.previous.info.status == "FINISHED":
-        # Finished and fully logged before the driver died, but Ray had not recorded it: don't train it again.
-        tune.report({**run.previous.data.metrics, "epoch": cfg.effective().epochs, "done": 1})
-        return
+        return run  # logged whole by an earlier attempt: leave it as it is
     run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                   "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes sharing a host
                   "device": str(device), "flush_denormal": str(flushing).lower(),
                   "python_version": platform.python_version(), **latency_context(device)})
-    run.log_params({"variant": variant, "seed": seed, **{k: v for k, v in cfg.effective().to_dict().items()
-                                                         if k not in ("variants", "seeds", "seed_list")}})
+    run.log_params({"variant": variant, "seed": seed, **cfg.to_dict()})
+    return run
+
+
+def run_trial(config: dict) -> None:
+    cfg, sweep = TrainConfig(**config["train"]), config["sweep"]
+    variant, seed = config["trial"]["variant"], int(config["trial"]["seed"])
+    torch.set_num_threads(sweep["cpus_per_trial"])
+    flushing = flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
+    device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    state = _load_state(tune.get_checkpoint())
+    mlflow.set_tracking_uri(sweep["tracking_uri"])
+    run = _start_run(cfg, sweep, variant, seed, device, flushing)
+    if run.previous is not None and run.previous.info.status == "FINISHED":
+        # Finished and fully logged before the driver died, but Ray had not recorded it: don't train it again.
+        tune.report({**run.previous.data.metrics, "epoch": cfg.epochs, "done": 1})
+        return
     if state is not None:
         run.log_history(state["history"])
     monitor = SystemMetricsMonitor(run.run_id, resume_logging=state is not None, tracking_uri=sweep["tracking_uri"])
@@ -77,7 +83,7 @@ def run_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({**make_state(), "mlflow_run_id": run.run_id}, Path(tmp) / STATE_FILE)
             tune.report({"epoch": epoch, **metrics}, checkpoint=tune.Checkpoint.from_directory(tmp))
-        _maybe_kill(sweep.get("fault", ""), name, epoch, restored=state is not None)
+        _maybe_kill(sweep.get("fault", ""), trial_name(variant, seed), epoch, restored=state is not None)
         run.log_metrics(metrics, step=epoch)
 
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from orchestrator.config import ArgumentParser  # noqa: E402  (one-line errors, like every CLI here)
+from orchestrator.cli import ArgumentParser  # noqa: E402  (one-line errors, like every CLI here)
 from orchestrator.tracking import all_pages  # noqa: E402
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
@@ -83,11 +83,11 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
 
 def run_load(workdir: Path, variants: list[str], n_seeds: int, epochs: int = 1) -> dict:
     from orchestrator import run as orun
-    from orchestrator.config import Config
-    cfg = Config(variants=tuple(variants), seeds=n_seeds, epochs=epochs,
-                 data_dir=str(tiny_dataset(workdir / "tiny-cifar")),
-                 tracking_uri=f"sqlite:///{workdir}/mlflow/mlflow.db", storage_path=str(workdir / "ray_results"),
-                 latency_batch1_calls=20, report=False, max_failures=2)
+    from orchestrator.config import SweepConfig, TrainConfig
+    train = TrainConfig(epochs=epochs, data_dir=str(tiny_dataset(workdir / "tiny-cifar")), latency_batch1_calls=20)
+    cfg = SweepConfig(train=train, variants=tuple(variants), seeds=n_seeds,
+                      tracking_uri=f"sqlite:///{workdir}/mlflow/mlflow.db", storage_path=str(workdir / "ray_results"),
+                      report=False, max_failures=2)
     started = time.perf_counter()
     out = orun.run_sweep(cfg)
     wall_s = time.perf_counter() - started

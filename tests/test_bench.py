@@ -51,7 +51,7 @@ def test_quick_bench_writes_markdown_and_json_with_positive_figures(tiny_cifar, 
 def test_orchestration_overhead_runs_the_same_grid_through_ray_and_plain_processes(tiny_cifar, tmp_path):
     """Real Ray Tune + MLflow (a temp SQLite store) against plain train() in spawned processes."""
     args = bench.parse_args(["--data-dir", str(tiny_cifar), "--parallel-k", "1"])  # one trial: cheapest grid
-    cfg = bench.Config(data_dir=str(tiny_cifar))
+    cfg = bench.TrainConfig(data_dir=str(tiny_cifar))
     orch = bench.bench_orchestration(args, bench.QUICK, cfg, bench.torch.device("cpu"), print)
     assert positive(orch["plain_wall_seconds"]) and positive(orch["ray_wall_seconds"])
     assert len(orch["plain_trial_seconds"]) == 1 and positive(orch["plain_trial_seconds"][0])
@@ -71,3 +71,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert bench.main(["--data-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("orchestrator.bench:") and "\n" not in err
+
+
+def test_data_pipeline_bench_runs_and_reports_ratio(tiny_cifar, tmp_path, capsys):
+    from orchestrator.bench import pipeline
+    assert pipeline.main(["--data-dir", str(tiny_cifar), "--seconds", "0.05", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "images/s" in out and "speed-up:" in out and "Base training step" in out
+    assert pipeline.main(["--data-dir", str(tmp_path / "none")]) == 2

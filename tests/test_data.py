@@ -326,12 +326,3 @@ def test_synthetic_is_balanced_and_classes_differ():
     assert x.shape == (50, 3, 32, 32) and x.dtype == torch.uint8 and torch.bincount(y).tolist() == [5] * 10
     means = torch.stack([x[y == c].float().mean(0) for c in range(10)]).flatten(1)
     assert torch.cdist(means, means).add(torch.eye(10) * 1e9).min() > 100
-
-
-def test_bench_runs_and_reports_ratio(small, tmp_path, capsys):
-    from data import bench
-    data.write_cifar10_binary(tmp_path, *small)
-    assert bench.main(["--data-dir", str(tmp_path), "--seconds", "0.05", "--rounds", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "images/s" in out and "speed-up:" in out and "Base" in out
-    assert bench.main(["--data-dir", str(tmp_path / "none")]) == 2

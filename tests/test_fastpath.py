@@ -1,7 +1,7 @@
 """The fast path keeps the maths: subnormal floats flushed in training, evaluation and latency."""
 import torch
 
-from orchestrator.config import Config
+from orchestrator.config import TrainConfig
 from orchestrator.latency import measure_latency
 from orchestrator.train import load_trial_data, train
 
@@ -16,7 +16,7 @@ def flushing_now() -> bool:
 def test_training_flushes_subnormals_unless_told_not_to(tiny_cifar):
     seen = {}
     for flush in (True, False):
-        cfg = Config(data_dir=str(tiny_cifar), epochs=1, flush_denormal=flush)
+        cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1, flush_denormal=flush)
         train(cfg, "base", 0, measure=False, on_epoch_end=lambda epoch, m, s, flush=flush:
               seen.__setitem__(flush, flushing_now()))
     assert seen == {True: True, False: False}
@@ -35,7 +35,7 @@ class Probe(torch.nn.Module):
 
 
 def test_latency_is_measured_with_subnormals_flushed(tiny_cifar):
-    d = load_trial_data(Config(data_dir=str(tiny_cifar)))
+    d = load_trial_data(TrainConfig(data_dir=str(tiny_cifar)))
     torch.set_flush_denormal(False)
     probe = Probe()
     measure_latency(probe, d.val_images, d.val_labels, torch.device("cpu"), batch1_calls=3, warmup_calls=1)

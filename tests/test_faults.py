@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from conftest import free_port, start_tracking_server, stop_tracking_server
 from orchestrator import run as orun
 from orchestrator import tracking
-from orchestrator.config import Config
+from orchestrator.config import SweepConfig, TrainConfig
 from test_orchestrator import (EPOCH_METRICS, assert_complete_trial_run, child_runs, epoch_steps, trial_runs,
                                wait_for)
 
@@ -93,9 +93,9 @@ def test_v2_and_alpha_train_in_channels_last_without_crashing_the_process(tiny_c
     free / SIGSEGV) in every V2/Alpha trial; train() now keeps those models contiguous on CPU. Run in a child
     process: a regression aborts it, not pytest."""
     code = ("import torch; torch.set_num_threads(1)\n"
-            "from orchestrator.config import Config\n"
+            "from orchestrator.config import TrainConfig\n"
             "from orchestrator.train import train\n"
-            f"cfg = Config(data_dir={str(tiny_cifar)!r}, epochs=1)\n"
+            f"cfg = TrainConfig(data_dir={str(tiny_cifar)!r}, epochs=1)\n"
             "assert cfg.channels_last\n"
             "for v in ('v2', 'alpha'):\n"
             "    print(v, train(cfg, v, 0, measure=False)['history'][-1]['train_loss'], flush=True)\n")
@@ -189,8 +189,9 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
     chaos = threading.Thread(target=fault, daemon=True)
     chaos.start()
     try:
-        cfg = Config(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), tracking_uri=uri,
-                     storage_path=str(tmp_path / "ray"), latency_batch1_calls=20, report=False)
+        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar),
+                                          tracking_uri=uri, storage_path=str(tmp_path / "ray"),
+                                          latency_batch1_calls=20, report=False))
         out = orun.run_sweep(cfg)
         chaos.join(timeout=300)
         assert "error" not in outage, outage.get("error")
@@ -250,8 +251,9 @@ def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tin
     ~1e12): one real divergence beside one healthy trial of the same sweep."""
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/<sweep id>/
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = Config(variants=("base", "v2"), seeds=1, epochs=1, lr=1e10, data_dir=str(tiny_cifar), tracking_uri=uri,
-                 storage_path=str(tmp_path / "ray"), latency_batch1_calls=20, report=True)
+    cfg = SweepConfig.from_flags(dict(variants=("base", "v2"), seeds=1, epochs=1, lr=1e10, data_dir=str(tiny_cifar),
+                                      tracking_uri=uri, storage_path=str(tmp_path / "ray"), latency_batch1_calls=20,
+                                      report=True))
     out = orun.run_sweep(cfg)
     assert dict(zip(out["summary"].variant, out["summary"].status)) == {"base": "diverged", "v2": "done"}
     client = MlflowClient(uri)

@@ -1,6 +1,5 @@
 """The orchestrator end to end: the plain training function, the CLI's checks, and real sweeps through a
 local Ray and a real MLflow SQLite store (no mocks)."""
-import dataclasses
 import math
 import os
 import signal
@@ -16,31 +15,32 @@ from mlflow import MlflowClient
 import models
 
 from orchestrator import run as orun
-from orchestrator.config import Config, build_parser, parse_config
+from orchestrator.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, TrainConfig, build_parser, parse_config
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
 from orchestrator.trainable import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path, data_dir, **kw) -> Config:
+def tiny_config(tmp_path, data_dir, **kw) -> SweepConfig:
     base = dict(data_dir=str(data_dir), epochs=2, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                 storage_path=str(tmp_path / "ray_results"), latency_batch1_calls=20, report=False)
-    return Config(**{**base, **kw})
+    return SweepConfig.from_flags({**base, **kw})
 
 
 # --- config ----------------------------------------------------------------------------------------
 def test_every_config_field_is_one_cli_flag():
     parser = build_parser()
     flags = {a.dest for a in parser._actions if a.dest not in ("help", "config")}  # --config: a file of these
-    assert flags == {f.name for f in dataclasses.fields(Config)}
-    defaults = Config()
+    assert flags == set(SWEEP_FIELDS) | set(TRAIN_FIELDS)
+    defaults = TrainConfig()
     assert (defaults.lr, defaults.weight_decay, defaults.batch_size, defaults.epochs, defaults.lr_patience) == \
         (5e-4, 1e-4, 4, 10, 4)
     cfg = parse_config(["--variants", "base,v6", "--seed-list", "3,7", "--no-channels-last", "--lr", "0.01"])
     assert cfg.variants == ("base", "v6") and cfg.seed_values() == (3, 7)
-    assert cfg.channels_last is False and cfg.lr == 0.01
-    assert parse_config(["--quick"]).epochs == 2 and parse_config(["--quick"]).subset_per_class == 500
+    assert cfg.train.channels_last is False and cfg.train.lr == 0.01
+    quick = parse_config(["--quick"]).train
+    assert quick.epochs == 2 and quick.subset_per_class == 500
 
 
 def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
@@ -49,12 +49,13 @@ def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
     path.write_text('variants = ["base", "v6"]\nseed-list = "3,7"\nepochs = 3\nlr = 1\n'
                     'channels_last = false\naugment = "none"\n')
     cfg = parse_config(["--config", str(path)])
-    assert (cfg.variants, cfg.seed_values(), cfg.epochs, cfg.lr, cfg.channels_last, cfg.augment) == \
+    assert (cfg.variants, cfg.seed_values(), cfg.train.epochs, cfg.train.lr, cfg.train.channels_last,
+            cfg.train.augment) == \
         (("base", "v6"), (3, 7), 3, 1.0, False, "none")
-    assert isinstance(cfg.lr, float)
+    assert isinstance(cfg.train.lr, float)
     cfg = parse_config(["--config", str(path), "--epochs", "5", "--channels-last", "--variants", "alpha"])
-    assert (cfg.epochs, cfg.channels_last, cfg.variants, cfg.seed_values()) == (5, True, ("alpha",), (3, 7))
-    assert parse_config(["--config", str(path), "--quick"]).epochs == 2  # --quick still means 2 epochs
+    assert (cfg.train.epochs, cfg.train.channels_last, cfg.variants, cfg.seed_values()) == (5, True, ("alpha",), (3, 7))
+    assert parse_config(["--config", str(path), "--quick"]).train.epochs == 2  # --quick still means 2 epochs
 
 
 def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):
@@ -71,7 +72,7 @@ def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):
 
 # --- the plain training function ----------------------------------------------------------------------
 def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
-    cfg = Config(data_dir=str(tiny_cifar), epochs=2, latency_batch1_calls=5)
+    cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=2, latency_batch1_calls=5)
     d = load_trial_data(cfg)
     states = {}
 
@@ -97,7 +98,7 @@ def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
 def test_every_variant_trains_with_the_default_kernels(variant, tiny_cifar):
     """channels_last + fused Adam on every architecture: a kernel bug here (oneDNN once crashed V2/Alpha's
     strided 1x1 skip) would kill every trial of that variant."""
-    cfg = Config(data_dir=str(tiny_cifar), epochs=1)
+    cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1)
     result = train(cfg, variant, 0, measure=False)
     assert math.isfinite(result["history"][0]["train_loss"])
     assert set(result["history"][0]) == {"epoch", *EPOCH_METRICS}  # the names trials log and tests check
@@ -107,7 +108,7 @@ def test_every_variant_trains_with_the_default_kernels(variant, tiny_cifar):
 
 def test_base_learns_real_cifar_in_one_epoch(real_cifar):
     """The paper's protocol on 1,000 images per class for one epoch: well above chance (10%)."""
-    cfg = Config(data_dir=str(real_cifar), epochs=1, subset_per_class=1000)
+    cfg = TrainConfig(data_dir=str(real_cifar), epochs=1, subset_per_class=1000)
     result = train(cfg, "base", 0, measure=False)
     assert result["history"][0]["val_accuracy"] >= 0.35, result["history"]
 
@@ -188,6 +189,9 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "v6-seed0", "v6-seed1"]
     for r in runs:
         assert_complete_trial_run(client, r, epochs=2)
+        # A trial logs exactly what it trains with: its TrainConfig, variant and seed; nothing of the sweep's.
+        assert set(r.data.params) == set(TRAIN_FIELDS) | {"variant", "seed"}
+        assert r.data.params["epochs"] == "2" and r.data.params["variant"] == r.data.tags["variant"]
     assert list(out["summary"]["status"]) == ["done"] * 4
     # Each trial's checkpoint holds its MLflow run id, so a restart continues the same run.
     ckpts = list(Path(out["storage_path"]).glob("base-seed0/checkpoint_*/state.pt"))

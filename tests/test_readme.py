@@ -40,12 +40,12 @@ def _load_check_main():
 
 
 def _mains():
-    import data.bench
     import orchestrator.bench
+    import orchestrator.bench.pipeline
     from orchestrator import report, run, tracking
     return {"orchestrator.run": lambda: run.main([]), "orchestrator.report": lambda: report.main([]),
             "orchestrator.bench": lambda: orchestrator.bench.main([]),
-            "orchestrator.tracking": lambda: tracking.main(["serve"]), "data.bench": lambda: data.bench.main([]),
+            "orchestrator.tracking": lambda: tracking.main(["serve"]), "orchestrator.bench.pipeline": lambda: orchestrator.bench.pipeline.main([]),
             "scripts/load_check.py": _load_check_main}
 
 

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from orchestrator import records
 from orchestrator import run as orun
-from orchestrator.config import Config
+from orchestrator.config import TrainConfig
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
 
 
@@ -58,7 +58,7 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
 
 
 def a_record(tmp_path, **protocol_changes) -> dict:
-    protocol = {**records.protocol_of(Config(epochs=1), "0" * 64), **protocol_changes}
+    protocol = {**records.protocol_of(TrainConfig(epochs=1), "0" * 64), **protocol_changes}
     return {"schema_version": records.SCHEMA_VERSION, "variant": "base", "seed": 0, "protocol": protocol,
             "protocol_hash": records.protocol_hash(protocol), "history": [], "final": {}}
 

@@ -28,7 +28,8 @@ import models
 from orchestrator.bench.sizes import FULL, QUICK
 from orchestrator.bench.suite import bench_latency, bench_orchestration, bench_parallel, bench_throughput, project
 from orchestrator.bench.table import render
-from orchestrator.config import ArgumentParser, Config
+from orchestrator.cli import ArgumentParser
+from orchestrator.config import TrainConfig
 from orchestrator.latency import cpu_model
 
 # This file is the driver (parse_args, main); the pieces: sizes, plain (the reference route), measure (timings),
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         print(f"orchestrator.bench: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    base_cfg = Config(data_dir=str(root))
+    base_cfg = TrainConfig(data_dir=str(root))
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     label = f"{device.type} ({hardware})"
     t_start = time.perf_counter()

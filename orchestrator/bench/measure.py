@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import data
 import models
-from data.bench import plain_loader
-from orchestrator.config import Config
+from orchestrator.bench.plain import paper_adam, plain_loader
+from orchestrator.config import TrainConfig
 from orchestrator.latency import sync, torch_threads
 from orchestrator.train import build
 
@@ -46,7 +46,7 @@ def matmul_peak_gflops(device, threads: int, n: int, seconds: float) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_components(cfg: Config, variant: str, device, seconds: float, images, labels, focus) -> dict:
+def step_components(cfg: TrainConfig, variant: str, device, seconds: float, images, labels, focus) -> dict:
     """Where a step's time goes, ms per step: batch fetch, zero_grad+forward+loss+backward, optimizer step, for a
     plain step and a trainer-style step run alternately with a timer per part, so machine load hits all six
     parts alike. Mean over the window. (The headline rates come from whole epochs of the real trainer.)"""
@@ -58,7 +58,7 @@ def step_components(cfg: Config, variant: str, device, seconds: float, images, l
     for name, route_fmt, fused in (("plain", torch.contiguous_format, None), ("trainer", fmt, cfg.fused_adam)):
         torch.manual_seed(0)
         model = models.create_model(variant).to(device=device, memory_format=route_fmt).train()
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-4, fused=fused)
+        opt = paper_adam(model.parameters(), fused=fused)
         routes[name] = (model, opt, route_fmt)
     totals = {f"{r}_{part}_ms": 0.0 for r in routes for part in ("data", "fwd_bwd", "adam")}
 
@@ -98,6 +98,6 @@ def _cycle(make_epoch):
         epoch += 1
 
 
-def trainer_format(cfg: Config, variant: str, device) -> torch.memory_format:
+def trainer_format(cfg: TrainConfig, variant: str, device) -> torch.memory_format:
     """The memory format the trainer really uses (train.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
-    return build(cfg, variant, device)[3]
+    return build(cfg, variant, device).memory_format

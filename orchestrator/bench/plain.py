@@ -1,23 +1,65 @@
-"""The plain route: the idiomatic PyTorch reference (tutorial loop, DataLoader, default Adam) the trainer is compared against."""
+"""The plain route: the idiomatic PyTorch reference (torchvision-style dataset, DataLoader, tutorial loop,
+default Adam) the trainer and the data pipeline are compared against."""
 from __future__ import annotations
 
 import time
 
 import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from data.bench import plain_loader
+from orchestrator.bench.sizes import BATCH
+from orchestrator.config import TrainConfig
+
+class PlainCIFAR10(Dataset):
+    """What torchvision.datasets.CIFAR10 does per item (HWC uint8 array -> PIL image -> transform), but over
+    data already in memory, so the comparison is about building batches, not about reading files."""
+
+    def __init__(self, images_chw: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images_chw.permute(0, 2, 3, 1).numpy()  # torchvision keeps CIFAR-10 as [N, 32, 32, 3]
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.data[i])
+        return self.transform(img), self.targets[i]
+
+
+def plain_loader(images, labels, focus_classes) -> DataLoader:
+    """The route a user would write from the paper: PIL transforms, ConcatDataset for the extra copies,
+    DataLoader(batch_size=4, shuffle=True, num_workers=0) (no worker processes on a two-core machine)."""
+    from torchvision import transforms as T
+    normalize = [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    plain = T.Compose(normalize)
+    augmented = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(10), T.ColorJitter(0.2, 0.2, 0.2), *normalize])
+    focus = torch.isin(labels, torch.tensor(focus_classes))
+    dataset = ConcatDataset([PlainCIFAR10(images, labels, plain),
+                             PlainCIFAR10(images[focus], labels[focus], augmented)])
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
+
+
+PAPER = TrainConfig()  # the paper's optimizer settings, as every trial uses them
+
+
+def paper_adam(params, fused: bool | None = None) -> torch.optim.Adam:
+    """Adam with the paper's settings; torch's default implementation unless `fused`."""
+    return torch.optim.Adam(params, lr=PAPER.lr, betas=(PAPER.beta1, PAPER.beta2), eps=PAPER.eps,
+                            weight_decay=PAPER.weight_decay, fused=fused)
 
 
 def plain_epoch(model, images, labels, focus_classes, device, seed: int) -> float:
     """One epoch the way PyTorch's "Training a Classifier" tutorial writes it, with the paper's optimizer:
-    a torchvision-CIFAR10-style dataset (PIL image per item, torchvision transforms; `data.bench.plain_loader`),
+    a torchvision-CIFAR10-style dataset (PIL image per item, torchvision transforms; `plain_loader`),
     DataLoader(batch_size=4, shuffle=True, num_workers=0: the trial has one core), contiguous tensors,
     torch.optim.Adam with its default implementation (for-loop on CPU, foreach on CUDA), the loss read with
     .item() each step. Nothing is slowed on purpose. Returns images/s."""
     torch.manual_seed(seed)
     loader = plain_loader(images, labels, focus_classes)
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    optimizer = paper_adam(model.parameters())
     model.train()
     running_loss, seen = 0.0, 0
     t0 = time.perf_counter()

@@ -16,12 +16,12 @@ from orchestrator.bench.measure import matmul_peak_gflops, step_components, trai
 from orchestrator.bench.plain import plain_epoch
 from orchestrator.bench.sizes import BATCH, PAPER_GRID, Sizes
 from orchestrator.bench.workers import RAY_WORKER, Load, Workers, ray_trial_stats
-from orchestrator.config import Config
+from orchestrator.config import SweepConfig, TrainConfig
 from orchestrator.latency import measure_latency
 from orchestrator.train import TrialData, build, train
 
 
-def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
+def bench_throughput(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
     root = data.resolve_data_dir(args.data_dir)
     per_class = even_per_class(sizes.train_per_class, root)
     train_x, train_y = data.stratified_subset(*data.load_cifar10(root, "train"), per_class, seed=0)
@@ -78,7 +78,7 @@ def bench_throughput(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     return out
 
 
-def bench_parallel(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
+def bench_parallel(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
     """K one-thread processes each training an epoch at once, against one of them alone, interleaved."""
     k, variant = args.parallel_k, "base"
     root = data.resolve_data_dir(args.data_dir)
@@ -117,7 +117,7 @@ def bench_parallel(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
             "efficiency": paired}
 
 
-def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, images_per_second: float = 0) -> dict:
+def bench_orchestration(args, sizes: Sizes, base_cfg: TrainConfig, device, log, images_per_second: float = 0) -> dict:
     """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
     same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs.
     With a measured single-process rate, trials are sized to train for sizes.grid_train_seconds each."""
@@ -127,17 +127,17 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: Config, device, log, image
     if sizes.grid_train_seconds and images_per_second:
         want = round(images_per_second * sizes.grid_train_seconds / (14 * sizes.grid_epochs))  # 14 samples/class
     per_class = even_per_class(max(want, 2), root)
-    cfg = dataclasses.replace(base_cfg, variants=(variant,), seeds=k,
-                              epochs=sizes.grid_epochs, subset_per_class=per_class, cpus_per_trial=1,
-                              gpus_per_trial=(1 / k if device.type == "cuda" else 0.0),
-                              latency_batch1_calls=sizes.batch1_calls, report=False, max_failures=0)
+    train_cfg = dataclasses.replace(base_cfg, epochs=sizes.grid_epochs, subset_per_class=per_class,
+                                    latency_batch1_calls=sizes.batch1_calls)
+    cfg = SweepConfig(train=train_cfg, variants=(variant,), seeds=k, cpus_per_trial=1, report=False, max_failures=0,
+                      gpus_per_trial=(1 / k if device.type == "cuda" else 0.0))
     log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
         f"{k} at once")
     load = Load()
     t0, plain_t0_epoch = time.perf_counter(), time.time()
     workers = Workers(k, 1, device)
     try:
-        trials = workers.run([[{"kind": "trial", "cfg": cfg.to_dict(), "variant": variant, "seed": s}]
+        trials = workers.run([[{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": s}]
                               for s in range(k)])
     finally:
         workers.close()
@@ -204,7 +204,7 @@ def structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_start
             "structural_overhead": (fixed + late + outside) / plain_wall + daemons / k}
 
 
-def bench_latency(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
+def bench_latency(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
     root = data.resolve_data_dir(args.data_dir)
     vx, vy = data.load_cifar10(root, "test")
     vx, vy = vx[:sizes.latency_images], vy[:sizes.latency_images]
@@ -213,8 +213,9 @@ def bench_latency(args, sizes: Sizes, base_cfg: Config, device, log) -> dict:
     load = Load()
     for _ in range(sizes.latency_repeats):
         for v in args.variants:  # variants interleaved within each repeat
-            model, _, _, fmt = build(base_cfg, v, device)
-            m = measure_latency(model, vx, vy, device, batch1_calls=sizes.batch1_calls, memory_format=fmt)
+            trainer = build(base_cfg, v, device)
+            m = measure_latency(trainer.model, vx, vy, device, batch1_calls=sizes.batch1_calls,
+                                memory_format=trainer.memory_format)
             for key in rows[v]:
                 rows[v][key].append(m[key])
     return {"images": len(vy), "batch1_calls": sizes.batch1_calls, "variants": rows, "load": load.stop()}

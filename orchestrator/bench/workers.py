@@ -10,7 +10,7 @@ import time
 import torch
 
 import data
-from orchestrator.config import Config
+from orchestrator.config import TrainConfig
 from orchestrator.train import TrialData, train
 
 
@@ -126,7 +126,7 @@ def _work_epoch(msg, cache, device) -> dict:
         x, y = data.stratified_subset(*data.load_cifar10(root, "train"), msg["per_class"], seed=0)
         vx, vy = data.load_cifar10(root, "test")
         cache[key] = TrialData(x, y, vx[:msg["val_images"]], vy[:msg["val_images"]])
-    cfg = Config.from_dict(msg["cfg"])
+    cfg = TrainConfig(**msg["cfg"])
     d = cache[key]
     samples = data.TrainSet(d.train_images, d.train_labels, augment=cfg.augment,
                             focus_classes=data.parse_focus_classes(cfg.focus_classes)).num_samples()
@@ -142,7 +142,7 @@ def _work_epoch(msg, cache, device) -> dict:
 def _work_trial(msg, cache, device) -> dict:
     """One whole trial exactly as the Ray trainable runs it (it loads its own data and measures latency)."""
     t0 = time.time()
-    history = train(Config.from_dict(msg["cfg"]), msg["variant"], msg["seed"], device=device)["history"]
+    history = train(TrainConfig(**msg["cfg"]), msg["variant"], msg["seed"], device=device)["history"]
     return trial_stats(t0, time.time(), [h["epoch_seconds"] for h in history],
                        [h["train_images_per_second"] for h in history])
 

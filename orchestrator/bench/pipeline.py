@@ -1,4 +1,5 @@
-"""python -m data.bench: how fast this pipeline builds the paper's training batches, against the plain route.
+"""`python -m orchestrator.bench.pipeline`: how fast `data.TrainSet` builds the paper's training batches, against
+the plain route.
 
 Both routes build the same thing: the `focused` epoch (all originals plus one augmented copy of every
 bird/cat/deer/dog image), shuffled, normalized, in batches of 4. Measurements are interleaved (ours, plain,
@@ -7,50 +8,19 @@ Our route is timed over whole epochs, so its per-epoch augmentation pass is incl
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from . import DataError, TrainSet, load_cifar10, resolve_data_dir
-from .trainset import DEFAULT_FOCUS
-
-BATCH = 4
-
-
-class PlainCIFAR10(Dataset):
-    """What torchvision.datasets.CIFAR10 does per item (HWC uint8 array -> PIL image -> transform), but over
-    data already in memory, so the comparison is about building batches, not about reading files."""
-
-    def __init__(self, images_chw: torch.Tensor, labels: torch.Tensor, transform):
-        self.data = images_chw.permute(0, 2, 3, 1).numpy()  # torchvision keeps CIFAR-10 as [N, 32, 32, 3]
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        img = Image.fromarray(self.data[i])
-        return self.transform(img), self.targets[i]
-
-
-def plain_loader(images, labels, focus_classes) -> DataLoader:
-    """The route a user would write from the paper: PIL transforms, ConcatDataset for the extra copies,
-    DataLoader(batch_size=4, shuffle=True, num_workers=0) (no worker processes on a two-core machine)."""
-    from torchvision import transforms as T
-    normalize = [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-    plain = T.Compose(normalize)
-    augmented = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(10), T.ColorJitter(0.2, 0.2, 0.2), *normalize])
-    focus = torch.isin(labels, torch.tensor(focus_classes))
-    dataset = ConcatDataset([PlainCIFAR10(images, labels, plain),
-                             PlainCIFAR10(images[focus], labels[focus], augmented)])
-    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
+import models
+from data import DataError, TrainSet, load_cifar10, resolve_data_dir
+from data.trainset import DEFAULT_FOCUS
+from orchestrator.bench.plain import paper_adam, plain_loader
+from orchestrator.bench.sizes import BATCH
+from orchestrator.cli import ArgumentParser
 
 
 def time_ours(train: TrainSet, seconds: float, epoch: int) -> tuple[float, int]:
@@ -74,14 +44,10 @@ def time_plain(loader: DataLoader, seconds: float) -> float:
     return images / (time.perf_counter() - start)
 
 
-def base_step(seconds: float):
-    """A Base training step at batch 4 (Adam as in the paper), ms; None if `models` isn't importable."""
-    try:
-        import models
-        net = models.create_model("base")
-    except Exception as e:  # models/ is developed in parallel: degrade to a note, not a failure
-        return None, f"{type(e).__name__}: {e}"
-    opt = torch.optim.Adam(net.parameters(), lr=5e-4, weight_decay=1e-4)
+def base_step_ms(seconds: float) -> float:
+    """A Base training step at batch 4 (Adam as in the paper), ms."""
+    net = models.create_model("base")
+    opt = paper_adam(net.parameters())
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
 
     def step():
@@ -94,11 +60,11 @@ def base_step(seconds: float):
     while time.perf_counter() - start < seconds:
         step()
         steps += 1
-    return (time.perf_counter() - start) / steps * 1e3, None
+    return (time.perf_counter() - start) / steps * 1e3
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m orchestrator.bench.pipeline", description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
@@ -109,22 +75,20 @@ def main(argv=None) -> int:
     try:
         images, labels = load_cifar10(root, "train")
     except DataError as e:
-        print(f"data.bench: {e}", file=sys.stderr)
+        print(f"orchestrator.bench.pipeline: {e}", file=sys.stderr)
         return 2
 
     train = TrainSet(images, labels, augment="focused", focus_classes=DEFAULT_FOCUS, batch_size=BATCH, seed=0)
     loader = plain_loader(images, labels, DEFAULT_FOCUS)
-    print(f"data.bench: {len(labels):,} training images from {root}; focused epoch of {train.num_samples():,} "
+    print(f"orchestrator.bench.pipeline: {len(labels):,} training images from {root}; focused epoch of {train.num_samples():,} "
           f"samples in batches of {BATCH}; {args.threads} thread(s); {args.rounds} interleaved rounds of "
           f"~{args.seconds:g} s each")
-    ours, plain, steps, epoch, note = [], [], [], 0, None
+    ours, plain, steps, epoch = [], [], [], 0
     for _ in range(args.rounds):
         rate, epoch = time_ours(train, args.seconds, epoch)
         ours.append(rate)
         plain.append(time_plain(loader, args.seconds))
-        step_ms, note = base_step(args.seconds)
-        if step_ms is not None:
-            steps.append(step_ms)
+        steps.append(base_step_ms(args.seconds))
     ours_rate, plain_rate = statistics.median(ours), statistics.median(plain)
     us_per_batch = BATCH / ours_rate * 1e6
     speedup = ours_rate / plain_rate
@@ -134,14 +98,10 @@ def main(argv=None) -> int:
     print(f"plain route (PIL transforms, DataLoader, 0 workers):       {plain_rate:>9,.0f} images/s "
           f"({BATCH / plain_rate * 1e6:.0f} us per batch)   rounds: {fmt(plain)}")
     print(f"speed-up: {speedup:.1f}x (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
-    if steps:
-        step_ms = statistics.median(steps)
-        share = us_per_batch / 1e3 / step_ms
-        print(f"Base training step, batch {BATCH} (forward, backward, Adam): {step_ms:.2f} ms; data per batch is "
-              f"{share:.1%} of it (target < 10%: {'met' if share < 0.10 else 'NOT met'})")
-    else:
-        print(f"Base training step: not measured, models not importable ({note}); compare {us_per_batch:.0f} us "
-              f"per batch with a ~3.5-5 ms step: {us_per_batch / 3500:.1%} of a 3.5 ms step")
+    step_ms = statistics.median(steps)
+    share = us_per_batch / 1e3 / step_ms
+    print(f"Base training step, batch {BATCH} (forward, backward, Adam): {step_ms:.2f} ms; data per batch is "
+          f"{share:.1%} of it (target < 10%: {'met' if share < 0.10 else 'NOT met'})")
     return 0
 
 

@@ -1,0 +1,26 @@
+"""The project's naming conventions and defaults, each written once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+DEFAULT_EXPERIMENT = "resnet-revisited"
+SQLITE_PREFIX = "sqlite:///"
+
+
+def trial_name(variant: str, seed: int) -> str:
+    """`<variant>-seed<k>`: the Ray trial, its folder, its MLflow run and its record are all named so."""
+    return f"{variant}-seed{seed}"
+
+
+def parse_trial_name(name: str) -> tuple[str, int]:
+    """The (variant, seed) of a trial name; ValueError if it is not one."""
+    variant, sep, seed = name.rpartition("-seed")
+    if not (variant and sep and seed.isdigit()):
+        raise ValueError(f"{name!r} is not a trial name of the form <variant>-seed<k>")
+    return variant, int(seed)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI; None for any other URI."""
+    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None

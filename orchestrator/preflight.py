@@ -1,0 +1,129 @@
+"""Checks the driver makes before any trial starts: config against the data, records, storage, the Ray cluster.
+
+Each raises with one line naming the problem and the fix, so bad input never starts a half-run sweep.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import data
+from orchestrator import records
+from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.names import sqlite_path
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says how to fix it."""
+
+
+def check_data(cfg: SweepConfig) -> str:
+    """Validate the data and the data flags; return the data's fingerprint when records need it."""
+    train_cfg = cfg.train
+    root = data.resolve_data_dir(train_cfg.data_dir or None)
+    if cfg.download:
+        data.download_cifar10(root)
+    # Reading both splits validates sizes and labels, and fails here rather than in every trial.
+    train_x, train_y = data.load_cifar10(root, "train")
+    test_x, test_y = data.load_cifar10(root, "test")
+    # data/ raises plain ValueError for these two; name the flag so the user knows what to change.
+    try:
+        data.parse_focus_classes(train_cfg.focus_classes)
+    except ValueError as e:
+        raise ConfigError(f"--focus-classes: {e}") from None
+    if train_cfg.subset_per_class:
+        try:
+            data.stratified_subset(train_x, train_y, train_cfg.subset_per_class, seed=0)
+        except ValueError as e:
+            raise ConfigError(f"--subset-per-class: {e}: pass a smaller N, or 0 for all images") from None
+    return data.fingerprint(train_x, train_y, test_x, test_y) if cfg.results_dir else ""
+
+
+def trials_to_run(cfg: SweepConfig, data_fingerprint: str) -> list[dict]:
+    """The (variant, seed) pairs of this sweep, less those --skip-existing finds records of. Refuses a
+    --results-dir holding records of another protocol, before anything runs."""
+    pairs = [{"variant": v, "seed": s} for v in cfg.variants for s in cfg.seed_values()]
+    if not cfg.results_dir:
+        return pairs
+    have = records.load_records(cfg.results_dir)
+    records.check_one_protocol(have, cfg.results_dir, records.protocol_of(cfg.train, data_fingerprint))
+    if cfg.skip_existing:
+        done = {(r["variant"], r["seed"]) for r in have}
+        pairs = [p for p in pairs if (p["variant"], p["seed"]) not in done]
+    return pairs
+
+
+def check_storage(path: str) -> str:
+    if "://" in path:  # s3://, gs://, NFS mounts via file:// are checked by Ray/pyarrow themselves
+        return path
+    p = Path(path).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"x" * 65536)
+        probe.unlink()
+    except OSError as e:
+        raise SweepError(f"storage path {p} is not writable ({e.strerror}): free space or pass another "
+                         f"--storage-path") from None
+    return str(p)
+
+
+def check_address(address: str) -> None:
+    if not address or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} is not host:port: pass the head node's address, e.g. 10.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise SweepError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+                         f"`ray start --head` / `ray up cluster.yaml`, or drop --address for a local Ray") from None
+
+
+def start_ray(cfg: SweepConfig) -> None:
+    import ray
+    from ray.exceptions import AuthenticationError
+    check_address(cfg.address)
+    try:
+        if cfg.address:
+            ray.init(address=cfg.address, ignore_reinit_error=True)
+        elif not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
+            ray.init(include_dashboard=False)
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
+        chain, cause = [], e  # Ray wraps the refusal: ConnectionError <- RuntimeError(text of AuthenticationError)
+        while cause is not None:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in chain):
+            # A cluster started with token auth (~/.ray/auth_token) refuses clients without its token, and Ray
+            # sends the token to an explicit --address only when RAY_AUTH_MODE=token says so.
+            where = f"the Ray cluster at {cfg.address or 'local'}"
+            token = ("the head's token (`ray get-auth-token` there) in ~/.ray/auth_token, RAY_AUTH_TOKEN or "
+                     "RAY_AUTH_TOKEN_PATH")
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                raise SweepError(f"{where} requires its auth token: set RAY_AUTH_MODE=token and put {token}") from None
+            raise SweepError(f"{where} refused this token (or found none): put {token}") from None
+        raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]}") from None
+    cpus = ray.cluster_resources().get("CPU", 0)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.cpus_per_trial > cpus:
+        raise SweepError(f"--cpus-per-trial {cfg.cpus_per_trial} is more than the cluster's {cpus:g} CPUs: "
+                         f"lower it or add nodes")
+    if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
+        raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: "
+                         f"use --gpus-per-trial 0 or add GPU nodes")
+
+
+def check_resumable(cfg: SweepConfig, uri: str) -> None:
+    """What --resume can refuse before opening the store, so a failed --resume leaves no new database behind."""
+    # The id goes into an MLflow filter string: a quote there is an injection or a typo, never a sweep id.
+    if cfg.sweep_id and not all(c.isalnum() or c in "-_." for c in cfg.sweep_id):
+        raise SweepError(f"--sweep-id {cfg.sweep_id!r} is not a sweep id: pass the <id> of a parent run "
+                         f"named sweep-<id> (e.g. 20250101-120000-abc123)")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise SweepError(f"no MLflow store at {db}, so no sweep to resume: pass the --tracking-uri the sweep "
+                         f"used, or start a new sweep without --resume")

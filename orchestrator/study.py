@@ -1,0 +1,194 @@
+"""A study's trials, loaded once, from an MLflow sweep or from a folder of trial records, for the report.
+
+Both sources give the same `Study`: what was asked for (variants, seeds), one row per trial, the per-epoch
+history of the finished ones, and the paper's reference numbers. Everything the tables and figures need is
+derived once, here: the trials averaged (`finished`), the runs superseded by a retry, the per-variant summary
+and the per-epoch curves.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from models import reference
+from orchestrator import records
+from orchestrator.names import sqlite_path, trial_name
+from orchestrator.tracking import all_pages
+
+# What the report reads of what every trial logs (orchestrator.train.EPOCH_METRICS / FINAL_METRICS; a test
+# keeps these a subset of those, so a renamed metric cannot silently empty a table).
+CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
+TRIAL_COLUMNS = ["run_id", "run_name", "status", "start_time", "variant", "seed", "failure_reason",
+                 *TABLE_METRICS]
+HISTORY_COLUMNS = ["variant", "seed", "run_id", "metric", "epoch", "value"]
+
+
+class ReportError(ValueError):
+    """Bad input to the report (no such experiment / sweep, no runs, bad records); the message names the fix."""
+
+
+@dataclass
+class Study:
+    title: str                      # what the report is of: "sweep `<id>`" or "records in `<dir>`"
+    provenance: list[str]           # report.md lines saying where the trials were read from
+    requested_variants: list[str]
+    requested_seeds: list[int]
+    trials: pd.DataFrame            # TRIAL_COLUMNS, one row per trial run
+    history: pd.DataFrame           # HISTORY_COLUMNS, the finished trials' per-epoch metrics
+    paper: pd.DataFrame = field(default_factory=reference.load)
+    # derived in __post_init__
+    variants: list[str] = field(init=False)
+    finished: pd.DataFrame = field(init=False)     # the trials averaged: FINISHED, the latest of each pair
+    superseded: pd.DataFrame = field(init=False)   # earlier FINISHED runs of a pair that was run again
+    summary: pd.DataFrame = field(init=False)      # per-variant statistics, one row per variant
+    curves: pd.DataFrame = field(init=False)       # per (variant, metric, epoch): mean, std, n
+
+    def __post_init__(self):
+        seen = self.trials["variant"].dropna().unique().tolist()
+        self.variants = variant_order(self.requested_variants, seen, self.paper)
+        # Only FINISHED trials are averaged. A (variant, seed) retried into several finished runs counts once:
+        # the latest run wins and the others are listed as superseded.
+        finished = self.trials[self.trials.status == "FINISHED"].sort_values("start_time")
+        self.finished = finished.drop_duplicates(["variant", "seed"], keep="last")
+        self.superseded = finished.drop(self.finished.index)
+        self.summary = summarize(self.finished, self.variants, len(self.requested_seeds) or None)
+        kept = self.history[self.history.run_id.isin(self.finished.run_id)]
+        self.curves = (kept.groupby(["variant", "metric", "epoch"])["value"].agg(["mean", "std", "count"])
+                       .rename(columns={"count": "n"}).reset_index())
+
+    def label(self, variant: str) -> str:
+        return reference.label(variant, self.paper)
+
+    def accuracies_pct(self, variant: str) -> list[float]:
+        """The final validation accuracies (%) of the variant's averaged trials."""
+        rows = self.finished.loc[self.finished.variant == variant, "final_val_accuracy"].dropna()
+        return (100.0 * rows).tolist()
+
+
+def variant_order(requested: list[str], seen: list[str], paper: pd.DataFrame) -> list[str]:
+    """Requested and observed variants, in the paper's order; unknown names after, alphabetically."""
+    names = set(requested) | set(seen)
+    return [v for v in paper.index if v in names] + sorted(names - set(paper.index))
+
+
+def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | None) -> pd.DataFrame:
+    """Per-variant statistics of the finished trials (sample std, ddof=1), one row per variant."""
+    finished = finished.assign(val_accuracy_pct=100.0 * finished["final_val_accuracy"])
+    agg = finished.groupby("variant").agg(
+        n=("run_id", "count"),
+        val_accuracy_pct_mean=("val_accuracy_pct", "mean"), val_accuracy_pct_std=("val_accuracy_pct", "std"),
+        latency_ms_per_image_mean=("latency_ms_per_image", "mean"),
+        latency_ms_per_image_std=("latency_ms_per_image", "std"),
+        latency_ms_batch1_mean=("latency_ms_batch1", "mean"), latency_ms_batch1_std=("latency_ms_batch1", "std"),
+        size_mb=("size_mb", "mean"), params=("param_count", "median"),
+    ).reindex(variants)
+    agg["n"] = agg["n"].fillna(0).astype(int)
+    agg["n_requested"] = n_requested if n_requested is not None else pd.NA
+    agg["incomplete"] = agg["n"] < n_requested if n_requested is not None else agg["n"] == 0
+    return agg
+
+
+# ------------------------------------------------------------------------------------------ from MLflow
+def _client(tracking_uri: str) -> MlflowClient:
+    # A read-only report must not create an empty database as a side effect of a typo'd path.
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        raise ReportError(f"no MLflow database at {db}; run a sweep first (python -m orchestrator.run) "
+                          f"or pass --tracking-uri pointing at an existing store")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by=None) -> list:
+    return all_pages(client.search_runs, [experiment_id], filter_string, max_results=1000, order_by=order_by)
+
+
+def find_sweep(client: MlflowClient, tracking_uri: str, experiment_name: str, sweep_id: str | None):
+    """The sweep's parent run: the given sweep, or the latest finished one."""
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise ReportError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}; "
+                          f"pass --experiment-name / --tracking-uri of the store the sweep wrote to")
+    if sweep_id is not None:
+        if "'" in sweep_id:
+            raise ReportError(f"sweep id {sweep_id!r} contains a quote; pass the id shown in the parent run name")
+        runs = search_all(client, exp.experiment_id, f"tags.kind = 'sweep' and tags.sweep_id = '{sweep_id}'",
+                          ["attributes.start_time DESC"])
+        if not runs:
+            raise ReportError(f"no sweep {sweep_id!r} in experiment {experiment_name!r}; pass a sweep id from a "
+                              f"parent run named sweep-<id>, or omit --sweep for the latest finished sweep")
+    else:
+        runs = search_all(client, exp.experiment_id, "tags.kind = 'sweep' and attributes.status = 'FINISHED'",
+                          ["attributes.start_time DESC"])
+        if not runs:
+            raise ReportError(f"no finished sweep in experiment {experiment_name!r}; run one with "
+                              f"python -m orchestrator.run, or pass --sweep <id> for an unfinished one")
+    return runs[0]
+
+
+def _int_list(tag: str | None) -> list[int]:
+    try:
+        return [int(s) for s in (tag or "").split(",") if s.strip()]
+    except ValueError:
+        return []
+
+
+def _trial_row(run) -> dict:
+    tags, metrics = run.data.tags, run.data.metrics
+    seed = tags.get("seed", run.data.params.get("seed"))
+    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+            "start_time": run.info.start_time, "variant": tags.get("variant", run.data.params.get("variant")),
+            "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
+            "failure_reason": tags.get("failure_reason", ""),
+            **{m: metrics.get(m, math.nan) for m in TABLE_METRICS}}
+
+
+def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = None) -> tuple[Study, object]:
+    """The Study of one sweep (default: the latest finished one) and its parent run."""
+    client = _client(tracking_uri)
+    parent = find_sweep(client, tracking_uri, experiment_name, sweep_id)
+    tags = parent.data.tags
+    sweep_id = tags.get("sweep_id", sweep_id)
+    children = search_all(client, parent.info.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = pd.DataFrame([_trial_row(run) for run in children], columns=TRIAL_COLUMNS)
+    if trials.empty:
+        raise ReportError(f"sweep {sweep_id!r} (run {parent.info.run_id}) has no trial runs; "
+                          f"rerun it with python -m orchestrator.run or pick another with --sweep")
+    finished = trials[trials.status == "FINISHED"]
+    history = pd.DataFrame([(t.variant, t.seed, t.run_id, key, m.step, m.value)
+                            for t in finished.itertuples() for key in CURVE_METRICS
+                            for m in client.get_metric_history(t.run_id, key)], columns=HISTORY_COLUMNS)
+    provenance = [f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
+                  f"(`{parent.info.run_id}`, status {parent.info.status})."]
+    variants = [v.strip() for v in tags.get("variants", "").split(",") if v.strip()]
+    study = Study(f"sweep `{sweep_id}`", provenance, variants, _int_list(tags.get("seeds")), trials, history)
+    return study, parent
+
+
+# ------------------------------------------------------------------------------------------ from records
+def load_records(results_dir: str | Path) -> Study:
+    """The Study of a folder of trial records (orchestrator.records): one protocol, or a one-line refusal."""
+    try:
+        found = records.load_records(results_dir)
+        records.check_one_protocol(found, str(results_dir))
+    except records.RecordError as e:
+        raise ReportError(str(e)) from None
+    if not found:
+        raise ReportError(f"no trial records (*.json) in {results_dir}; write some with "
+                          f"python -m orchestrator.run --results-dir {results_dir}")
+    trials = pd.DataFrame([{
+        "run_id": r["mlflow"]["run_id"], "run_name": trial_name(r["variant"], r["seed"]), "status": "FINISHED",
+        "start_time": i, "variant": r["variant"], "seed": r["seed"], "failure_reason": "",
+        **{m: r["final"].get(m, math.nan) for m in TABLE_METRICS}} for i, r in enumerate(found)],
+        columns=TRIAL_COLUMNS)
+    history = pd.DataFrame([(r["variant"], r["seed"], r["mlflow"]["run_id"], key, h["epoch"], h[key])
+                            for r in found for h in r["history"] for key in CURVE_METRICS if key in h],
+                           columns=HISTORY_COLUMNS)
+    protocol = found[0]
+    provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{protocol['protocol_hash']}`."]
+    seeds = sorted({r["seed"] for r in found})
+    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history)
