@@ -162,7 +162,10 @@ def ranking(study: Study):
         "incomplete": summary["incomplete"]}, index=summary.index)
     num["same_rank"] = (num["ours_rank"] == num["paper_rank"]).where(has_both)
     num = num.sort_values(["ours_rank", "paper_rank"], na_position="last")
-    rho = num["ours_rank"].corr(num["paper_rank"]) if has_both.sum() >= 3 else math.nan  # Spearman: Pearson of ranks
+    # The table shows competition ranks (method="min": 1, 2, 2, 4), which read naturally. rho is computed on the
+    # accuracies by scipy's spearmanr, which gives ties their average rank: Spearman's definition. (A Pearson
+    # correlation of the min-ranks equals it only without ties.)
+    rho = stats.spearman_rho(ours[has_both], theirs[has_both])
     shown = pd.DataFrame({
         "Model": num["model"], "Our rank": num["ours_rank"].map(lambda x: fmt.num(x, 0)),
         "Ours (%)": num["ours_mean_pct"].map(lambda x: fmt.num(x, 2)),

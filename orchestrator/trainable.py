@@ -14,10 +14,13 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
+import numpy as np
 import ray
 import torch
 from mlflow.entities import LoggedModelStatus
+from mlflow.models import ModelSignature
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.types import Schema, TensorSpec
 from ray import tune
 
 from orchestrator.config import TrainConfig
@@ -31,6 +34,14 @@ STATE_FILE = "state.pt"
 # <epoch> is persisted and before the epoch is logged: the worst moment for exactly-once logging. The driver
 # reads it and passes it in the trial config (a running Ray's workers don't see the driver's later env).
 FAULT_ENV = "RESNET_REVISITED_KILL_AFTER_EPOCH"
+# The logged MLflow model takes float32 CIFAR images [batch, 3, 32, 32] and returns logits [batch, 10].
+MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+# MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example, and
+# torch.export fixes every size-1 dimension to a constant, so an example of batch 1 made a model that rejects
+# any other batch ("Guard failed: x.size()[0] == 1") despite the signature's -1. From a batch of 2 the batch
+# dimension stays symbolic: the model serves any batch size, 1 included (tests/test_logged_model.py).
+EXAMPLE_BATCH = 2
 
 
 def _load_state(checkpoint) -> dict | None:
@@ -123,7 +134,8 @@ def _log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
         client.delete_logged_model(m.model_id)
     mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
     try:
-        mlflow.pytorch.log_model(model, name="mlflow_model", input_example=torch.zeros(1, 3, 32, 32).numpy(),
+        mlflow.pytorch.log_model(model, name="mlflow_model", signature=MODEL_SIGNATURE,
+                                 input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.float32),
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     finally:
         # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged. (Ending the
