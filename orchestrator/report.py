@@ -21,7 +21,7 @@ from orchestrator import tables as fmt
 from orchestrator.cli import ArgumentParser
 from orchestrator.figures import accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
-from orchestrator.study import ReportError, Study, load_records, load_sweep
+from orchestrator.study import LATENCY_METRICS, ReportError, Study, load_records, load_sweep, unmixed_latencies
 
 ALPHA = 0.05  # significance level of the claims check
 
@@ -32,6 +32,13 @@ def _seeds_text(row) -> str:
 
 def _flag(row) -> str:
     return f"⚠ incomplete ({_seeds_text(row)})" if row["incomplete"] else ""
+
+
+def _latency_flag(row) -> str:
+    """Table 5's flag: incomplete, and latencies that are not averaged because several machines measured them."""
+    mixed = f"⚠ latencies from {row['latency_machines']} machines: see latency by machine" \
+        if row["latency_machines"] > 1 else ""
+    return "; ".join(flag for flag in (_flag(row), mixed) if flag)
 
 
 # -------------------------------------------------------------------------------------------------- tables
@@ -67,7 +74,23 @@ def table5(study: Study):
         "Inference (ms, batch 1)": mean_std("latency_ms_batch1", 3),
         "Size (MB)": num["size_mb"].map(lambda x: fmt.num(x, 4)),
         "Parameters": num["params"].map(lambda x: fmt.num(x, 0)),
-        "Flag": summary.apply(_flag, axis=1)})
+        "Flag": summary.apply(_latency_flag, axis=1)})
+    return num, shown
+
+
+def latency_by_machine(study: Study):
+    """Both latencies per (variant, machine model): the figures that are never averaged across machines."""
+    groups = study.finished.groupby(["variant", "latency_hardware"])
+    num = groups.agg(n=("run_id", "count"), **{f"{m}_{stat}": (m, stat) for m in LATENCY_METRICS
+                                                 for stat in ("mean", "std")}).reset_index()
+    num = num.sort_values("variant", key=lambda col: col.map(study.variants.index), kind="stable")
+    shown = pd.DataFrame({
+        "Model": num["variant"].map(study.label), "Machine": num["latency_hardware"].replace("", fmt.DASH),
+        "n": num["n"],
+        "Inference (ms/image, batch 4)": [fmt.pm(m, sd, 3) for m, sd in zip(num.latency_ms_per_image_mean,
+                                                                           num.latency_ms_per_image_std)],
+        "Inference (ms, batch 1)": [fmt.pm(m, sd, 3) for m, sd in zip(num.latency_ms_batch1_mean,
+                                                                     num.latency_ms_batch1_std)]})
     return num, shown
 
 
@@ -96,7 +119,7 @@ def _vs_paper_row(study: Study, finished: pd.DataFrame, variant: str, metric: tu
 
 
 def vs_paper(study: Study):
-    finished = study.finished.assign(val_accuracy_pct=100.0 * study.finished["final_val_accuracy"])
+    finished = unmixed_latencies(study.finished).assign(val_accuracy_pct=100.0 * study.finished["final_val_accuracy"])
     num = pd.DataFrame([_vs_paper_row(study, finished, v, metric)
                         for metric in _VS_PAPER for v in study.summary.index])
     shown = pd.DataFrame({
@@ -205,7 +228,9 @@ def _report_md(study: Study, tables, figures, rho) -> str:
     summary = study.summary
     n_not_ok = int((study.trials.status != "FINISHED").sum())
     incomplete = [f"{study.label(v)} ({_seeds_text(summary.loc[v])})" for v in summary.index[summary["incomplete"]]]
+    machines = sorted(m for m in study.finished["latency_hardware"].unique() if m)
     md = [f"# Report: {study.title}", "", *study.provenance,
+          f"Latency measured on: {'; '.join(machines) or fmt.DASH}.",
           f"Requested variants: {', '.join(study.requested_variants) or fmt.DASH}; seeds: "
           f"{', '.join(map(str, study.requested_seeds)) or fmt.DASH}. Finished trials averaged: "
           f"{len(study.finished)}; failed or unfinished: {n_not_ok}.", ""]
@@ -217,7 +242,8 @@ def _report_md(study: Study, tables, figures, rho) -> str:
            "interval is the Student t-interval of the mean (needs n ≥ 2). The claims check compares each "
            f"variant with Base by Welch's two-sided t-test at α = {ALPHA}. The paper ran one seed per "
            "variant on its own hardware, so its values have no spread and its latencies are not directly "
-           "comparable with ours.", ""]
+           f"comparable with ours. {fmt.DASH} marks a value that is not available (an interval or a test needs "
+           "n ≥ 2 per group).", ""]
     for name, title, _, shown in tables:
         md += [f"## {title}", "", fmt.to_markdown(shown), "",
                f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", ""]
@@ -258,6 +284,9 @@ def write_report(study: Study, out: Path) -> Path:
         ("claims", f"Claims check: accuracy vs Base, Welch's t-test (α = {ALPHA})", *claims(study)),
         ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown),
     ]
+    if study.finished["latency_hardware"].nunique() > 1:
+        tables.append(("latency_by_machine", "Inference time by machine (never averaged across machines)",
+                       *latency_by_machine(study)))
     for name, title, num, shown in tables:
         num.to_csv(out / f"{name}.csv", index=name in ("table2", "table5", "ranking"),
                    index_label="variant", float_format="%.10g")

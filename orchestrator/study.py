@@ -24,7 +24,7 @@ from orchestrator.tracking import all_pages
 CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
 TRIAL_COLUMNS = ["run_id", "run_name", "status", "start_time", "variant", "seed", "failure_reason",
-                 *TABLE_METRICS]
+                 *TABLE_METRICS, "latency_hardware"]
 HISTORY_COLUMNS = ["variant", "seed", "run_id", "metric", "epoch", "value"]
 
 
@@ -76,9 +76,20 @@ def variant_order(requested: list[str], seen: list[str], paper: pd.DataFrame) ->
     return [v for v in paper.index if v in names] + sorted(names - set(paper.index))
 
 
+LATENCY_METRICS = ("latency_ms_per_image", "latency_ms_batch1")
+
+
+def unmixed_latencies(finished: pd.DataFrame) -> pd.DataFrame:
+    """The trials with the latencies of a variant measured on more than one machine model set to NaN: such
+    latencies are never averaged together (the report lists them per machine instead)."""
+    machines = finished.groupby("variant")["latency_hardware"].transform("nunique")
+    return finished.assign(**{m: finished[m].where(machines <= 1) for m in LATENCY_METRICS})
+
+
 def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | None) -> pd.DataFrame:
     """Per-variant statistics of the finished trials (sample std, ddof=1), one row per variant."""
-    finished = finished.assign(val_accuracy_pct=100.0 * finished["final_val_accuracy"])
+    machines = finished.groupby("variant")["latency_hardware"].nunique()
+    finished = unmixed_latencies(finished).assign(val_accuracy_pct=100.0 * finished["final_val_accuracy"])
     agg = finished.groupby("variant").agg(
         n=("run_id", "count"),
         val_accuracy_pct_mean=("val_accuracy_pct", "mean"), val_accuracy_pct_std=("val_accuracy_pct", "std"),
@@ -88,6 +99,7 @@ def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | No
         size_mb=("size_mb", "mean"), params=("param_count", "median"),
     ).reindex(variants)
     agg["n"] = agg["n"].fillna(0).astype(int)
+    agg["latency_machines"] = machines.reindex(variants).fillna(0).astype(int)
     agg["n_requested"] = n_requested if n_requested is not None else pd.NA
     agg["incomplete"] = agg["n"] < n_requested if n_requested is not None else agg["n"] == 0
     return agg
@@ -144,7 +156,8 @@ def _trial_row(run) -> dict:
             "start_time": run.info.start_time, "variant": tags.get("variant", run.data.params.get("variant")),
             "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
             "failure_reason": tags.get("failure_reason", ""),
-            **{m: metrics.get(m, math.nan) for m in TABLE_METRICS}}
+            **{m: metrics.get(m, math.nan) for m in TABLE_METRICS},
+            "latency_hardware": tags.get("latency_hardware", "")}
 
 
 def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = None) -> tuple[Study, object]:
@@ -183,7 +196,8 @@ def load_records(results_dir: str | Path) -> Study:
     trials = pd.DataFrame([{
         "run_id": r["mlflow"]["run_id"], "run_name": trial_name(r["variant"], r["seed"]), "status": "FINISHED",
         "start_time": i, "variant": r["variant"], "seed": r["seed"], "failure_reason": "",
-        **{m: r["final"].get(m, math.nan) for m in TABLE_METRICS}} for i, r in enumerate(found)],
+        **{m: r["final"].get(m, math.nan) for m in TABLE_METRICS},
+        "latency_hardware": r["environment"].get("hardware") or ""} for i, r in enumerate(found)],
         columns=TRIAL_COLUMNS)
     history = pd.DataFrame([(r["variant"], r["seed"], r["mlflow"]["run_id"], key, h["epoch"], h[key])
                             for r in found for h in r["history"] for key in CURVE_METRICS if key in h],

@@ -2,11 +2,12 @@
 --skip-existing, refused when corrupt, of another schema or of another protocol."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator import records
+from orchestrator import records, report
 from orchestrator import run as orun
 from orchestrator.config import TrainConfig
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
@@ -21,9 +22,10 @@ def sweep_args(tmp_path, data_dir, results, *extra):
 def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_existing_trains_only_the_rest(
         tiny_cifar, tmp_path, local_ray):
     results = tmp_path / "results"
-    args = sweep_args(tmp_path, tiny_cifar, results, "--variants", "base,v6", "--seeds", "1")
+    args = sweep_args(tmp_path, tiny_cifar, results, "--variants", "base,v6", "--seeds", "2")
     assert orun.main(args) == 0
-    assert sorted(p.name for p in results.iterdir()) == ["base-seed0.json", "v6-seed0.json"]  # no temp files left
+    assert sorted(p.name for p in results.iterdir()) == ["base-seed0.json", "base-seed1.json", "v6-seed0.json",
+                                                         "v6-seed1.json"]  # and no temp files left
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for record in records.load_records(results):
         run = client.get_run(record["mlflow"]["run_id"])
@@ -39,6 +41,14 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
         assert record["environment"]["device"] == "cpu" and record["environment"]["git_commit"]
         text = json.dumps(record)
         assert "sqlite" not in text and str(tmp_path) not in text  # no paths, hosts or users
+
+    # The records alone rebuild the report of the sweep: every table and the curves equal the MLflow report's.
+    from_mlflow, from_records = tmp_path / "report-mlflow", tmp_path / "report-records"
+    assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(from_mlflow)]) == 0
+    assert report.main(["--results", str(results), "--out", str(from_records)]) == 0
+    for name in ("table2", "table5", "vs_paper", "claims", "ranking", "curves", "trials"):
+        assert (from_records / f"{name}.csv").read_text() == (from_mlflow / f"{name}.csv").read_text(), name
+    assert "| Base  |" in (from_records / "table5.md").read_text()
 
     # Delete one record: --skip-existing trains only that pair, in a new sweep of one trial.
     kept = (results / "base-seed0.json").read_text()
@@ -93,3 +103,58 @@ def test_write_record_is_atomic_and_leaves_no_temp_file_when_it_fails(tmp_path):
     assert records.load_record(path) == record and [p.name for p in tmp_path.iterdir()] == ["base-seed0.json"]
     nan = records.write_record(tmp_path, {**record, "final": {"latency_ms_batch1": math.nan}})
     assert math.isnan(records.load_record(nan)["final"]["latency_ms_batch1"])
+
+
+def write_study(folder, hardware=("cpu A", "cpu A"), **protocol_changes):
+    """Two hand-made seeds of base and v6: known numbers, one record each."""
+    for seed, machine in enumerate(hardware):
+        for variant, accuracy in (("base", 0.70 + seed / 100), ("v6", 0.77 + seed / 100)):
+            record = {**a_record(None, **protocol_changes), "variant": variant, "seed": seed,
+                      "history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.6,
+                                   "val_accuracy": accuracy}],
+                      "final": {"final_val_accuracy": accuracy, "latency_ms_per_image": 1.0 + seed,
+                                "latency_ms_batch1": 2.0 + seed, "size_mb": 0.52, "param_count": 136380},
+                      "environment": {"hardware": machine}, "mlflow": {"run_id": f"{variant}{seed}"}}
+            records.write_record(folder, record)
+
+
+def test_report_from_records_never_averages_latencies_of_different_machines(tmp_path):
+    write_study(tmp_path / "same")
+    assert report.main(["--results", str(tmp_path / "same")]) == 0
+    table5 = (tmp_path / "same" / "table5.md").read_text()
+    assert "1.500 ± 0.707" in table5 and not (tmp_path / "same" / "latency_by_machine.md").exists()
+    write_study(tmp_path / "mixed", hardware=("cpu A", "gpu B"))
+    assert report.main(["--results", str(tmp_path / "mixed")]) == 0
+    table5 = (tmp_path / "mixed" / "table5.md").read_text()
+    assert "1.500" not in table5 and "latencies from 2 machines" in table5
+    by_machine = (tmp_path / "mixed" / "latency_by_machine.md").read_text()
+    assert "| cpu A   |" in by_machine and "| gpu B   |" in by_machine and "2.000 ± —" in by_machine
+    assert "70.50 ± 0.71" in table5  # accuracies still averaged: they do not depend on the machine
+
+
+@pytest.mark.parametrize("make_bad, expected", [
+    (lambda d: (d / "v6-seed0.json").write_text("not json"), "is not readable JSON"),
+    (lambda d: (d / "v6-seed0.json").write_text(json.dumps({"schema_version": 0})), "has schema version 0"),
+    (lambda d: write_study(d / "x", lr=0.01) or (d / "x" / "base-seed0.json").rename(d / "base-seed0.json"),
+     "another protocol than"),
+    (lambda d: [p.unlink() for p in d.glob("*.json")], "no trial records"),
+])
+def test_report_from_bad_records_is_one_line_and_exit_2(make_bad, expected, tmp_path, capsys):
+    write_study(tmp_path)
+    make_bad(tmp_path)
+    assert report.main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "paper-grid"
+
+
+@pytest.mark.skipif(not list(PUBLISHED.glob("*.json")), reason="no published records in results/paper-grid yet")
+def test_published_report_is_what_its_records_build_now(tmp_path, monkeypatch):
+    """results/paper-grid/report.md (and its tables) cannot drift from the records beside them."""
+    monkeypatch.chdir(PUBLISHED.parents[1])
+    assert report.main(["--results", "results/paper-grid", "--out", str(tmp_path)]) == 0
+    for built in sorted(tmp_path.glob("*.md")) + sorted(tmp_path.glob("*.csv")) + sorted(tmp_path.glob("*.tex")):
+        assert (PUBLISHED / built.name).read_text() == built.read_text(), f"rebuild {built.name}: see README"
