@@ -27,7 +27,7 @@ from orchestrator.names import trial_name
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
                  "train_images_per_second")
 FINAL_METRICS = ("param_count", "size_mb", "state_dict_bytes", "macs_per_image", "final_val_accuracy",
-                 "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1")
+                 "best_val_accuracy", "compile_seconds", "latency_ms_per_image", "latency_ms_batch1")
 
 
 class DivergedError(RuntimeError):
@@ -115,10 +115,37 @@ class Trainer:
                               "rng": rng_state(), "history": history})
 
     def load(self, state: dict) -> None:
+        lr_is_tensor = isinstance(self.optimizer.param_groups[0]["lr"], torch.Tensor)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        for group in self.optimizer.param_groups:  # a checkpoint of either kind resumes either kind of trainer
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, dtype=torch.float64, device=self.device) if lr_is_tensor else lr
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def make_step(self, compiled: bool):
+        """One training step on a batch: forward, loss, backward and the optimizer update; returns the loss and
+        the number of correct predictions as tensors (no host sync). With `compiled`, the whole step is one
+        torch.compile function: the forward is compiled with its backward (AOTAutograd), and Adam's update into
+        fused kernels of its own (Dynamo breaks the graph at `backward()` and around `optimizer.step`)."""
+        model, optimizer = self.model, self.optimizer
+
+        def step(x: torch.Tensor, y: torch.Tensor):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach(), (out.argmax(1) == y).sum()
+        return torch.compile(step) if compiled else step
 
 
 def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
@@ -128,7 +155,9 @@ def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
         memory_format = torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     fused = cfg.fused_adam and (device.type in ("cpu", "cuda"))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+    # A tensor learning rate under compile: ReduceLROnPlateau then changes it in place, with no recompile.
+    lr = torch.tensor(cfg.lr, dtype=torch.float64, device=device) if cfg.compile else cfg.lr  # float64: exactly cfg.lr
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                            weight_decay=cfg.weight_decay, fused=fused or None)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
                                                        patience=cfg.lr_patience, threshold=cfg.lr_threshold)
@@ -136,27 +165,26 @@ def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
 
 
 def train_epoch(trainer: Trainer, step, batches, device) -> dict:
-    """One pass over the epoch's batches; train loss, accuracy and images/s, read once at the end."""
+    """One pass over the epoch's batches; train loss, accuracy and images/s, read once at the end, and the
+    seconds of the epoch's first step (which includes compiling it, when compiled)."""
     trainer.model.train()
     t0 = time.perf_counter()
     # Accumulated on the device: a .item() per step would force a sync on GPUs.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+    seen, first_step_seconds = 0, 0.0
     for x, y in batches:
         if len(y) < 2:  # a 1-image remainder batch: the FC head's BatchNorm1d cannot train on it
             continue
-        out = step(x.contiguous(memory_format=trainer.memory_format))
-        loss = F.cross_entropy(out, y)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
+        loss, hits = step(x.contiguous(memory_format=trainer.memory_format), y)
+        if not seen:
+            first_step_seconds = time.perf_counter() - t0
+        loss_sum += loss * len(y)
+        correct += hits
         seen += len(y)
     seconds = time.perf_counter() - t0
     return {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
-            "train_images_per_second": seen / seconds}
+            "train_images_per_second": seen / seconds, "first_step_seconds": first_step_seconds}
 
 
 def final_metrics(model: torch.nn.Module, variant: str, history: list[dict]) -> dict:
@@ -190,16 +218,18 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
     if state is not None:
         trainer.load(state)
         history, start_epoch = list(state["history"]), state["epoch"] + 1
-    step = torch.compile(trainer.model) if cfg.compile else trainer.model
+    step, compile_seconds = trainer.make_step(cfg.compile), 0.0
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         metrics = train_epoch(trainer, step, train_set.batches(epoch), device)
+        if cfg.compile and epoch == start_epoch:  # the first step compiled; a step takes milliseconds
+            compile_seconds = metrics["first_step_seconds"]
         if not math.isfinite(metrics["train_loss"]):
             raise DivergedError(f"{trial_name(variant, seed)}: train_loss became {metrics['train_loss']} in "
                                 f"epoch {epoch}")
         val_loss, val_accuracy = evaluate(trainer.model, d.val_images, d.val_labels, device, trainer.memory_format)
-        lr = trainer.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+        lr = trainer.lr()  # the rate this epoch trained with
         trainer.scheduler.step(val_accuracy)
         metrics = {"train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
                    "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr,
@@ -209,7 +239,7 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics, lambda epoch=epoch: trainer.state(epoch, history))
 
-    final = final_metrics(trainer.model, variant, history)
+    final = {**final_metrics(trainer.model, variant, history), "compile_seconds": compile_seconds}
     if measure:
         final.update(measure_latency(trainer.model, d.val_images, d.val_labels, device,
                                      batch1_calls=cfg.latency_batch1_calls, memory_format=trainer.memory_format,
