@@ -34,7 +34,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (pandas' to_markdown needs tabulate, which we don't depend on)."""
     cells = [[str(c) for c in df.columns]] + [[str(v).replace("|", r"\|") for v in row] for row in df.values]
     widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(df.columns))]  # GFM rule needs "---"
-    right = [_right_aligned(df[c]) for c in df.columns]
+    right = [_right_aligned(df.iloc[:, i]) for i in range(df.shape[1])]  # by position: a heading may repeat
 
     def fmt(row):
         return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)) + " |"
@@ -57,7 +57,7 @@ def _latex_cell(s) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     """A booktabs table (\\usepackage{booktabs}); pandas' to_latex would need jinja2 and Unicode-aware LaTeX."""
-    spec = "".join("r" if _right_aligned(df[c]) else "l" for c in df.columns)
+    spec = "".join("r" if _right_aligned(df.iloc[:, i]) else "l" for i in range(df.shape[1]))
     lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_latex_cell(caption)}}}", rf"\label{{tab:{label}}}",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_cell, df.columns)) + r" \\",
              r"\midrule", *(" & ".join(map(_latex_cell, row)) + r" \\" for row in df.values),

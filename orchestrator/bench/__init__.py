@@ -25,7 +25,7 @@ import torch
 
 import data
 import models
-from orchestrator.bench.sizes import FULL, QUICK
+from orchestrator.bench.sizes import FULL, QUICK, Sizes
 from orchestrator.bench.suite import bench_latency, bench_orchestration, bench_parallel, bench_throughput, project
 from orchestrator.bench.table import render
 from orchestrator.cli import ArgumentParser
@@ -65,35 +65,54 @@ def parse_args(argv):
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                              else "cpu")
-        args.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        args.parallel_k = args.parallel_k or (2 if device.type == "cuda" else args.cores)
-        sizes = QUICK if args.quick else FULL
-        if args.rounds:
-            sizes = dataclasses.replace(sizes, rounds=args.rounds)
-        root = data.resolve_data_dir(args.data_dir)
-        data.load_cifar10(root, "train"), data.load_cifar10(root, "test")  # fail here, in one line
-        args.data_dir = str(root)
+        device, sizes = resolve(args)
     except (ValueError, data.DataError) as e:
         print(f"orchestrator.bench: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    base_cfg = TrainConfig(data_dir=str(root))
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    label = f"{device.type} ({hardware})"
     t_start = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
-    _, train_y = data.load_cifar10(root, "train")
-    res = {"environment": {
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick, "device": device.type,
-        "device_label": label, "latency_device": f"{device.type} ({hardware})", "torch": torch.__version__,
-        "python": platform.python_version(), "cores": args.cores, "threads": args.threads, "k": args.parallel_k,
-        "data": f"{root} ({len(train_y):,} training images)", "peak_n": sizes.peak_n,
-        "sizes": dataclasses.asdict(sizes), "argv": sys.argv[1:] if argv is None else list(argv)}}
-    res["throughput"] = bench_throughput(args, sizes, base_cfg, device, log)
+    res = {"environment": environment(args, device, sizes, argv)}
+    res.update(measure_all(args, sizes, TrainConfig(data_dir=args.data_dir), device, log))
+    res["environment"]["bench_seconds"] = time.perf_counter() - t_start
+    table = render(res)
+    stem = write_results(res, table, Path(args.out_dir), args.quick)
+    print("\n" + table + f"\nwrote {stem}.md and {stem}.json ({res['environment']['bench_seconds']:.0f} s)")
+    return 0
+
+
+def resolve(args) -> tuple[torch.device, Sizes]:
+    """Fill in the defaults that depend on the machine (device, cores, K, sizes) and check the data loads."""
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    args.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    args.parallel_k = args.parallel_k or (2 if device.type == "cuda" else args.cores)
+    sizes = QUICK if args.quick else FULL
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    root = data.resolve_data_dir(args.data_dir)
+    data.load_cifar10(root, "train"), data.load_cifar10(root, "test")  # fail here, in one line
+    args.data_dir = str(root)
+    return device, sizes
+
+
+def environment(args, device, sizes: Sizes, argv) -> dict:
+    """What produced the figures: time, device, library versions, cores, threads, data, sizes, command line."""
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    _, train_y = data.load_cifar10(args.data_dir, "train")
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick, "device": device.type,
+            "device_label": f"{device.type} ({hardware})", "latency_device": f"{device.type} ({hardware})",
+            "torch": torch.__version__, "python": platform.python_version(), "cores": args.cores,
+            "threads": args.threads, "k": args.parallel_k,
+            "data": f"{args.data_dir} ({len(train_y):,} training images)", "peak_n": sizes.peak_n,
+            "sizes": dataclasses.asdict(sizes), "argv": sys.argv[1:] if argv is None else list(argv)}
+
+
+def measure_all(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
+    """The measurements not skipped, in order, then the projection of the paper's grid from them."""
+    res = {"throughput": bench_throughput(args, sizes, base_cfg, device, log)}
     if "parallel" not in args.skip:
         res["parallel"] = bench_parallel(args, sizes, base_cfg, device, log)
     if "orchestration" not in args.skip:
@@ -103,12 +122,13 @@ def main(argv=None) -> int:
         res["latency"] = bench_latency(args, sizes, base_cfg, device, log)
     res["projection"] = project(res["throughput"], res.get("parallel"), res.get("orchestration"), res.get("latency"),
                                 args.parallel_k)
-    res["environment"]["bench_seconds"] = time.perf_counter() - t_start
-    table = render(res)
-    out = Path(args.out_dir)
+    return res
+
+
+def write_results(res: dict, table: str, out: Path, quick: bool) -> Path:
+    """bench-<quick|full>-<time>.md and .json under `out`; returns their common stem."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench-{'quick' if args.quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = out / f"bench-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-    print("\n" + table + f"\nwrote {stem}.md and {stem}.json ({res['environment']['bench_seconds']:.0f} s)")
-    return 0
+    return stem

@@ -22,12 +22,15 @@ from orchestrator.train import TrialData, build, train
 
 
 def bench_throughput(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
+    """Trainer vs plain route on the same focused-augmentation epoch, per variant, rounds interleaved (ABBA);
+    per round also where a step's time goes and the matmul peak on one thread and on all cores."""
     root = data.resolve_data_dir(args.data_dir)
     per_class = even_per_class(sizes.train_per_class, root)
     train_x, train_y = data.stratified_subset(*data.load_cifar10(root, "train"), per_class, seed=0)
     val_x, val_y = data.load_cifar10(root, "test")
-    d = TrialData(train_x, train_y, val_x[:sizes.val_images], val_y[:sizes.val_images])
+    trial_data = TrialData(train_x, train_y, val_x[:sizes.val_images], val_y[:sizes.val_images])
     focus = data.parse_focus_classes(base_cfg.focus_classes)
+    cfg = dataclasses.replace(base_cfg, epochs=1)
     rows = {v: {"trainer_images_per_second": [], "plain_images_per_second": [], "eval_images_per_second": [],
                 "components": []} for v in args.variants}
     peaks, peaks_all = [], []
@@ -37,45 +40,55 @@ def bench_throughput(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> 
         f"{args.threads} thread(s), device {device}")
     for r in range(sizes.rounds):
         for v in args.variants:
-            cfg = dataclasses.replace(base_cfg, epochs=1)
-            order = ("trainer", "plain") if r % 2 == 0 else ("plain", "trainer")  # ABBA: drift hits both alike
-            for route in order:
-                if route == "trainer":
-                    h = train(cfg, v, r, trial_data=d, device=device, measure=False)["history"][0]
-                    rows[v]["trainer_images_per_second"].append(h["train_images_per_second"])
-                    eval_s = h["epoch_seconds"] - samples / h["train_images_per_second"]
-                    rows[v]["eval_images_per_second"].append(len(d.val_labels) / max(eval_s, 1e-9))
-                else:
-                    torch.manual_seed(r)
-                    model = models.create_model(v).to(device)
-                    rows[v]["plain_images_per_second"].append(plain_epoch(model, train_x, train_y, focus, device, r))
+            throughput_round(rows[v], cfg, v, r, trial_data, focus, samples, device)
             rows[v]["components"].append(step_components(cfg, v, device, sizes.component_seconds, train_x, train_y,
                                                          focus))
             log(f"  round {r + 1} {v}: trainer {rows[v]['trainer_images_per_second'][-1]:.0f} img/s, "
                 f"plain {rows[v]['plain_images_per_second'][-1]:.0f} img/s")
         peaks.append(matmul_peak_gflops(device, args.threads, sizes.peak_n, sizes.peak_seconds))
         peaks_all.append(matmul_peak_gflops(device, args.cores, sizes.peak_n, sizes.peak_seconds))
-    out = {"samples_per_epoch": samples, "per_class": per_class, "val_images": len(d.val_labels), "load": load.stop(),
-           "peak_gflops_per_round": peaks, "peak_gflops": statistics.median(peaks),
-           "peak_all_cores_gflops_per_round": peaks_all, "peak_all_cores_gflops": statistics.median(peaks_all),
-           "variants": {}}
-    for v, row in rows.items():
-        macs = models.macs_per_image(models.create_model(v))
-        t, p = statistics.median(row["trainer_images_per_second"]), statistics.median(row["plain_images_per_second"])
-        comp = {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]}
-        out["variants"][v] = {
-            **row, "components": comp, "macs_per_image": macs,
-            "channels_last": trainer_format(base_cfg, v, device) == torch.channels_last,
-            "trainer_median_images_per_second": t, "plain_median_images_per_second": p,
-            # paired per round (the two epochs ran back to back), then the median: robust to load drifting
-            "speedup": statistics.median(a / b for a, b in zip(row["trainer_images_per_second"],
-                                                               row["plain_images_per_second"])),
-            "eval_median_images_per_second": statistics.median(row["eval_images_per_second"]),
-            "trainer_ms_per_step": BATCH / t * 1e3, "plain_ms_per_step": BATCH / p * 1e3,
-            "trainer_gflops": 6 * macs * t / 1e9, "plain_gflops": 6 * macs * p / 1e9,
-            "trainer_peak_fraction": 6 * macs * t / 1e9 / out["peak_gflops"],
-            "plain_peak_fraction": 6 * macs * p / 1e9 / out["peak_gflops"]}
+    out = {"samples_per_epoch": samples, "per_class": per_class, "val_images": len(trial_data.val_labels),
+           "load": load.stop(), "peak_gflops_per_round": peaks, "peak_gflops": statistics.median(peaks),
+           "peak_all_cores_gflops_per_round": peaks_all, "peak_all_cores_gflops": statistics.median(peaks_all)}
+    out["variants"] = {v: throughput_summary(row, base_cfg, v, device, out["peak_gflops"]) for v, row in rows.items()}
     return out
+
+
+def throughput_round(row: dict, cfg: TrainConfig, variant: str, r: int, trial_data: TrialData, focus, samples: int,
+                     device) -> None:
+    """One trainer epoch and one plain epoch of `variant`, in round r's order; appends their rates to `row`."""
+    order = ("trainer", "plain") if r % 2 == 0 else ("plain", "trainer")  # ABBA: drift hits both alike
+    for route in order:
+        if route == "trainer":
+            epoch = train(cfg, variant, r, trial_data=trial_data, device=device, measure=False)["history"][0]
+            row["trainer_images_per_second"].append(epoch["train_images_per_second"])
+            eval_seconds = epoch["epoch_seconds"] - samples / epoch["train_images_per_second"]
+            row["eval_images_per_second"].append(len(trial_data.val_labels) / max(eval_seconds, 1e-9))
+        else:
+            torch.manual_seed(r)
+            model = models.create_model(variant).to(device)
+            row["plain_images_per_second"].append(plain_epoch(model, trial_data.train_images,
+                                                              trial_data.train_labels, focus, device, r))
+
+
+def throughput_summary(row: dict, base_cfg: TrainConfig, variant: str, device, peak_gflops: float) -> dict:
+    """One variant's rounds reduced to medians, its speed-up, step time, FLOP rate and fraction of the peak."""
+    macs = models.macs_per_image(models.create_model(variant))
+    trainer = statistics.median(row["trainer_images_per_second"])
+    plain = statistics.median(row["plain_images_per_second"])
+    components = {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]}
+    return {
+        **row, "components": components, "macs_per_image": macs,
+        "channels_last": trainer_format(base_cfg, variant, device) == torch.channels_last,
+        "trainer_median_images_per_second": trainer, "plain_median_images_per_second": plain,
+        # paired per round (the two epochs ran back to back), then the median: robust to load drifting
+        "speedup": statistics.median(a / b for a, b in zip(row["trainer_images_per_second"],
+                                                           row["plain_images_per_second"])),
+        "eval_median_images_per_second": statistics.median(row["eval_images_per_second"]),
+        "trainer_ms_per_step": BATCH / trainer * 1e3, "plain_ms_per_step": BATCH / plain * 1e3,
+        "trainer_gflops": 6 * macs * trainer / 1e9, "plain_gflops": 6 * macs * plain / 1e9,
+        "trainer_peak_fraction": 6 * macs * trainer / 1e9 / peak_gflops,
+        "plain_peak_fraction": 6 * macs * plain / 1e9 / peak_gflops}
 
 
 def bench_parallel(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
@@ -117,11 +130,52 @@ def bench_parallel(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> di
             "efficiency": paired}
 
 
+@dataclasses.dataclass
+class GridPhase:
+    """One route through the orchestration grid: its wall time, CPU load, per-trial stats, and when it began
+    (time.time(), the clock the trials' start/end use); the Ray route also splits out ray.init and tuner.fit."""
+    wall_seconds: float
+    load: dict
+    trials: list[dict]
+    began: float
+    init_seconds: float = 0.0
+    fit_seconds: float = 0.0
+
+
 def bench_orchestration(args, sizes: Sizes, base_cfg: TrainConfig, device, log, images_per_second: float = 0) -> dict:
     """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
     same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs.
     With a measured single-process rate, trials are sized to train for sizes.grid_train_seconds each."""
     k, variant = args.parallel_k, "base"
+    cfg = orchestration_grid(args, sizes, base_cfg, device, variant, images_per_second)
+    per_class = cfg.train.subset_per_class
+    log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
+        f"{k} at once")
+    plain = plain_grid(cfg.train, variant, k, device)
+    trial_seconds = [x["seconds"] for x in plain.trials]
+    log(f"  plain train() in {k} processes: {plain.wall_seconds:.1f} s (trials "
+        f"{', '.join(f'{seconds:.0f}' for seconds in trial_seconds)} s)")
+    ray = ray_grid(cfg, k, device)
+    log(f"  run_sweep (Ray Tune + MLflow): {ray.wall_seconds:.1f} s (ray.init {ray.init_seconds:.1f} s, tuner.fit "
+        f"{ray.fit_seconds:.1f} s)")
+    fixed = ray.wall_seconds - ray.fit_seconds  # ray.init, driver checks, MLflow parent run, summary: once per sweep
+    fit_start = ray.began + fixed  # near enough: what follows tuner.fit (summary, finishing the parent) is quick
+    return {"k": k, "variant": variant, "epochs": sizes.grid_epochs, "per_class": per_class,
+            "plain_wall_seconds": plain.wall_seconds, "plain_trial_seconds": trial_seconds,
+            "plain_trials": plain.trials, "ray_trials": ray.trials, "plain_load": plain.load, "ray_load": ray.load,
+            "ray_first_trial_start_seconds": min(t["start"] for t in ray.trials) - fit_start,
+            "plain_first_trial_start_seconds": min(t["start"] for t in plain.trials) - plain.began,
+            "ray_wall_seconds": ray.wall_seconds, "ray_init_seconds": ray.init_seconds,
+            "ray_fit_seconds": ray.fit_seconds, "fixed_seconds": fixed,
+            "extra_seconds_per_wave": ray.fit_seconds - plain.wall_seconds,
+            **structural_overhead(fixed, plain.wall_seconds, plain.trials, ray.trials, plain.began, fit_start,
+                                  ray.load, k),
+            "overhead": ray.wall_seconds / plain.wall_seconds - 1, "min_trial_seconds": min(trial_seconds)}
+
+
+def orchestration_grid(args, sizes: Sizes, base_cfg: TrainConfig, device, variant: str,
+                       images_per_second: float) -> SweepConfig:
+    """The grid both routes run: `variant` x K seeds, K trials at once on one thread (a 1/K GPU share on CUDA)."""
     root = data.resolve_data_dir(args.data_dir)
     want = sizes.grid_per_class
     if sizes.grid_train_seconds and images_per_second:
@@ -129,24 +183,26 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: TrainConfig, device, log, 
     per_class = even_per_class(max(want, 2), root)
     train_cfg = dataclasses.replace(base_cfg, epochs=sizes.grid_epochs, subset_per_class=per_class,
                                     latency_batch1_calls=sizes.batch1_calls)
-    cfg = SweepConfig(train=train_cfg, variants=(variant,), seeds=k, cpus_per_trial=1, report=False, max_failures=0,
-                      gpus_per_trial=(1 / k if device.type == "cuda" else 0.0))
-    log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
-        f"{k} at once")
+    return SweepConfig(train=train_cfg, variants=(variant,), seeds=args.parallel_k, cpus_per_trial=1, report=False,
+                       max_failures=0, gpus_per_trial=(1 / args.parallel_k if device.type == "cuda" else 0.0))
+
+
+def plain_grid(train_cfg: TrainConfig, variant: str, k: int, device) -> GridPhase:
+    """The grid as plain `train()` calls, one trial in each of K spawned processes (process start included)."""
     load = Load()
-    t0, plain_t0_epoch = time.perf_counter(), time.time()
+    t0, began = time.perf_counter(), time.time()
     workers = Workers(k, 1, device)
     try:
-        trials = workers.run([[{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": s}]
-                              for s in range(k)])
+        trials = workers.run([[{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": seed}]
+                              for seed in range(k)])
     finally:
         workers.close()
-    plain_wall = time.perf_counter() - t0
-    plain_load = load.stop()
-    plain_trials = [x for w in trials for x in w]
-    trial_seconds = [x["seconds"] for x in plain_trials]
-    log(f"  plain train() in {k} processes: {plain_wall:.1f} s (trials {', '.join(f'{s:.0f}' for s in trial_seconds)} s)")
+    wall = time.perf_counter() - t0
+    return GridPhase(wall_seconds=wall, load=load.stop(), trials=[x for w in trials for x in w], began=began)
 
+
+def ray_grid(cfg: SweepConfig, k: int, device) -> GridPhase:
+    """The grid through `ray.init` + `run_sweep` (Tune, MLflow SQLite in a temp dir); Ray's trial stats from MLflow."""
     import ray
     from orchestrator.run import run_sweep
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
@@ -154,18 +210,18 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: TrainConfig, device, log, 
                               experiment_name="bench")
     started_here = not ray.is_initialized()
     load = Load()
-    t0, t0_epoch = time.perf_counter(), time.time()
+    t0, began = time.perf_counter(), time.time()
     try:
         if started_here:
             ray.init(num_cpus=k, num_gpus=1 if device.type == "cuda" else 0, include_dashboard=False,
                      log_to_driver=False)
-        ray_init_s = time.perf_counter() - t0
+        init_seconds = time.perf_counter() - t0
         out = run_sweep(cfg)
-        ray_wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
         ray_load = load.stop()
-        ray_trials = ray_trial_stats(cfg.tracking_uri, out)
+        trials = ray_trial_stats(cfg.tracking_uri, out)
         # Ray's own CPU while all K trials train: its steady cost over a long sweep (start-up is counted apart)
-        steady = load.cores_between(max(t["start"] for t in ray_trials) + 2, min(t["end"] for t in ray_trials) - 2)
+        steady = load.cores_between(max(t["start"] for t in trials) + 2, min(t["end"] for t in trials) - 2)
         ray_load["steady_by_process_cores"] = steady or ray_load["ours_by_process_cores"]
     finally:
         if started_here:
@@ -174,20 +230,8 @@ def bench_orchestration(args, sizes: Sizes, base_cfg: TrainConfig, device, log, 
     statuses = list(out["summary"]["status"])
     if statuses != ["done"] * k:
         raise RuntimeError(f"orchestration grid did not finish cleanly: {statuses}")
-    log(f"  run_sweep (Ray Tune + MLflow): {ray_wall:.1f} s (ray.init {ray_init_s:.1f} s, tuner.fit "
-        f"{out['wall_seconds']:.1f} s)")
-    fixed = ray_wall - out["wall_seconds"]  # ray.init, driver checks, MLflow parent run, summary: once per sweep
-    fit_start = t0_epoch + fixed  # near enough: what follows tuner.fit (summary, finishing the parent) is quick
-    return {"k": k, "variant": variant, "epochs": sizes.grid_epochs, "per_class": per_class,
-            "plain_wall_seconds": plain_wall, "plain_trial_seconds": trial_seconds,
-            "plain_trials": plain_trials, "ray_trials": ray_trials, "plain_load": plain_load, "ray_load": ray_load,
-            "ray_first_trial_start_seconds": min(t["start"] for t in ray_trials) - fit_start,
-            "plain_first_trial_start_seconds": min(t["start"] for t in plain_trials) - plain_t0_epoch,
-            "ray_wall_seconds": ray_wall, "ray_init_seconds": ray_init_s, "ray_fit_seconds": out["wall_seconds"],
-            "fixed_seconds": fixed, "extra_seconds_per_wave": out["wall_seconds"] - plain_wall,
-            **structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_t0_epoch, t0_epoch + fixed,
-                                  ray_load, k),
-            "overhead": ray_wall / plain_wall - 1, "min_trial_seconds": min(trial_seconds)}
+    return GridPhase(wall_seconds=wall, load=ray_load, trials=trials, began=began, init_seconds=init_seconds,
+                     fit_seconds=out["wall_seconds"])
 
 
 def structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_start, fit_start, ray_load, k) -> dict:
