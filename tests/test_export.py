@@ -63,11 +63,13 @@ def test_parity_failure_is_a_clear_error(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     train_x, val_x, val_y = tiny
-    model = with_batchnorm_stats("base").train()  # the caller's model must keep its mode
+    # As the trainer hands it over: channels_last, in train mode; export works on a copy and leaves it so.
+    model = with_batchnorm_stats("base").to(memory_format=torch.channels_last).train()
     out_dir = tmp_path_factory.mktemp("export")
     metrics, paths = export.export_model(model, train_images=train_x, val_images=val_x, val_labels=val_y, seed=0,
                                          out_dir=out_dir, calibration_images=64, batch1_calls=5, repeats=1)
     assert model.training
+    assert model.blocks[0].conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
     return metrics, paths, out_dir
 
 
