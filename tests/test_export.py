@@ -1,0 +1,114 @@
+"""orchestrator.export: every variant exports to ONNX with the PyTorch model's logits at any batch size, the int8
+model runs in ONNX Runtime, export_model returns every metric, and the calibration set is fixed by the seed."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import data
+import models
+from orchestrator import export
+
+
+def with_batchnorm_stats(name: str) -> torch.nn.Module:
+    """A fresh model whose BatchNorms are not the identity, so the export's BN folding is really checked:
+    random affine parameters, and running stats from a few train-mode passes."""
+    torch.manual_seed(0)
+    model = models.create_model(name)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.3, 0.3)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 0.6 + 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cifar):
+    train_x, _ = data.load_cifar10(tiny_cifar, "train")
+    val_x, val_y = data.load_cifar10(tiny_cifar, "test")
+    return train_x, val_x, val_y
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_onnx_matches_pytorch_at_any_batch_size(name, tiny, tmp_path):
+    _, val_x, _ = tiny
+    model = with_batchnorm_stats(name)
+    path = export.export_onnx(model, tmp_path / "m.onnx", (3, 32, 32))
+    assert not list(tmp_path.glob("*.data")), "weights must live inside the one .onnx file"
+    batch_dim = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
+    session = export.ort_session(path)
+    assert export.check_parity(model, session, val_x) <= export.PARITY_MAX_ABS_DIFF
+    for batch in (1, 4, 7):
+        x = data.normalize(val_x[:batch])
+        got = session.run(None, {export.INPUT_NAME: x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert got.shape == (batch, 10)
+        assert np.abs(got - expected).max() <= export.PARITY_MAX_ABS_DIFF
+
+
+def test_parity_failure_is_a_clear_error(tiny, tmp_path):
+    _, val_x, _ = tiny
+    session = export.ort_session(export.export_onnx(with_batchnorm_stats("base"), tmp_path / "m.onnx", (3, 32, 32)))
+    other = models.create_model("base").eval()  # other weights: the export is not of this model
+    with pytest.raises(export.ExportError, match="max \\|logit difference\\|"):
+        export.check_parity(other, session, val_x)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    train_x, val_x, val_y = tiny
+    # As the trainer hands it over: channels_last, in train mode; export works on a copy and leaves it so.
+    model = with_batchnorm_stats("base").to(memory_format=torch.channels_last).train()
+    out_dir = tmp_path_factory.mktemp("export")
+    metrics, paths = export.export_model(model, train_images=train_x, val_images=val_x, val_labels=val_y, seed=0,
+                                         out_dir=out_dir, calibration_images=64, batch1_calls=5, repeats=1)
+    assert model.training
+    assert model.blocks[0].conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    return metrics, paths, out_dir
+
+
+def test_export_model_writes_both_models(exported):
+    _, paths, out_dir = exported
+    assert paths == {"onnx": out_dir / export.ONNX_FILE, "int8": out_dir / export.INT8_FILE}
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([export.ONNX_FILE, export.INT8_FILE])
+
+
+def test_int8_model_runs_in_onnx_runtime(exported, tiny):
+    _, paths, _ = exported
+    _, val_x, _ = tiny
+    ops = {n.op_type for n in onnx.load(paths["int8"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    session = export.ort_session(paths["int8"])
+    for batch in (1, 4):
+        out = session.run(None, {export.INPUT_NAME: data.normalize(val_x[:batch]).numpy()})[0]
+        assert out.shape == (batch, 10) and np.isfinite(out).all()
+
+
+def test_metrics_have_every_key_and_sane_values(exported):
+    metrics, paths, _ = exported
+    assert tuple(metrics) == export.EXPORT_METRICS
+    assert metrics["onnx_bytes"] == paths["onnx"].stat().st_size > 0
+    assert 0 < metrics["int8_bytes"] < metrics["onnx_bytes"] / 2  # int8 weights: a quarter of fp32, plus scales
+    for key in ("onnx_val_accuracy", "int8_val_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert 0.0 <= metrics["onnx_parity_max_abs_diff"] <= export.PARITY_MAX_ABS_DIFF
+    for kind in ("fp32", "int8"):
+        assert metrics[f"ort_latency_ms_batch1_{kind}"] > 0 and metrics[f"ort_latency_ms_per_image_{kind}"] > 0
+    assert metrics["export_seconds"] > 0
+
+
+def test_calibration_set_is_fixed_by_the_seed(tiny):
+    train_x, _, _ = tiny
+    first = export.calibration_set(train_x, 32, seed=3)
+    assert first.shape == (32, 3, 32, 32) and first.dtype == torch.uint8
+    assert torch.equal(first, export.calibration_set(train_x, 32, seed=3))
+    assert not torch.equal(first, export.calibration_set(train_x, 32, seed=4))
+    assert len(export.calibration_set(train_x, 10_000, seed=3)) == len(train_x)  # capped at what there is
+    with pytest.raises(ValueError):
+        export.calibration_set(train_x, 0, seed=3)
