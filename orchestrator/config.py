@@ -21,6 +21,7 @@ from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 
 ALL_VARIANTS = tuple(list_models())
 SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
+EXPORT_FORMATS = ("onnx", "none")
 QUICK = {"epochs": 2, "subset_per_class": 500, "compile": False}  # what --quick means (2 epochs don't repay a compile)
 
 
@@ -65,6 +66,11 @@ class TrainConfig:
                                                "faster, inference 4x; the values flushed are below 1.2e-38)")
     # --- measurement -----------------------------------------------------------------------------
     latency_batch1_calls: int = _opt(200, "measurement", "single-image calls timed for latency_ms_batch1 (median)")
+    export: str = _opt("onnx", "measurement", choices=EXPORT_FORMATS, help=(
+        "after training, export the model to ONNX (fp32, and int8 by ONNX Runtime's static quantization) and "
+        "measure their bytes, validation accuracy and ONNX Runtime latency; none skips it"))
+    export_calibration_images: int = _opt(256, "measurement", "training images, drawn with the trial's seed, that "
+                                                              "calibrate the int8 quantization")
 
     def problems(self) -> list[str]:
         """What is wrong with these values, one line each (empty when nothing is)."""
@@ -80,6 +86,8 @@ class TrainConfig:
              f"--augment must be one of {', '.join(AUGMENT_MODES)} (got {self.augment!r})"),
             (self.subset_per_class >= 0, f"--subset-per-class must be >= 0 (got {self.subset_per_class})"),
             (self.latency_batch1_calls >= 1, "--latency-batch1-calls must be >= 1"),
+            (self.export_calibration_images >= 1,
+             f"--export-calibration-images must be >= 1 (got {self.export_calibration_images})"),
         ]
         return [message for ok, message in checks if not ok]
 

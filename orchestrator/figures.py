@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs at the end of a sweep, often on a server
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -86,6 +87,29 @@ def accuracy_vs_latency_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path)
              "Inference time (ms per image, batches of 4)", paper_x="latency_ms_per_image")
     _scatter(b, s, paper, "latency_ms_batch1_mean", "latency_ms_batch1_std", "Inference time (ms, batch of 1)")
     fig.suptitle("Validation accuracy vs inference time (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def int8_accuracy_vs_bytes_figure(summary: pd.DataFrame, paper: pd.DataFrame, path: Path):
+    """The deployment view: int8 validation accuracy against the int8 file's size, error bars both ways."""
+    colors = _colors(list(summary.index))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for v in summary.index:
+        if pd.isna(summary.loc[v, "int8_bytes_mean"]):
+            continue
+        x, y = summary.loc[v, "int8_bytes_mean"] / 1024, 100.0 * summary.loc[v, "int8_val_accuracy_mean"]
+        ax.errorbar(x, y, xerr=np.nan_to_num(summary.loc[v, "int8_bytes_std"] / 1024),
+                    yerr=np.nan_to_num(100.0 * summary.loc[v, "int8_val_accuracy_std"]), fmt="o", color=colors[v],
+                    capsize=3, label=f"{label(v, paper)} (n={summary.loc[v, 'n_exported']})")
+        ax.annotate(label(v, paper), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("int8 ONNX file (KB)")
+    ax.set_ylabel("int8 validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.set_title("int8 accuracy vs int8 file size (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

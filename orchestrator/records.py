@@ -24,7 +24,7 @@ PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "beta1", "beta2", "eps", "weigh
                    "lr_patience", "lr_threshold", "augment", "focus_classes", "subset_per_class")
 # Config fields that change only how fast it is computed.
 SPEED_FIELDS = ("channels_last", "fused_adam", "compile", "flush_denormal")
-MEASUREMENT_FIELDS = ("latency_batch1_calls",)
+MEASUREMENT_FIELDS = ("latency_batch1_calls", "export", "export_calibration_images")
 REQUIRED_KEYS = ("variant", "seed", "protocol", "protocol_hash", "history", "final")
 
 
@@ -134,6 +134,7 @@ def check_one_protocol(records: list[dict], where: str, protocol: dict | None = 
 
 def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict:
     """The record of a finished trial, read back from its MLflow child run: the numbers it logged, exactly."""
+    from orchestrator.export import EXPORT_METRICS
     from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
     run = client.get_run(run_id)
     tags, metrics = run.data.tags, run.data.metrics
@@ -152,6 +153,6 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
                         "hardware": tags.get("latency_hardware"),
                         "denormals_flushed": tags.get("flush_denormal") == "true"},
         "history": [by_epoch[epoch] for epoch in sorted(by_epoch)],
-        "final": {key: metrics[key] for key in FINAL_METRICS if key in metrics},
+        "final": {key: metrics[key] for key in (*FINAL_METRICS, *EXPORT_METRICS) if key in metrics},
         "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id, "sweep_id": tags.get("sweep_id")},
     }

@@ -19,7 +19,8 @@ from models import reference
 from orchestrator import stats
 from orchestrator import tables as fmt
 from orchestrator.cli import ArgumentParser
-from orchestrator.figures import accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure
+from orchestrator.figures import (accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure,
+                                  int8_accuracy_vs_bytes_figure)
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.study import LATENCY_METRICS, ReportError, Study, load_records, load_sweep, unmixed_latencies
 
@@ -91,6 +92,29 @@ def latency_by_machine(study: Study):
                                                                            num.latency_ms_per_image_std)],
         "Inference (ms, batch 1)": [fmt.pm(m, sd, 3) for m, sd in zip(num.latency_ms_batch1_mean,
                                                                      num.latency_ms_batch1_std)]})
+    return num, shown
+
+
+def deployment(study: Study):
+    """What a device would see (orchestrator.export): ONNX file bytes, fp32 and int8 accuracy and the int8 drop,
+    and ONNX Runtime latency (1 thread), beside the paper's size (parameters x 4 bytes)."""
+    summary = study.summary
+    num = summary[[c for c in summary.columns if c.startswith(("onnx_", "int8_", "ort_")) or c == "n_exported"]]
+    num = num.assign(paper_size_mb=[study.paper.loc[v, "size_mb"] if v in study.paper.index else math.nan
+                                    for v in summary.index])
+    num.insert(0, "model", [study.label(v) for v in summary.index])
+
+    def cell(metric: str, digits: int, scale: float = 1.0) -> list[str]:
+        return [fmt.pm(scale * m, scale * sd, digits) for m, sd in zip(num[f"{metric}_mean"], num[f"{metric}_std"])]
+    shown = pd.DataFrame({
+        "Model": num["model"], "n": num["n_exported"], "Paper size (MB)": num["paper_size_mb"].map(lambda x: fmt.num(x, 4)),
+        "ONNX fp32 (KB)": cell("onnx_bytes", 1, 1 / 1024), "ONNX int8 (KB)": cell("int8_bytes", 1, 1 / 1024),
+        "fp32 acc. (%)": cell("onnx_val_accuracy", 2, 100.0), "int8 acc. (%)": cell("int8_val_accuracy", 2, 100.0),
+        "int8 drop (pp)": cell("int8_drop_pp", 2),
+        "ORT fp32 ms, batch 1": cell("ort_latency_ms_batch1_fp32", 3),
+        "ORT int8 ms, batch 1": cell("ort_latency_ms_batch1_int8", 3),
+        "ORT fp32 ms/image, batch 4": cell("ort_latency_ms_per_image_fp32", 3),
+        "ORT int8 ms/image, batch 4": cell("ort_latency_ms_per_image_int8", 3)}, index=summary.index)
     return num, shown
 
 
@@ -270,6 +294,9 @@ def _write_figures(study: Study, out: Path) -> list[tuple[str, str]]:
         figures = figures[2:]
     accuracy_vs_latency_figure(study.summary, study.paper, out / "accuracy_vs_latency.png")
     accuracy_vs_size_figure(study.summary, study.paper, out / "accuracy_vs_size.png")
+    if study.summary["n_exported"].fillna(0).sum() > 0:
+        int8_accuracy_vs_bytes_figure(study.summary, study.paper, out / "int8_accuracy_vs_bytes.png")
+        figures = [*figures, ("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)")]
     return figures
 
 
@@ -284,6 +311,9 @@ def write_report(study: Study, out: Path) -> Path:
         ("claims", f"Claims check: accuracy vs Base, Welch's t-test (α = {ALPHA})", *claims(study)),
         ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown),
     ]
+    if study.summary["n_exported"].fillna(0).sum() > 0:
+        tables.append(("deployment", "Deployment: ONNX and int8 files, accuracy and ONNX Runtime latency",
+                       *deployment(study)))
     if study.finished["latency_hardware"].nunique() > 1:
         tables.append(("latency_by_machine", "Inference time by machine (never averaged across machines)",
                        *latency_by_machine(study)))

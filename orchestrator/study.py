@@ -23,8 +23,12 @@ from orchestrator.tracking import all_pages
 # keeps these a subset of those, so a renamed metric cannot silently empty a table).
 CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
+# The deployment view (orchestrator.export.EXPORT_METRICS), where the trials exported their models.
+DEPLOYMENT_METRICS = ("onnx_bytes", "int8_bytes", "onnx_val_accuracy", "int8_val_accuracy",
+                      "ort_latency_ms_batch1_fp32", "ort_latency_ms_batch1_int8", "ort_latency_ms_per_image_fp32",
+                      "ort_latency_ms_per_image_int8")
 TRIAL_COLUMNS = ["run_id", "run_name", "status", "start_time", "variant", "seed", "failure_reason",
-                 *TABLE_METRICS, "latency_hardware"]
+                 *TABLE_METRICS, "latency_hardware", *DEPLOYMENT_METRICS]
 HISTORY_COLUMNS = ["variant", "seed", "run_id", "metric", "epoch", "value"]
 
 
@@ -86,6 +90,17 @@ def unmixed_latencies(finished: pd.DataFrame) -> pd.DataFrame:
     return finished.assign(**{m: finished[m].where(machines <= 1) for m in LATENCY_METRICS})
 
 
+def deployment_summary(finished: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: mean and std of each deployment figure, the int8 accuracy drop (pp, per trial, then
+    averaged) and how many trials exported (the ORT latencies count only when measured on one machine)."""
+    finished = finished.assign(int8_drop_pp=100.0 * (finished["onnx_val_accuracy"] - finished["int8_val_accuracy"]))
+    ort = [m for m in DEPLOYMENT_METRICS if m.startswith("ort_")]
+    finished = finished.assign(**{m: finished[m].where(finished.groupby("variant")["latency_hardware"]
+                                                       .transform("nunique") <= 1) for m in ort})
+    columns = {f"{m}_{stat}": (m, stat) for m in (*DEPLOYMENT_METRICS, "int8_drop_pp") for stat in ("mean", "std")}
+    return finished.groupby("variant").agg(n_exported=("int8_bytes", "count"), **columns)
+
+
 def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | None) -> pd.DataFrame:
     """Per-variant statistics of the finished trials (sample std, ddof=1), one row per variant."""
     machines = finished.groupby("variant")["latency_hardware"].nunique()
@@ -98,6 +113,7 @@ def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | No
         latency_ms_batch1_mean=("latency_ms_batch1", "mean"), latency_ms_batch1_std=("latency_ms_batch1", "std"),
         size_mb=("size_mb", "mean"), params=("param_count", "median"),
     ).reindex(variants)
+    agg = agg.join(deployment_summary(finished).reindex(variants))
     agg["n"] = agg["n"].fillna(0).astype(int)
     agg["latency_machines"] = machines.reindex(variants).fillna(0).astype(int)
     agg["n_requested"] = n_requested if n_requested is not None else pd.NA
@@ -157,7 +173,8 @@ def _trial_row(run) -> dict:
             "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
             "failure_reason": tags.get("failure_reason", ""),
             **{m: metrics.get(m, math.nan) for m in TABLE_METRICS},
-            "latency_hardware": tags.get("latency_hardware", "")}
+            "latency_hardware": tags.get("latency_hardware", ""),
+            **{m: metrics.get(m, math.nan) for m in DEPLOYMENT_METRICS}}
 
 
 def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = None) -> tuple[Study, object]:
@@ -197,7 +214,8 @@ def load_records(results_dir: str | Path) -> Study:
         "run_id": r["mlflow"]["run_id"], "run_name": trial_name(r["variant"], r["seed"]), "status": "FINISHED",
         "start_time": i, "variant": r["variant"], "seed": r["seed"], "failure_reason": "",
         **{m: r["final"].get(m, math.nan) for m in TABLE_METRICS},
-        "latency_hardware": r["environment"].get("hardware") or ""} for i, r in enumerate(found)],
+        "latency_hardware": r["environment"].get("hardware") or "",
+        **{m: r["final"].get(m, math.nan) for m in DEPLOYMENT_METRICS}} for i, r in enumerate(found)],
         columns=TRIAL_COLUMNS)
     history = pd.DataFrame([(r["variant"], r["seed"], r["mlflow"]["run_id"], key, h["epoch"], h[key])
                             for r in found for h in r["history"] for key in CURVE_METRICS if key in h],

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -199,12 +200,13 @@ def final_metrics(model: torch.nn.Module, variant: str, history: list[dict]) -> 
 def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | None = None,
           device: torch.device | None = None, state: dict | None = None,
           on_epoch_end: Callable[[int, dict, Callable[[], dict]], None] | None = None,
-          measure: bool = True) -> dict:
+          measure: bool = True, export_dir: str | Path | None = None) -> dict:
     """Train `variant` with `seed` under the paper's protocol.
 
     `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`; training
     resumes after its epoch. Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained
-    model}; "final" has the latencies only when `measure`.
+    model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
+    the deployment figures (orchestrator.export) only when also `export_dir` is given and cfg.export is onnx.
     """
     device = device or pick_device()
     flush_denormal(cfg.flush_denormal)
@@ -244,4 +246,12 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
         final.update(measure_latency(trainer.model, d.val_images, d.val_labels, device,
                                      batch1_calls=cfg.latency_batch1_calls, memory_format=trainer.memory_format,
                                      flush_denormals=cfg.flush_denormal))
-    return {"history": history, "final": final, "model": trainer.model}
+    exported = {}
+    if measure and export_dir is not None and cfg.export == "onnx":
+        from orchestrator.export import export_model  # onnx and onnxruntime load only when exporting
+        metrics, exported = export_model(trainer.model, train_images=d.train_images, val_images=d.val_images,
+                                         val_labels=d.val_labels, seed=seed, out_dir=export_dir,
+                                         calibration_images=cfg.export_calibration_images,
+                                         batch1_calls=cfg.latency_batch1_calls)
+        final.update(metrics)
+    return {"history": history, "final": final, "model": trainer.model, "exported": exported}

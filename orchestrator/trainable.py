@@ -97,8 +97,10 @@ def run_trial(config: dict) -> None:
         _maybe_kill(sweep.get("fault", ""), trial_name(variant, seed), epoch, restored=state is not None)
         run.log_metrics(metrics, step=epoch)
 
+    export_dir = tempfile.TemporaryDirectory(prefix="export-")
     try:
-        result = train(cfg, variant, seed, device=device, state=state, on_epoch_end=on_epoch_end)
+        result = train(cfg, variant, seed, device=device, state=state, on_epoch_end=on_epoch_end,
+                       export_dir=export_dir.name)
     except DivergedError as e:
         # Deterministic: a retry would diverge again, so record it and end the trial without an error.
         monitor.finish()
@@ -110,6 +112,9 @@ def run_trial(config: dict) -> None:
         run.finish("FAILED", reason=f"{type(e).__name__}: {e}")
         raise
     run.log_metrics(result["final"], step=0)
+    for path in result["exported"].values():  # model.onnx and model.int8.onnx
+        run.client.log_artifact(run.run_id, str(path), artifact_path="onnx")
+    export_dir.cleanup()
     _log_model(run.run_id, sweep["experiment_id"], result["model"])
     monitor.finish()
     run.finish("FINISHED")

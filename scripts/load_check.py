@@ -84,9 +84,9 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
 def run_load(workdir: Path, variants: list[str], n_seeds: int, epochs: int = 1) -> dict:
     from orchestrator import run as orun
     from orchestrator.config import SweepConfig, TrainConfig
-    # compile off: one-epoch trials on a tiny dataset would spend most of their time compiling
+    # compile and export off: one-epoch trials on a tiny dataset would spend most of their time on them
     train = TrainConfig(epochs=epochs, data_dir=str(tiny_dataset(workdir / "tiny-cifar")), latency_batch1_calls=20,
-                        compile=False)
+                        compile=False, export="none")
     cfg = SweepConfig(train=train, variants=tuple(variants), seeds=n_seeds,
                       tracking_uri=f"sqlite:///{workdir}/mlflow/mlflow.db", storage_path=str(workdir / "ray_results"),
                       report=False, max_failures=2)

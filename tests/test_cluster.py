@@ -253,7 +253,7 @@ def two_nodes(cluster):
 def sweep_args(cluster, uri, experiment, data_dir, storage, *extra):
     return [sys.executable, "-m", "orchestrator.run", "--address", cluster.address, "--tracking-uri", uri,
             "--experiment-name", experiment, "--data-dir", str(data_dir), "--storage-path", str(storage),
-            "--variants", "base", "--latency-batch1-calls", "20", "--no-report", "--no-compile", *extra]
+            "--variants", "base", "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
 
 
 def start_driver(cluster, args, log: Path) -> subprocess.Popen:

@@ -112,3 +112,25 @@ def test_calibration_set_is_fixed_by_the_seed(tiny):
     assert len(export.calibration_set(train_x, 10_000, seed=3)) == len(train_x)  # capped at what there is
     with pytest.raises(ValueError):
         export.calibration_set(train_x, 0, seed=3)
+
+
+def test_a_sweep_logs_the_deployment_figures_and_both_onnx_files_per_trial(tiny_cifar, tmp_path, local_ray):
+    from mlflow import MlflowClient
+
+    from orchestrator import run as orun
+    from orchestrator.config import SweepConfig
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = SweepConfig.from_flags(dict(variants=("base", "v6"), seeds=1, epochs=1, data_dir=str(tiny_cifar),
+                                      compile=False, tracking_uri=uri, storage_path=str(tmp_path / "ray"),
+                                      latency_batch1_calls=5, report=False, export_calibration_images=16))
+    out = orun.run_sweep(cfg)
+    client = MlflowClient(uri)
+    runs = client.search_runs([out["experiment_id"]], f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    assert len(runs) == 2
+    for run in runs:
+        assert set(export.EXPORT_METRICS) <= set(run.data.metrics), run.info.run_name
+        assert run.data.metrics["onnx_parity_max_abs_diff"] <= 1e-4
+        assert 0 < run.data.metrics["int8_bytes"] < run.data.metrics["onnx_bytes"]
+        assert run.data.params["export"] == "onnx" and run.data.params["export_calibration_images"] == "16"
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "onnx")}
+        assert files == {"onnx/model.onnx", "onnx/model.int8.onnx"}

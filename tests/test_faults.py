@@ -33,7 +33,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "
 def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.run", "--data-dir", str(data),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"),
-            "--latency-batch1-calls", "20", "--no-report", "--no-compile", *extra]
+            "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
 
 
 # --- the driver gets Ctrl-C ---------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_v2_and_alpha_train_in_channels_last_without_crashing_the_process(tiny_c
     code = ("import torch; torch.set_num_threads(1)\n"
             "from orchestrator.config import TrainConfig\n"
             "from orchestrator.train import train\n"
-            f"cfg = TrainConfig(data_dir={str(tiny_cifar)!r}, epochs=1, compile=False)\n"
+            f"cfg = TrainConfig(data_dir={str(tiny_cifar)!r}, epochs=1, compile=False, export='none')\n"
             "assert cfg.channels_last\n"
             "for v in ('v2', 'alpha'):\n"
             "    print(v, train(cfg, v, 0, measure=False)['history'][-1]['train_loss'], flush=True)\n")
@@ -189,7 +189,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
     chaos = threading.Thread(target=fault, daemon=True)
     chaos.start()
     try:
-        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), compile=False,
+        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), compile=False, export="none",
                                           tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                                           latency_batch1_calls=20, report=False))
         out = orun.run_sweep(cfg)
@@ -251,7 +251,7 @@ def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tin
     ~1e12): one real divergence beside one healthy trial of the same sweep."""
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/<sweep id>/
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = SweepConfig.from_flags(dict(variants=("base", "v2"), seeds=1, epochs=1, lr=1e10, compile=False,
+    cfg = SweepConfig.from_flags(dict(variants=("base", "v2"), seeds=1, epochs=1, lr=1e10, compile=False, export="none",
                                       data_dir=str(tiny_cifar),
                                       tracking_uri=uri, storage_path=str(tmp_path / "ray"), latency_batch1_calls=20,
                                       report=True))

@@ -17,13 +17,14 @@ import models
 from orchestrator import run as orun
 from orchestrator.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, TrainConfig, build_parser, parse_config
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
+from orchestrator.export import EXPORT_METRICS
 from orchestrator.trainable import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(tmp_path, data_dir, **kw) -> SweepConfig:
-    base = dict(data_dir=str(data_dir), epochs=2, compile=False, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    base = dict(data_dir=str(data_dir), epochs=2, compile=False, export="none", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                 storage_path=str(tmp_path / "ray_results"), latency_batch1_calls=20, report=False)
     return SweepConfig.from_flags({**base, **kw})
 
@@ -126,7 +127,7 @@ def test_base_learns_real_cifar_in_one_epoch(real_cifar):
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected, tiny_cifar, tmp_path, capsys, local_ray):
     base = ["--data-dir", str(tiny_cifar), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage-path", str(tmp_path / "ray"), "--epochs", "1", "--no-compile"]
+            "--storage-path", str(tmp_path / "ray"), "--epochs", "1", "--no-compile", "--export", "none"]
     assert orun.main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
@@ -192,6 +193,8 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
         # A trial logs exactly what it trains with: its TrainConfig, variant and seed; nothing of the sweep's.
         assert set(r.data.params) == set(TRAIN_FIELDS) | {"variant", "seed"}
         assert r.data.params["epochs"] == "2" and r.data.params["variant"] == r.data.tags["variant"]
+        # --export none: no deployment figures, no ONNX files
+        assert not set(EXPORT_METRICS) & set(r.data.metrics) and not client.list_artifacts(r.info.run_id, "onnx")
     assert list(out["summary"]["status"]) == ["done"] * 4
     # Each trial's checkpoint holds its MLflow run id, so a restart continues the same run.
     ckpts = list(Path(out["storage_path"]).glob("base-seed0/checkpoint_*/state.pt"))
@@ -231,7 +234,7 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [sys.executable, "-m", "orchestrator.run", "--variants", "base", "--seed-list", "0,1,2",
             "--epochs", "2", "--data-dir", str(tiny_cifar), "--tracking-uri", uri, "--storage-path",
-            str(tmp_path / "ray"), "--latency-batch1-calls", "20", "--no-report", "--no-compile"]
+            str(tmp_path / "ray"), "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none"]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from orchestrator import records, report
 from orchestrator import run as orun
 from orchestrator.config import TrainConfig
+from orchestrator.export import EXPORT_METRICS
 from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
 
 
@@ -30,7 +31,8 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
     for record in records.load_records(results):
         run = client.get_run(record["mlflow"]["run_id"])
         assert run.data.tags["variant"] == record["variant"] and int(run.data.tags["seed"]) == record["seed"]
-        assert record["final"] == {k: run.data.metrics[k] for k in FINAL_METRICS}
+        assert record["final"] == {k: run.data.metrics[k] for k in (*FINAL_METRICS, *EXPORT_METRICS)}
+        assert record["final"]["int8_bytes"] < record["final"]["onnx_bytes"]  # the deployment view, too
         assert [h["epoch"] for h in record["history"]] == [1]
         for key in EPOCH_METRICS:
             assert record["history"][0][key] == client.get_metric_history(run.info.run_id, key)[0].value
@@ -105,15 +107,16 @@ def test_write_record_is_atomic_and_leaves_no_temp_file_when_it_fails(tmp_path):
     assert math.isnan(records.load_record(nan)["final"]["latency_ms_batch1"])
 
 
-def write_study(folder, hardware=("cpu A", "cpu A"), **protocol_changes):
-    """Two hand-made seeds of base and v6: known numbers, one record each."""
+def write_study(folder, hardware=("cpu A", "cpu A"), deployment=None, **protocol_changes):
+    """Two hand-made seeds of base and v6: known numbers, one record each (and `deployment`'s figures)."""
     for seed, machine in enumerate(hardware):
         for variant, accuracy in (("base", 0.70 + seed / 100), ("v6", 0.77 + seed / 100)):
             record = {**a_record(None, **protocol_changes), "variant": variant, "seed": seed,
                       "history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.6,
                                    "val_accuracy": accuracy}],
                       "final": {"final_val_accuracy": accuracy, "latency_ms_per_image": 1.0 + seed,
-                                "latency_ms_batch1": 2.0 + seed, "size_mb": 0.52, "param_count": 136380},
+                                "latency_ms_batch1": 2.0 + seed, "size_mb": 0.52, "param_count": 136380,
+                                **(deployment(variant, seed) if deployment else {})},
                       "environment": {"hardware": machine}, "mlflow": {"run_id": f"{variant}{seed}"}}
             records.write_record(folder, record)
 
@@ -130,6 +133,25 @@ def test_report_from_records_never_averages_latencies_of_different_machines(tmp_
     by_machine = (tmp_path / "mixed" / "latency_by_machine.md").read_text()
     assert "| cpu A   |" in by_machine and "| gpu B   |" in by_machine and "2.000 ± —" in by_machine
     assert "70.50 ± 0.71" in table5  # accuracies still averaged: they do not depend on the machine
+
+
+def test_report_has_a_deployment_table_and_figure_when_trials_exported(tmp_path):
+    write_study(tmp_path / "plain")
+    assert report.main(["--results", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "deployment.md").exists()  # nothing exported: no empty table
+
+    def exported(variant, seed):  # int8 costs base 1 and 3 points, v6 nothing
+        drop = {"base": (0.01, 0.03), "v6": (0.0, 0.0)}[variant][seed]
+        return {"onnx_bytes": 550_000 + 1024 * seed, "int8_bytes": 157_000, "onnx_val_accuracy": 0.70,
+                "int8_val_accuracy": 0.70 - drop, "ort_latency_ms_batch1_fp32": 0.1, "ort_latency_ms_batch1_int8": 0.2,
+                "ort_latency_ms_per_image_fp32": 0.3, "ort_latency_ms_per_image_int8": 0.4}
+    write_study(tmp_path / "exported", deployment=exported)
+    assert report.main(["--results", str(tmp_path / "exported")]) == 0
+    table = (tmp_path / "exported" / "deployment.md").read_text()
+    base = next(line for line in table.splitlines() if line.startswith("| Base"))
+    assert "2.00 ± 1.41" in base and "537.6 ± 0.7" in base and "153.3 ± 0.0" in base and "0.5218" in base
+    assert (tmp_path / "exported" / "int8_accuracy_vs_bytes.png").stat().st_size > 10_000
+    assert "deployment.csv" in (tmp_path / "exported" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("make_bad, expected", [
