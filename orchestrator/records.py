@@ -41,6 +41,12 @@ def protocol_of(cfg, data_fingerprint: str) -> dict:
     return protocol
 
 
+def paper_protocol() -> dict:
+    """The paper's protocol: this project's defaults (without a data fingerprint)."""
+    from orchestrator.config import TrainConfig
+    return protocol_of(TrainConfig(), "")
+
+
 def protocol_hash(protocol: dict) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -27,6 +27,13 @@ from orchestrator.study import LATENCY_METRICS, ReportError, Study, load_records
 ALPHA = 0.05  # significance level of the claims check
 
 
+NOT_COMPARABLE = "not comparable"
+
+
+def _yes_no_or_not_comparable(x) -> str:
+    return x if x == NOT_COMPARABLE else fmt.yes_no(x)
+
+
 def _seeds_text(row) -> str:
     return f"{row['n']}" + ("" if pd.isna(row["n_requested"]) else f"/{row['n_requested']}") + " seeds"
 
@@ -136,6 +143,8 @@ def _vs_paper_row(study: Study, finished: pd.DataFrame, variant: str, metric: tu
     places = _PAPER_PLACES.get((theirs, variant), digits)
     inside = (math.nan if pd.isna(ci95_low) or pd.isna(paper)
               else bool(round(ci95_low, places) <= paper <= round(ci95_high, places)))
+    if ours == "val_accuracy_pct" and not study.comparable:
+        inside = NOT_COMPARABLE  # another protocol: its accuracy says nothing about the paper's
     return {"variant": variant, "model": study.label(variant), "metric": ours, "metric_label": name,
             "digits": digits, "ours_mean": mean, "paper": paper, "difference": mean - paper,
             "ci95_low": ci95_low, "ci95_high": ci95_high, "paper_in_ci95": inside, "n": len(values),
@@ -153,7 +162,8 @@ def vs_paper(study: Study):
         "Difference": [fmt.DASH if pd.isna(x) else f"{x:+,.{d}f}" for x, d in zip(num.difference, num.digits)],
         "95% CI": [fmt.DASH if pd.isna(lo) else f"[{fmt.num(lo, d)}, {fmt.num(hi, d)}]"
                    for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
-        "Paper in 95% CI": num["paper_in_ci95"].map(fmt.yes_no), "n": num["n"], "Flag": num["flag"]})
+        "Paper in 95% CI": num["paper_in_ci95"].map(_yes_no_or_not_comparable), "n": num["n"],
+        "Flag": num["flag"]})
     return num.drop(columns=["metric_label", "digits", "flag"]).assign(incomplete=num["flag"] != ""), shown
 
 
@@ -171,6 +181,7 @@ def _claim_row(study: Study, variant: str) -> dict:
         verdict = "not significant"
     else:
         verdict = "agrees with paper" if (welch.difference > 0) == (paper_difference > 0) else "contradicts paper"
+        verdict = verdict if study.comparable else f"significant; {NOT_COMPARABLE} with the paper"
     return {"variant": variant, "model": study.label(variant),
             "ours_mean_pct": summary.loc[variant, "val_accuracy_pct_mean"],
             "base_mean_pct": summary["val_accuracy_pct_mean"].get("base", math.nan),
@@ -208,6 +219,8 @@ def ranking(study: Study):
         "paper_rank": theirs[has_both].rank(ascending=False, method="min"), "n": summary["n"],
         "incomplete": summary["incomplete"]}, index=summary.index)
     num["same_rank"] = (num["ours_rank"] == num["paper_rank"]).where(has_both)
+    if not study.comparable:
+        num["same_rank"] = num["same_rank"].astype(object).where(num["same_rank"].isna(), NOT_COMPARABLE)
     num = num.sort_values(["ours_rank", "paper_rank"], na_position="last")
     # The table shows competition ranks (method="min": 1, 2, 2, 4), which read naturally. rho is computed on the
     # accuracies by scipy's spearmanr, which gives ties their average rank: Spearman's definition. (A Pearson
@@ -217,7 +230,7 @@ def ranking(study: Study):
         "Model": num["model"], "Our rank": num["ours_rank"].map(lambda x: fmt.num(x, 0)),
         "Ours (%)": num["ours_mean_pct"].map(lambda x: fmt.num(x, 2)),
         "Paper rank": num["paper_rank"].map(lambda x: fmt.num(x, 0)),
-        "Paper (%)": num["paper_pct"].map(lambda x: fmt.num(x, 2)), "Same rank": num["same_rank"].map(fmt.yes_no),
+        "Paper (%)": num["paper_pct"].map(lambda x: fmt.num(x, 2)), "Same rank": num["same_rank"].map(_yes_no_or_not_comparable),
         "n": num["n"], "Flag": summary.loc[num.index].apply(_flag, axis=1)})
     return num, shown, rho
 
@@ -258,6 +271,10 @@ def _report_md(study: Study, tables, figures, rho) -> str:
           f"Requested variants: {', '.join(study.requested_variants) or fmt.DASH}; seeds: "
           f"{', '.join(map(str, study.requested_seeds)) or fmt.DASH}. Finished trials averaged: "
           f"{len(study.finished)}; failed or unfinished: {n_not_ok}.", ""]
+    if not study.comparable:
+        md += [f"> ⚠ **Not the paper's protocol**: {'; '.join(study.protocol_differences())}. Accuracies are "
+               f"not comparable with the paper's: the comparison, the claims check and the ranking mark them "
+               f"*{NOT_COMPARABLE}*.", ""]
     if incomplete:
         md += [f"> ⚠ **Incomplete variants** (fewer finished seeds than requested): {', '.join(incomplete)}. "
                "See *Missing trials* and *Failed trials* below.", ""]

@@ -7,6 +7,7 @@ and the per-epoch curves.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Study:
     requested_seeds: list[int]
     trials: pd.DataFrame            # TRIAL_COLUMNS, one row per trial run
     history: pd.DataFrame           # HISTORY_COLUMNS, the finished trials' per-epoch metrics
+    protocol: dict | None = None    # records.PROTOCOL_FIELDS as run (None: unknown, e.g. an old sweep)
     paper: pd.DataFrame = field(default_factory=reference.load)
     # derived in __post_init__
     variants: list[str] = field(init=False)
@@ -64,6 +66,20 @@ class Study:
         kept = self.history[self.history.run_id.isin(self.finished.run_id)]
         self.curves = (kept.groupby(["variant", "metric", "epoch"])["value"].agg(["mean", "std", "count"])
                        .rename(columns={"count": "n"}).reset_index())
+
+    def protocol_differences(self) -> list[str]:
+        """How this study's protocol differs from the paper's ("epochs 2 (paper 10)"); empty when it is the
+        paper's. The data's fingerprint is not compared: the paper's copy of CIFAR-10 is not at hand."""
+        if self.protocol is None:
+            return []
+        paper = records.paper_protocol()
+        return [f"{name} {self.protocol.get(name)!r} (paper {paper[name]!r})" for name in records.PROTOCOL_FIELDS
+                if self.protocol.get(name) != paper[name]]
+
+    @property
+    def comparable(self) -> bool:
+        """Whether accuracies may be set beside the paper's: only under the paper's protocol."""
+        return not self.protocol_differences()
 
     def label(self, variant: str) -> str:
         return reference.label(variant, self.paper)
@@ -195,8 +211,16 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = N
     provenance = [f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
                   f"(`{parent.info.run_id}`, status {parent.info.status})."]
     variants = [v.strip() for v in tags.get("variants", "").split(",") if v.strip()]
-    study = Study(f"sweep `{sweep_id}`", provenance, variants, _int_list(tags.get("seeds")), trials, history)
+    study = Study(f"sweep `{sweep_id}`", provenance, variants, _int_list(tags.get("seeds")), trials, history,
+                  protocol=_sweep_protocol(tags))
     return study, parent
+
+
+def _sweep_protocol(tags: dict) -> dict | None:
+    if "config_json" not in tags:
+        return None
+    from orchestrator.config import SweepConfig
+    return records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
 
 
 # ------------------------------------------------------------------------------------------ from records
@@ -223,4 +247,4 @@ def load_records(results_dir: str | Path) -> Study:
     protocol = found[0]
     provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{protocol['protocol_hash']}`."]
     seeds = sorted({r["seed"] for r in found})
-    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history)
+    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history, protocol=protocol["protocol"])

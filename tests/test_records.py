@@ -154,6 +154,22 @@ def test_report_has_a_deployment_table_and_figure_when_trials_exported(tmp_path)
     assert "deployment.csv" in (tmp_path / "exported" / "report.md").read_text()
 
 
+def test_a_report_of_another_protocol_says_so_and_marks_the_comparison_with_the_paper(tmp_path):
+    write_study(tmp_path / "paper", epochs=10)  # the paper's protocol
+    assert report.main(["--results", str(tmp_path / "paper")]) == 0
+    md = (tmp_path / "paper" / "report.md").read_text()
+    assert "Not the paper's protocol" not in md and "not comparable" not in md
+    write_study(tmp_path / "short", epochs=1, subset_per_class=500)
+    assert report.main(["--results", str(tmp_path / "short")]) == 0
+    md = (tmp_path / "short" / "report.md").read_text()
+    assert "⚠ **Not the paper's protocol**: epochs 1 (paper 10); subset_per_class 500 (paper 0)" in md
+    vs_paper = (tmp_path / "short" / "vs_paper.md").read_text().splitlines()
+    accuracy = [line for line in vs_paper if "Val. accuracy" in line]
+    assert accuracy and all("not comparable" in line for line in accuracy)
+    assert all("not comparable" not in line for line in vs_paper if "Parameters" in line)  # still comparable
+    assert "not comparable" in (tmp_path / "short" / "ranking.md").read_text()
+
+
 @pytest.mark.parametrize("make_bad, expected", [
     (lambda d: (d / "v6-seed0.json").write_text("not json"), "is not readable JSON"),
     (lambda d: (d / "v6-seed0.json").write_text(json.dumps({"schema_version": 0})), "has schema version 0"),
