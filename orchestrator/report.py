@@ -22,7 +22,8 @@ from orchestrator.cli import ArgumentParser
 from orchestrator.figures import (accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure,
                                   int8_accuracy_vs_bytes_figure)
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
-from orchestrator.study import LATENCY_METRICS, ReportError, Study, load_records, load_sweep, unmixed_latencies
+from orchestrator.study import (LATENCY_METRICS, ReportError, Study, list_sweeps, load_records, load_sweep,
+                                unmixed_latencies)
 
 ALPHA = 0.05  # significance level of the claims check
 
@@ -366,8 +367,12 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=None, metavar="DIR",
                    help="build the report from the trial records in DIR instead of an MLflow store")
     p.add_argument("--out", default=None, help="output folder (default reports/<sweep id>/, or DIR with --results)")
+    p.add_argument("--list", action="store_true", help="list the sweeps in the store, one line each, and exit")
     args = p.parse_args(argv)
     try:
+        if args.list:
+            print("\n".join(list_sweeps(args.tracking_uri, args.experiment_name)) or "no sweeps yet")
+            return 0
         if args.results:
             out = write_report(load_records(args.results), Path(args.out or args.results))
         else:

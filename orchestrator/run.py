@@ -40,6 +40,7 @@ class Sweep:
     storage: str                   # Ray Tune's storage root; the sweep's folder is `path`
     pairs: list[dict]              # {"variant", "seed"} of each trial this sweep trains
     protocol: dict | None          # the records' protocol, with --results-dir
+    source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
 
     @property
     def path(self) -> str:
@@ -51,7 +52,7 @@ class Sweep:
         from orchestrator.trainable import FAULT_ENV
         return {"sweep_id": self.sweep_id, "parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
                 "tracking_uri": self.cfg.tracking_uri, "cpus_per_trial": self.cfg.cpus_per_trial,
-                "fault": os.environ.get(FAULT_ENV, "")}
+                "source_tags": self.source_tags, "fault": os.environ.get(FAULT_ENV, "")}
 
 
 def library_versions() -> dict:
@@ -85,11 +86,11 @@ def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, Swee
     return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
 
 
-def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str) -> str:
+def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict) -> str:
     uri = cfg.tracking_uri
     flags = cfg.to_flags()
     parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
-        "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
+        **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
         "git_commit": records.git_state()["git_commit"],
         "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
         "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
@@ -117,12 +118,13 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     storage = preflight.check_storage(storage or cfg.storage_path)
     preflight.start_ray(cfg)
     experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
+    source_tags = tracking.source_tags(records.git_state()["git_commit"])
     if parent_run_id is None:
-        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage)
+        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags)
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
-    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol)
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags)
 
 
 # --- 2. build the tuner -------------------------------------------------------------------------------
@@ -207,6 +209,27 @@ def summarize(results):
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
+# The report's per-variant statistics (orchestrator.study.summarize) that the parent run carries.
+SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latency_ms_per_image_mean",
+                   "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
+
+
+def log_summary_metrics(sweep: Sweep) -> None:
+    """Per-variant mean, std and n on the parent run (`base_val_accuracy_pct_mean`, ...), so the runs table
+    compares whole sweeps side by side. A std needs two finished seeds: none is logged before; latencies
+    measured on several machine models are not averaged (as in the report)."""
+    import math
+    from orchestrator.study import ReportError, load_sweep
+    try:
+        study, _ = load_sweep(sweep.cfg.tracking_uri, sweep.cfg.experiment_name, sweep.sweep_id)
+    except ReportError:
+        return  # no trial logged anything: nothing to summarize
+    metrics = {f"{variant}_{name}": row[name] for variant, row in study.summary.iterrows() if row["n"]
+               for name in SUMMARY_METRICS}
+    metrics = [tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items() if not math.isnan(v)]
+    tracking.MlflowClient(sweep.cfg.tracking_uri).log_batch(sweep.parent_run_id, metrics=metrics)
+
+
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
     if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
@@ -220,6 +243,7 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
     client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
     failed_trials = close_errored_runs(sweep, results)
+    log_summary_metrics(sweep)
     # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
     # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
     tracking.finish_sweep_run(uri, sweep.parent_run_id, "FAILED" if failed_trials else "FINISHED")

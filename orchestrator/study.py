@@ -174,6 +174,26 @@ def find_sweep(client: MlflowClient, tracking_uri: str, experiment_name: str, sw
     return runs[0]
 
 
+def list_sweeps(tracking_uri: str, experiment_name: str) -> list[str]:
+    """One line per sweep in the store, newest first: id, start time, status, variants x seeds, trials."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise ReportError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}; "
+                          f"pass --experiment-name / --tracking-uri of the store the sweep wrote to")
+    lines = []
+    for parent in search_all(client, exp.experiment_id, "tags.kind = 'sweep'", ["attributes.start_time DESC"]):
+        tags = parent.data.tags
+        children = search_all(client, exp.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        statuses = [r.info.status for r in children]
+        started = pd.Timestamp(parent.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")
+        variants, seeds = tags.get("variants", "").split(","), _int_list(tags.get("seeds"))
+        lines.append(f"{tags.get('sweep_id', '?')}  {started}  {parent.info.status:<8}  {len(variants)} variants x "
+                     f"{len(seeds)} seeds ({tags.get('variants', '')})  trials: {statuses.count('FINISHED')} "
+                     f"finished, {statuses.count('FAILED')} failed, {len(variants) * len(seeds)} requested")
+    return lines
+
+
 def _int_list(tag: str | None) -> list[int]:
     try:
         return [int(s) for s in (tag or "").split(",") if s.strip()]

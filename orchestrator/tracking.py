@@ -177,6 +177,20 @@ class TrialRun:
         self.client.set_terminated(self.run_id, status=status)
 
 
+ENTRY_POINT = str(Path(__file__).resolve().with_name("run.py"))  # every sweep starts there
+
+
+def source_tags(git_commit: str) -> dict:
+    """MLflow's standard source tags (the UI's Source, Version and User columns) for a sweep and its trials: the
+    user MLflow resolves, the sweep's entry point and the commit of its code. Resolved once, on the driver:
+    a trial's own process is a Ray worker, whose entry point says nothing."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import mlflow_tags
+    return {mlflow_tags.MLFLOW_USER: resolve_tags().get(mlflow_tags.MLFLOW_USER, "unknown"),
+            mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL", mlflow_tags.MLFLOW_SOURCE_NAME: ENTRY_POINT,
+            mlflow_tags.MLFLOW_GIT_COMMIT: git_commit}
+
+
 def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, tags: dict) -> str:
     run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep_id}",
                                        tags={"kind": "sweep", "sweep_id": sweep_id, **tags})

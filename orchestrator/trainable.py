@@ -61,7 +61,7 @@ def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, f
     """The trial's MLflow child run (found again after a restart), with its tags and exactly its params:
     variant, seed and the TrainConfig it trains with."""
     run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
-                   variant, seed)
+                   variant, seed, tags=sweep.get("source_tags"))
     if run.previous is not None and run.previous.info.status == "FINISHED":
         return run  # logged whole by an earlier attempt: leave it as it is
     run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),

@@ -186,6 +186,18 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
     parent = client.get_run(out["parent_run_id"])
     assert parent.data.tags["kind"] == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.tags["variants"] == "base,v6" and parent.data.tags["seeds"] == "0,1"
+    # MLflow's standard source tags on the parent and every trial, and per-variant summaries on the parent.
+    from mlflow.utils import mlflow_tags
+    source = {k: parent.data.tags.get(k) for k in (mlflow_tags.MLFLOW_GIT_COMMIT, mlflow_tags.MLFLOW_SOURCE_NAME,
+                                                   mlflow_tags.MLFLOW_USER)}
+    assert len(source[mlflow_tags.MLFLOW_GIT_COMMIT]) == 40 and source[mlflow_tags.MLFLOW_SOURCE_NAME].endswith("run.py")
+    assert source[mlflow_tags.MLFLOW_USER]
+    for variant in ("base", "v6"):
+        finals = [r.data.metrics["final_val_accuracy"] for r in child_runs(uri, out["parent_run_id"])
+                  if r.data.tags["variant"] == variant]
+        assert parent.data.metrics[f"{variant}_n"] == 2
+        assert math.isclose(parent.data.metrics[f"{variant}_val_accuracy_pct_mean"], 50.0 * sum(finals))
+        assert parent.data.metrics[f"{variant}_latency_ms_batch1_std"] >= 0
     runs = child_runs(uri, out["parent_run_id"])
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "v6-seed0", "v6-seed1"]
     for r in runs:
@@ -195,6 +207,7 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
         assert r.data.params["epochs"] == "2" and r.data.params["variant"] == r.data.tags["variant"]
         # --export none: no deployment figures, no ONNX files
         assert not set(EXPORT_METRICS) & set(r.data.metrics) and not client.list_artifacts(r.info.run_id, "onnx")
+        assert all(r.data.tags[k] == v for k, v in source.items()), "a trial's source tags are its sweep's"
     assert list(out["summary"]["status"]) == ["done"] * 4
     # Each trial's checkpoint holds its MLflow run id, so a restart continues the same run.
     ckpts = list(Path(out["storage_path"]).glob("base-seed0/checkpoint_*/state.pt"))

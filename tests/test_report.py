@@ -356,3 +356,13 @@ def test_cli_missing_database_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "no MLflow database" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "none.db").exists()  # a report never creates a store as a side effect
+
+
+def test_list_shows_every_sweep_one_line_each_newest_first(store, capsys):
+    assert report.main(["--tracking-uri", store["uri"], "--experiment-name", EXPERIMENT, "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["s2", "s1", "old", "empty"]
+    s1 = lines[1]
+    assert "FINISHED" in s1 and "4 variants x 3 seeds (base,v1,v6,alpha)" in s1
+    assert "trials: 8 finished, 1 failed, 12 requested" in s1
+    assert "RUNNING" in lines[0] and "trials: 1 finished, 0 failed, 1 requested" in lines[0]
