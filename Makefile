@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 5
 
-.PHONY: install test run report bench ui clean
+.PHONY: install test run quick report bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: install
 
 run: install
 	$(PY) -m orchestrator.run --seeds $(SEEDS)
+
+# The README's first look: 2 short epochs of base and v6, 2 seeds each (a few minutes on 2 cores).
+quick: install
+	$(PY) -m orchestrator.run --quick --variants base,v6 --seeds 2
 
 report: install
 	$(PY) -m orchestrator.report

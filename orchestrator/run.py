@@ -134,7 +134,7 @@ def _tune_trial_name(trial) -> str:
 
 def build_tuner(sweep: Sweep):
     from ray import tune
-    from orchestrator.callbacks import RecordWriter
+    from orchestrator.callbacks import RecordWriter, SweepReporter
     from orchestrator.trainable import run_trial
     cfg = sweep.cfg
     trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
@@ -142,10 +142,6 @@ def build_tuner(sweep: Sweep):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \
         if sweep.protocol else None
-    reporter = tune.CLIReporter(parameter_columns={"trial/variant": "variant", "trial/seed": "seed"},
-                                metric_columns={"epoch": "epoch", "val_accuracy": "val_acc",
-                                                "train_loss": "train_loss"},
-                                max_report_frequency=30, sort_by_metric=False)
     return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(sweep.pairs), "train": cfg.train.to_dict(),
@@ -153,7 +149,7 @@ def build_tuner(sweep: Sweep):
         tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name,
                                     reuse_actors=False),
         run_config=tune.RunConfig(name=f"sweep-{sweep.sweep_id}", storage_path=sweep.storage,
-                                  progress_reporter=reporter, callbacks=callbacks, verbose=1,
+                                  progress_reporter=SweepReporter(), callbacks=callbacks, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
@@ -171,7 +167,7 @@ def is_done(result) -> bool:
 
 def write_missing_records(sweep: Sweep, results) -> None:
     """Records of trials that finished while an earlier driver died before writing them."""
-    from orchestrator.callbacks import RecordWriter
+    from orchestrator.callbacks import RecordWriter, SweepReporter
     writer = RecordWriter(sweep.cfg.results_dir, sweep.cfg.train, sweep.trial_context(), sweep.protocol)
     for variant, seed in (variant_seed(r) for r in results if is_done(r)):
         if not (Path(sweep.cfg.results_dir) / records.record_name(variant, seed)).is_file():

@@ -165,21 +165,27 @@ def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
     return Trainer(model, opt, sched, memory_format)
 
 
-def train_epoch(trainer: Trainer, step, batches, device) -> dict:
+PROGRESS_EVERY_STEPS = 500  # how often a long epoch tells `on_progress` where it is (a few seconds apart)
+
+
+def train_epoch(trainer: Trainer, step, batches, device, on_progress: Callable[[int], None] | None = None) -> dict:
     """One pass over the epoch's batches; train loss, accuracy and images/s, read once at the end, and the
-    seconds of the epoch's first step (which includes compiling it, when compiled)."""
+    seconds of the epoch's first step (which includes compiling it, when compiled). `on_progress(steps)` is
+    called every PROGRESS_EVERY_STEPS steps."""
     trainer.model.train()
     t0 = time.perf_counter()
     # Accumulated on the device: a .item() per step would force a sync on GPUs.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen, first_step_seconds = 0, 0.0
-    for x, y in batches:
+    for steps, (x, y) in enumerate(batches, start=1):
         if len(y) < 2:  # a 1-image remainder batch: the FC head's BatchNorm1d cannot train on it
             continue
         loss, hits = step(x.contiguous(memory_format=trainer.memory_format), y)
         if not seen:
             first_step_seconds = time.perf_counter() - t0
+        if on_progress is not None and steps % PROGRESS_EVERY_STEPS == 0:
+            on_progress(steps)
         loss_sum += loss * len(y)
         correct += hits
         seen += len(y)
@@ -200,11 +206,12 @@ def final_metrics(model: torch.nn.Module, variant: str, history: list[dict]) -> 
 def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | None = None,
           device: torch.device | None = None, state: dict | None = None,
           on_epoch_end: Callable[[int, dict, Callable[[], dict]], None] | None = None,
-          measure: bool = True, export_dir: str | Path | None = None) -> dict:
+          measure: bool = True, export_dir: str | Path | None = None,
+          on_progress: Callable[[int, int, int], None] | None = None) -> dict:
     """Train `variant` with `seed` under the paper's protocol.
 
     `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`; training
-    resumes after its epoch. Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained
+    resumes after its epoch. `on_progress(epoch, steps_done, steps_in_epoch)` hears from inside long epochs. Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained
     model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
     the deployment figures (orchestrator.export) only when also `export_dir` is given and cfg.export is onnx.
     """
@@ -224,7 +231,9 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        metrics = train_epoch(trainer, step, train_set.batches(epoch), device)
+        progress = None if on_progress is None else \
+            (lambda steps, epoch=epoch: on_progress(epoch, steps, train_set.num_batches()))
+        metrics = train_epoch(trainer, step, train_set.batches(epoch), device, progress)
         if cfg.compile and epoch == start_epoch:  # the first step compiled; a step takes milliseconds
             compile_seconds = metrics["first_step_seconds"]
         if not math.isfinite(metrics["train_loss"]):
@@ -242,16 +251,24 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
             on_epoch_end(epoch, metrics, lambda epoch=epoch: trainer.state(epoch, history))
 
     final = {**final_metrics(trainer.model, variant, history), "compile_seconds": compile_seconds}
-    if measure:
-        final.update(measure_latency(trainer.model, d.val_images, d.val_labels, device,
-                                     batch1_calls=cfg.latency_batch1_calls, memory_format=trainer.memory_format,
-                                     flush_denormals=cfg.flush_denormal))
     exported = {}
-    if measure and export_dir is not None and cfg.export == "onnx":
-        from orchestrator.export import export_model  # onnx and onnxruntime load only when exporting
-        metrics, exported = export_model(trainer.model, train_images=d.train_images, val_images=d.val_images,
-                                         val_labels=d.val_labels, seed=seed, out_dir=export_dir,
-                                         calibration_images=cfg.export_calibration_images,
-                                         batch1_calls=cfg.latency_batch1_calls)
-        final.update(metrics)
+    if measure:
+        measured, exported = measure_trained(cfg, trainer, d, device, seed, export_dir)
+        final.update(measured)
     return {"history": history, "final": final, "model": trainer.model, "exported": exported}
+
+
+def measure_trained(cfg: TrainConfig, trainer: Trainer, d: TrialData, device, seed: int,
+                    export_dir: str | Path | None) -> tuple[dict, dict]:
+    """The trained model's inference latency, and its deployment view (ONNX fp32 and int8 files, accuracy and
+    latency) when an `export_dir` is given and cfg.export is onnx; returns (metrics, exported file paths)."""
+    metrics = measure_latency(trainer.model, d.val_images, d.val_labels, device, batch1_calls=cfg.latency_batch1_calls,
+                              memory_format=trainer.memory_format, flush_denormals=cfg.flush_denormal)
+    if export_dir is None or cfg.export != "onnx":
+        return metrics, {}
+    from orchestrator.export import export_model  # onnx and onnxruntime load only when exporting
+    exported_metrics, exported = export_model(trainer.model, train_images=d.train_images, val_images=d.val_images,
+                                              val_labels=d.val_labels, seed=seed, out_dir=export_dir,
+                                              calibration_images=cfg.export_calibration_images,
+                                              batch1_calls=cfg.latency_batch1_calls)
+    return {**metrics, **exported_metrics}, exported

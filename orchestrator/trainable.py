@@ -10,6 +10,7 @@ import platform
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -57,6 +58,23 @@ def _maybe_kill(target: str, name: str, epoch: int, restored: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignOfLife:
+    """At most once a minute inside a long epoch: a line on the driver's console (Ray forwards the trial's stdout)
+    and the run's `progress` tag. Neither Tune's iterations nor MLflow's metric steps change."""
+    EVERY_SECONDS = 60.0
+
+    def __init__(self, run: TrialRun, name: str, epochs: int):
+        self.run, self.name, self.epochs, self.last = run, name, epochs, time.monotonic()
+
+    def __call__(self, epoch: int, steps: int, steps_in_epoch: int) -> None:
+        if time.monotonic() - self.last < self.EVERY_SECONDS:
+            return
+        self.last = time.monotonic()
+        where = f"epoch {epoch}/{self.epochs}, step {steps:,}/{steps_in_epoch:,} ({steps / steps_in_epoch:.0%})"
+        print(f"{self.name}: {where}", flush=True)
+        self.run.set_tags({"progress": where})
+
+
 def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, flushing: bool) -> TrialRun:
     """The trial's MLflow child run (found again after a restart), with its tags and exactly its params:
     variant, seed and the TrainConfig it trains with."""
@@ -83,7 +101,8 @@ def run_trial(config: dict) -> None:
     run = _start_run(cfg, sweep, variant, seed, device, flushing)
     if run.previous is not None and run.previous.info.status == "FINISHED":
         # Finished and fully logged before the driver died, but Ray had not recorded it: don't train it again.
-        tune.report({**run.previous.data.metrics, "epoch": cfg.epochs, "done": 1})
+        tune.report({**run.previous.data.metrics, "epoch": cfg.epochs, "progress": f"{cfg.epochs}/{cfg.epochs}",
+                     "done": 1})
         return
     if state is not None:
         run.log_history(state["history"])
@@ -93,14 +112,15 @@ def run_trial(config: dict) -> None:
     def on_epoch_end(epoch: int, metrics: dict, make_state) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({**make_state(), "mlflow_run_id": run.run_id}, Path(tmp) / STATE_FILE)
-            tune.report({"epoch": epoch, **metrics}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({"epoch": epoch, "progress": f"{epoch}/{cfg.epochs}", **metrics},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
         _maybe_kill(sweep.get("fault", ""), trial_name(variant, seed), epoch, restored=state is not None)
         run.log_metrics(metrics, step=epoch)
 
     export_dir = tempfile.TemporaryDirectory(prefix="export-")
     try:
         result = train(cfg, variant, seed, device=device, state=state, on_epoch_end=on_epoch_end,
-                       export_dir=export_dir.name)
+                       export_dir=export_dir.name, on_progress=SignOfLife(run, trial_name(variant, seed), cfg.epochs))
     except DivergedError as e:
         # Deterministic: a retry would diverge again, so record it and end the trial without an error.
         monitor.finish()
@@ -119,7 +139,8 @@ def run_trial(config: dict) -> None:
     monitor.finish()
     run.finish("FINISHED")
     last = result["history"][-1]
-    tune.report({"epoch": last["epoch"], **last, **result["final"], "done": 1})
+    tune.report({"epoch": last["epoch"], "progress": f"{last['epoch']}/{cfg.epochs}", **last, **result["final"],
+                 "done": 1})
 
 
 def _log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:

@@ -178,9 +178,12 @@ def assert_complete_trial_run(client, run, epochs):
     assert [m.status for m in models_logged] == ["READY"], models_logged
 
 
-def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray):
+def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray, capsys):
     cfg = tiny_config(tmp_path, tiny_cifar, variants=("base", "v6"), seeds=2)
     out = orun.run_sweep(cfg)
+    console = capsys.readouterr().out  # Tune's live table: epoch as k/N, elapsed time, and the sweep's ETA line
+    assert "sweep: 4/4 trials finished, 0 running; 8 of 8 epochs done; ETA 0 min" in console
+    assert "| epoch " in console and "elapsed s" in console and " 2/2 " in console
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     parent = client.get_run(out["parent_run_id"])
@@ -284,3 +287,23 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
             assert r.info.end_time == before[r.info.run_name]
     sweeps = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+
+
+def test_a_long_epoch_shows_signs_of_life_without_new_steps(tiny_cifar, tmp_path, monkeypatch, capsys):
+    """Inside an epoch: a console line and the run's `progress` tag, at most once a minute (here: always)."""
+    from orchestrator import train as train_module
+    from orchestrator.trainable import SignOfLife
+    from orchestrator.tracking import TrialRun
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("signs")
+    parent = client.create_run(experiment_id).info.run_id
+    run = TrialRun(uri, experiment_id, parent, "s", "base", 0)
+    monkeypatch.setattr(train_module, "PROGRESS_EVERY_STEPS", 10)
+    monkeypatch.setattr(SignOfLife, "EVERY_SECONDS", 0.0)
+    cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1, compile=False)
+    train(cfg, "base", 0, measure=False, on_progress=SignOfLife(run, "base-seed0", cfg.epochs))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("base-seed0: epoch 1/1")]
+    assert lines and "step 10/56 (18%)" in lines[0]
+    assert client.get_run(run.run_id).data.tags["progress"].startswith("epoch 1/1, step 50/56")
+    assert not client.get_run(run.run_id).data.metrics  # no metric, no step: only the tag
