@@ -51,6 +51,7 @@ def sync(device: torch.device) -> None:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (psutil and platform give none on Linux: /proc/cpuinfo has it)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -73,7 +74,8 @@ def measure_latency(model: torch.nn.Module, images: torch.Tensor, labels: torch.
                     *, batch1_calls: int = 200, memory_format=torch.contiguous_format,
                     warmup_calls: int = 20, flush_denormals: bool = True) -> dict:
     """latency_ms_per_image: the paper's definition (forward + argmax on batches of 4 over the validation
-    set, total time / images). latency_ms_batch1: median of `batch1_calls` single-image calls after warm-up.
+    set, total time / images). latency_ms_batch1: median of `batch1_calls` single-image calls after warm-up
+    (timed one call at a time: torch.utils.benchmark.Timer's blocks would average calls before the median).
     Subnormals are flushed unless told otherwise: a trained V6 holds some, and they slow inference 4x."""
     model.eval()
     flush_denormal(flush_denormals)

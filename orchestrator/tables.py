@@ -1,7 +1,4 @@
-"""Text tables for the report: cell formatting, GitHub Markdown and booktabs LaTeX.
-
-Hand-written because pandas' own to_markdown / to_latex need tabulate and jinja2, which we don't depend on.
-"""
+"""Text tables for the report: cell formatting, GitHub Markdown and booktabs LaTeX (pandas' Styler)."""
 import re
 
 import pandas as pd
@@ -48,6 +45,7 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 
 
 def _latex_cell(s) -> str:
+    """A cell as plain pdflatex reads it: special characters escaped, the report's Unicode as math."""
     s = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s).replace("⚠ ", ""))
     for uni, tex in (("±", r"$\pm$"), ("—", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
                      ("≥", r"$\geq$")):  # plain pdflatex has no Unicode math
@@ -56,10 +54,11 @@ def _latex_cell(s) -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table (\\usepackage{booktabs}); pandas' to_latex would need jinja2 and Unicode-aware LaTeX."""
+    """A booktabs table (\\usepackage{booktabs}) by pandas' Styler; cells and headings pass through _latex_cell
+    first, since plain pdflatex reads neither the report's Unicode nor unescaped special characters."""
     spec = "".join("r" if _right_aligned(df.iloc[:, i]) else "l" for i in range(df.shape[1]))
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_latex_cell(caption)}}}", rf"\label{{tab:{label}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_cell, df.columns)) + r" \\",
-             r"\midrule", *(" & ".join(map(_latex_cell, row)) + r" \\" for row in df.values),
-             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    cells = df.map(_latex_cell)
+    cells.columns = [_latex_cell(c) for c in df.columns]
+    return cells.style.hide(axis="index").to_latex(column_format=spec, hrules=True, position="ht",
+                                                   position_float="centering", caption=_latex_cell(caption),
+                                                   label=f"tab:{label}")

@@ -101,7 +101,8 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 def all_pages(search, *args, **kwargs) -> list:
-    """Every result of an MLflow search (`search_runs`, `search_logged_models`), following its page tokens."""
+    """Every result of an MLflow search (`search_runs`, `search_logged_models`), following its page tokens.
+    (MlflowClient returns one page; the fluent mlflow.search_runs pages, but only over the global tracking URI.)"""
     items, token = [], None
     while True:
         page = search(*args, page_token=token, **kwargs)
@@ -235,10 +236,10 @@ def _stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
     import psutil
     try:
         pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
+        cmdline = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.Error):
         return
-    if b"mlflow" not in cmdline or b"server" not in cmdline:
+    if "mlflow" not in cmdline or "server" not in cmdline:
         return  # the pid was reused by something else: not ours to stop
 
     def group_alive() -> bool:  # zombies don't count: they hold no port

@@ -15,13 +15,10 @@ from orchestrator.train import TrialData, train
 
 
 def machine_busy_seconds() -> float:
-    """Busy CPU-seconds of the whole machine since boot, from /proc/stat (all but idle and iowait)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return float("nan")
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    """Busy CPU-seconds of the whole machine since boot: every state but idle and iowait (psutil.cpu_times)."""
+    import psutil
+    times = psutil.cpu_times()
+    return sum(getattr(times, state, 0.0) for state in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 class Load:

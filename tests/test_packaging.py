@@ -1,0 +1,60 @@
+"""pyproject.toml is honest: every library the code imports is declared, and the floors admit no release
+without the APIs the code uses."""
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OWN = {"models", "data", "orchestrator", *(p.stem for p in (REPO / "tests").glob("*.py"))}
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def declared(group: str | None = None) -> dict[str, str]:
+    """Distribution name (normalised) -> its requirement line."""
+    lines = PYPROJECT["project"]["dependencies"] if group is None else \
+        PYPROJECT["project"]["optional-dependencies"][group]
+    return {re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0].lower().replace("_", "-"): line for line in lines}
+
+
+def imported_modules(*folders: str) -> set[str]:
+    names = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in OWN}
+
+
+def distributions_of(modules: set[str]) -> dict[str, set[str]]:
+    by_module = importlib.metadata.packages_distributions()
+    return {m: {d.lower().replace("_", "-") for d in by_module.get(m, [m])} for m in modules}
+
+
+def test_every_library_the_code_imports_is_a_declared_dependency():
+    runtime = declared()
+    for module, dists in distributions_of(imported_modules("orchestrator", "models", "data", "scripts")).items():
+        assert dists & set(runtime), f"{module} is imported but none of {dists} is in [project] dependencies"
+    with_tests = {**runtime, **declared("test")}
+    for module, dists in distributions_of(imported_modules("tests")).items():
+        assert dists & set(with_tests), f"tests import {module}, but none of {dists} is declared"
+
+
+def floor(line: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.search(r">=([\d.]+)", line).group(1).split("."))
+
+
+def test_floors_are_the_first_releases_with_the_apis_used():
+    deps = declared()
+    assert floor(deps["mlflow"]) >= (3, 0)  # LoggedModelStatus, log_model(name=), search/delete_logged_model
+    assert floor(deps["ray"]) >= (2, 52)  # ray.exceptions.AuthenticationError (token authentication)
+    assert floor(deps["scipy"]) >= (1, 11)  # ttest_ind(...).df
+    assert floor(deps["torch"]) >= (2, 6)  # torch.onnx.export(dynamo=True, optimize=True)
+    for name in ("torch", "torchvision", "ray", "mlflow", "scipy", "onnx", "onnxruntime"):  # and admit what runs
+        installed = tuple(int(x) for x in re.findall(r"\d+", importlib.metadata.version(name))[:3])
+        assert installed >= floor(deps[name]), (name, installed)
