@@ -57,6 +57,20 @@ def pick_device(want_gpu: bool = True) -> torch.device:
     return torch.device("cuda") if want_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
+def resolve_device(choice: str = "auto", gpu_assigned: bool = True) -> torch.device:
+    """The device of --device `choice`: auto = CUDA when the trial was given a GPU (`gpu_assigned`: by Ray in a
+    trial; outside Ray, assumed) and torch sees one, else CPU. cuda where torch sees none is an error, never a
+    silent CPU run (the driver refuses it before a local sweep starts; a remote node can still lack one)."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device cuda but torch {torch.__version__} sees no CUDA device in this process: "
+                               f"give the trial a GPU node (--gpus-per-trial) or pass --device auto")
+        return torch.device("cuda")
+    return pick_device(gpu_assigned)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -208,7 +222,7 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
     model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
     the deployment figures (orchestrator.export) only when also `export_dir` is given and cfg.export is onnx.
     """
-    device = device or pick_device()
+    device = device or resolve_device(cfg.device)
     flush_denormal(cfg.flush_denormal)
     seed_everything(seed)
     d = trial_data or load_trial_data(cfg)
