@@ -65,6 +65,9 @@ class TrainConfig:
                                         "--quick turns it off")
     flush_denormal: bool = _opt(True, "speed", "flush subnormal floats to zero on CPU (late-epoch V6 steps run 2x "
                                                "faster, inference 4x; the values flushed are below 1.2e-38)")
+    cuda_graph: bool = _opt(True, "speed", "on CUDA, capture the whole training step (forward, loss, backward, Adam) "
+                                           "once as a CUDA graph and replay it every step (orchestrator.cuda_graph); "
+                                           "it takes the place of --compile there; no effect on CPU")
     # --- where a trial trains (shown with the cluster flags: it goes with --gpus-per-trial) --------------------
     device: str = _opt("auto", "cluster", choices=DEVICES, help=(
         "where each trial trains: auto = on CUDA when Ray gave the trial a GPU (--gpus-per-trial > 0), else on CPU; "
