@@ -1,11 +1,16 @@
-"""The GPU path: --device and the CUDA-graph training step (orchestrator.cuda_graph).
+"""The GPU path: --device, the CUDA-graph training step (orchestrator.cuda_graph), the GPU benchmark and the
+device check script.
 
-Tests marked `cuda` need a CUDA device and skip without one (`pytest -m cuda` runs just them). The others run anywhere: the refusals, the pieces of the graph
-step that are plain tensor code (snapshot/restore, the capturable optimizer, checkpoints).
+Tests marked `cuda` need a CUDA device and skip without one (`pytest -m cuda` runs just them, as
+scripts/device_check.sh does on a GPU machine). The others run anywhere: the refusals, the pieces of the graph
+step that are plain tensor code (snapshot/restore, the capturable optimizer, checkpoints), the benchmark on CPU.
 """
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,7 @@ from orchestrator.config import ConfigError, SweepConfig, TrainConfig, parse_con
 from orchestrator.train import (Trainer, build, eval_batch_size, load_trial_data, resolve_device, seed_everything,
                                 train, training_step)
 
+REPO = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: torch.cuda.is_available() is False")
@@ -163,6 +169,47 @@ def test_a_graph_trainers_checkpoint_resumes_on_cpu():
     x, y = batches(3)[-1]
     loss, _ = step(x.contiguous(memory_format=resumed.memory_format), y)
     assert torch.isfinite(loss)
+
+
+# --- the device check script and the GPU benchmark, on CPU --------------------------------------------------------
+def test_device_check_script_is_valid_bash():
+    script = REPO / "scripts" / "device_check.sh"
+    assert script.is_file()
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_gpu_bench_dry_run_lists_the_plan(tmp_path, capsys):
+    from orchestrator.bench import gpu
+    assert gpu.main(["--dry-run", "--device", "cpu", "--variants", "base,v6", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base" in out and "v6" in out and "eager" in out and "graph" in out and "plain" in out
+
+
+def test_gpu_bench_refuses_bad_arguments(capsys):
+    from orchestrator.bench import gpu
+    assert gpu.main(["--variants", "resnet50", "--dry-run"]) == 2
+    assert gpu.main(["--steps", "0", "--dry-run"]) == 2
+    assert gpu.main(["--parts", "steps,nonsense", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("orchestrator.bench.gpu: ") for line in err), err
+
+
+def test_gpu_bench_runs_on_cpu(tmp_path, capsys):
+    """Every part's code path, on CPU and tiny: the graph column says n/a (no CUDA), the projection is made."""
+    from orchestrator.bench import gpu
+    args = ["--device", "cpu", "--steps", "3", "--rounds", "1", "--variants", "base", "--per-class", "10",
+            "--epoch-per-class", "10", "--val-images", "100", "--k-list", "1", "--concurrency-seconds", "1",
+            "--out", str(tmp_path)]
+    assert gpu.main(args) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "gpu-bench.json").read_text())
+    base = result["steps"]["variants"]["base"]
+    assert base["eager_ms_per_step"] > 0 and base["plain_ms_per_step"] > 0 and base["graph_ms_per_step"] is None
+    assert result["epoch"]["epoch_seconds"] > 0 and result["epoch"]["train_images"] == 140
+    assert result["concurrency"]["k"]["1"]["model_steps_per_second"] > 0
+    assert result["project"]["grid_trials"] == 40 and result["project"]["rows"]
+    assert "| variant |" in out and "n/a" in out and (tmp_path / "gpu-bench.md").is_file()
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------------
