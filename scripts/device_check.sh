@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The prepared check for a GPU machine: about 6 minutes on one H100/H200, never more than CHECK_SECONDS (470).
+# The prepared check for a GPU machine: sized for about 6 minutes on one H100/H200 (not yet timed on one), never
+# more than CHECK_SECONDS (470).
 #
 #   scripts/device_check.sh          # from anywhere; PYTHON=... picks the interpreter (default .venv/bin/python,
 #                                    # else python3); CIFAR10_DIR=... trains on real CIFAR-10 (else synthetic
