@@ -29,6 +29,7 @@ LOG="$OUT_DIR/device-check.log"
 SUMMARY="$OUT_DIR/summary.txt"
 : > "$LOG"
 : > "$SUMMARY"
+rm -f "$OUT_DIR/gpu-bench.json" "$OUT_DIR/gpu-bench.md"  # the parts below merge into these: start afresh
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -89,7 +90,9 @@ export -f versions bench
 export PYTHON OUT_DIR
 echo "device check: output in $OUT_DIR, python $PYTHON, data ${CIFAR10_DIR:-synthetic}" | tee -a "$LOG"
 step "versions" 20 versions
-step "pytest -m cuda" 120 "$PYTHON" -m pytest -m cuda tests -q -p no:cacheprovider \
+# --continue-on-collection-errors: a test module whose imports this machine lacks (Ray, MLflow) must not keep
+# the CUDA tests from running; it is still reported, and makes the step not ok.
+step "pytest -m cuda" 120 "$PYTHON" -m pytest -m cuda tests -q -p no:cacheprovider --continue-on-collection-errors \
   --junitxml "$OUT_DIR/pytest-cuda.xml"
 step "bench steps" 130 bench steps --steps 200 --rounds 3
 step "bench epoch" 90 bench epoch

@@ -113,9 +113,11 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-    out = Path(args.out)
+    out, env = Path(args.out), environment(args.device)
     results = load_results(out)
-    results["environment"] = environment(args.device)
+    if results.get("environment", {}).get("device_label") != env["device_label"]:
+        results = {}  # figures of another device: never mixed into these
+    results["environment"] = env
     for part in args.parts:
         log(f"{part} ...")
         results[part] = PART_FUNCTIONS[part](args, results, log)
@@ -362,7 +364,7 @@ def concurrency_worker(device_name: str, per_class: int, seconds: float, ready, 
         results.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_k(args, k: int, setup_timeout: float = 300.0) -> dict:
+def run_k(args, k: int, setup_timeout: float = 120.0) -> dict:
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
