@@ -22,6 +22,7 @@ from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 ALL_VARIANTS = tuple(list_models())
 SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
 EXPORT_FORMATS = ("onnx", "none")
+DEVICES = ("auto", "cpu", "cuda")
 QUICK = {"epochs": 2, "subset_per_class": 500, "compile": False}  # what --quick means (2 epochs don't repay a compile)
 
 
@@ -64,6 +65,13 @@ class TrainConfig:
                                         "--quick turns it off")
     flush_denormal: bool = _opt(True, "speed", "flush subnormal floats to zero on CPU (late-epoch V6 steps run 2x "
                                                "faster, inference 4x; the values flushed are below 1.2e-38)")
+    cuda_graph: bool = _opt(True, "speed", "on CUDA, capture the whole training step (forward, loss, backward, Adam) "
+                                           "once as a CUDA graph and replay it every step (orchestrator.cuda_graph); "
+                                           "it takes the place of --compile there; no effect on CPU")
+    # --- where a trial trains (shown with the cluster flags: it goes with --gpus-per-trial) --------------------
+    device: str = _opt("auto", "cluster", choices=DEVICES, help=(
+        "where each trial trains: auto = on CUDA when Ray gave the trial a GPU (--gpus-per-trial > 0), else on CPU; "
+        "cuda = always on CUDA (needs --gpus-per-trial; refused when torch sees no CUDA device); cpu = always on CPU"))
     # --- measurement -----------------------------------------------------------------------------
     latency_batch1_calls: int = _opt(200, "measurement", "single-image calls timed for latency_ms_batch1 (median)")
     export: str = _opt("onnx", "measurement", choices=EXPORT_FORMATS, help=(
@@ -85,6 +93,7 @@ class TrainConfig:
             (self.augment in AUGMENT_MODES,
              f"--augment must be one of {', '.join(AUGMENT_MODES)} (got {self.augment!r})"),
             (self.subset_per_class >= 0, f"--subset-per-class must be >= 0 (got {self.subset_per_class})"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})"),
             (self.latency_batch1_calls >= 1, "--latency-batch1-calls must be >= 1"),
             (self.export_calibration_images >= 1,
              f"--export-calibration-images must be >= 1 (got {self.export_calibration_images})"),
@@ -139,6 +148,8 @@ class SweepConfig:
             *((False, message) for message in self.train.problems()),
             (self.cpus_per_trial >= 1, f"--cpus-per-trial must be >= 1 (got {self.cpus_per_trial})"),
             (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0 (got {self.gpus_per_trial})"),
+            (self.train.device != "cuda" or self.gpus_per_trial > 0,
+             "--device cuda needs a GPU for every trial: pass --gpus-per-trial, e.g. 0.125 (8 trials share a GPU)"),
             (self.max_failures >= 0, f"--max-failures must be >= 0 (got {self.max_failures})"),
             (bool(self.experiment_name.strip()), "--experiment-name must not be empty"),
             (bool(self.storage_path.strip()), "--storage-path must not be empty"),

@@ -83,6 +83,18 @@ def check_address(address: str) -> None:
                          f"`ray start --head` / `ray up cluster.yaml`, or drop --address for a local Ray") from None
 
 
+def check_device(cfg: SweepConfig) -> None:
+    """--device cuda on a local Ray needs a CUDA device that this driver's torch sees: its trials run on this
+    machine. With --address the trials run on the cluster's nodes, whose GPUs start_ray checks instead."""
+    if cfg.train.device != "cuda" or cfg.address:
+        return
+    import torch
+    if not torch.cuda.is_available():
+        why = "a CPU-only build" if torch.version.cuda is None else "no NVIDIA GPU or driver visible"
+        raise SweepError(f"--device cuda but torch sees no CUDA device (torch {torch.__version__}: {why}): run on "
+                         f"a GPU machine with a CUDA build of torch, or pass --device auto (or cpu)")
+
+
 def start_ray(cfg: SweepConfig) -> None:
     import ray
     from ray.exceptions import AuthenticationError
@@ -113,8 +125,8 @@ def start_ray(cfg: SweepConfig) -> None:
         raise SweepError(f"--cpus-per-trial {cfg.cpus_per_trial} is more than the cluster's {cpus:g} CPUs: "
                          f"lower it or add nodes")
     if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
-        raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: "
-                         f"use --gpus-per-trial 0 or add GPU nodes")
+        fix = "add GPU nodes" if cfg.train.device == "cuda" else "use --gpus-per-trial 0 or add GPU nodes"
+        raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: {fix}")
 
 
 def check_resumable(cfg: SweepConfig, uri: str) -> None:

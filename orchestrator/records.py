@@ -5,8 +5,8 @@
 
 `protocol` holds every setting that changes what a trial computes, plus a digest of the data, and
 `protocol_hash` is the hash of exactly that: records of one hash are one experiment and may be averaged.
-Speed options that keep the maths (compile, memory format, fused kernels, denormal flushing) are recorded
-apart, outside the hash. A record names no host and no user. Files are written atomically: a crash leaves
+Speed options that keep the maths (compile, memory format, fused kernels, denormal flushing, CUDA graph, device)
+are recorded apart, outside the hash. A record names no host and no user. Files are written atomically: a crash leaves
 the old file or the new one, never half of one.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "beta1", "beta2", "eps", "weight_decay", "lr_factor",
                    "lr_patience", "lr_threshold", "augment", "focus_classes", "subset_per_class")
 # Config fields that change only how fast it is computed.
-SPEED_FIELDS = ("channels_last", "fused_adam", "compile", "flush_denormal")
+SPEED_FIELDS = ("channels_last", "fused_adam", "compile", "flush_denormal", "cuda_graph", "device")
 MEASUREMENT_FIELDS = ("latency_batch1_calls", "export", "export_calibration_images")
 REQUIRED_KEYS = ("variant", "seed", "protocol", "protocol_hash", "history", "final")
 

@@ -57,6 +57,20 @@ def pick_device(want_gpu: bool = True) -> torch.device:
     return torch.device("cuda") if want_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
+def resolve_device(choice: str = "auto", gpu_assigned: bool = True) -> torch.device:
+    """The device of --device `choice`: auto = CUDA when the trial was given a GPU (`gpu_assigned`: by Ray in a
+    trial; outside Ray, assumed) and torch sees one, else CPU. cuda where torch sees none is an error, never a
+    silent CPU run (the driver refuses it before a local sweep starts; a remote node can still lack one)."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device cuda but torch {torch.__version__} sees no CUDA device in this process: "
+                               f"give the trial a GPU node (--gpus-per-trial) or pass --device auto")
+        return torch.device("cuda")
+    return pick_device(gpu_assigned)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -79,9 +93,18 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def eval_batch_size(device: torch.device) -> int:
+    """Validation batch size: 500 keeps a CPU's working set in cache; a GPU wants few, large launches (2,000 images
+    of these nets need well under 1 GB). Evaluation is in eval mode, so the batch size changes no result beyond
+    the order of float sums."""
+    return 2000 if torch.device(device).type == "cuda" else 500
+
+
 @torch.no_grad()
-def evaluate(model, images, labels, device, memory_format, batch_size: int = 500) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole (never augmented) validation set."""
+def evaluate(model, images, labels, device, memory_format, batch_size: int | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole (never augmented) validation set; batches of
+    `batch_size`, by default `eval_batch_size(device)`."""
+    batch_size = batch_size or eval_batch_size(device)
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in data.eval_batches(images, labels, batch_size, device):
@@ -116,14 +139,18 @@ class Trainer:
                               "rng": rng_state(), "history": history})
 
     def load(self, state: dict) -> None:
-        lr_is_tensor = isinstance(self.optimizer.param_groups[0]["lr"], torch.Tensor)
+        # A checkpoint of either kind resumes either kind of trainer: the trainer keeps its own kind of lr (a float,
+        # or the tensor a compiled step or CUDA graph reads, refilled in place) and its own `capturable` flag
+        # (load_state_dict would take the checkpoint's: a CUDA-graph checkpoint resumed on CPU would then fail).
+        own = [(group["lr"], group.get("capturable", False)) for group in self.optimizer.param_groups]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        for group in self.optimizer.param_groups:  # a checkpoint of either kind resumes either kind of trainer
+        for group, (own_lr, capturable) in zip(self.optimizer.param_groups, own):
             lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, dtype=torch.float64, device=self.device) if lr_is_tensor else lr
+            group["lr"] = own_lr.fill_(lr) if isinstance(own_lr, torch.Tensor) else lr
+            group["capturable"] = capturable
 
     @property
     def device(self) -> torch.device:
@@ -157,12 +184,25 @@ def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
     model = model.to(device=device, memory_format=memory_format)
     fused = cfg.fused_adam and (device.type in ("cpu", "cuda"))
     # A tensor learning rate under compile: ReduceLROnPlateau then changes it in place, with no recompile.
-    lr = torch.tensor(cfg.lr, dtype=torch.float64, device=device) if cfg.compile else cfg.lr  # float64: exactly cfg.lr
+    # float64 holds cfg.lr exactly on CPU; CUDA's fused Adam reads a float32 lr (the CUDA graph keeps its own twin).
+    lr_dtype = torch.float32 if device.type == "cuda" and fused else torch.float64
+    lr = torch.tensor(cfg.lr, dtype=lr_dtype, device=device) if cfg.compile else cfg.lr
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                            weight_decay=cfg.weight_decay, fused=fused or None)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
                                                        patience=cfg.lr_patience, threshold=cfg.lr_threshold)
     return Trainer(model, opt, sched, memory_format)
+
+
+def training_step(cfg: TrainConfig, trainer: Trainer):
+    """The step `train` uses, and whether its first call pays a one-time cost (compiling, or capturing): on CUDA
+    with --cuda-graph the whole step as one CUDA graph (orchestrator.cuda_graph), else `make_step` (compiled with
+    --compile). On a GPU the graph does what compiling does for a batch-4 step (it removes the per-kernel launch
+    cost), without a minute of compiling per variant."""
+    if trainer.device.type == "cuda" and cfg.cuda_graph:
+        from orchestrator.cuda_graph import graphed_step  # CUDA only: CPU runs never import it
+        return graphed_step(trainer, cfg.batch_size), True
+    return trainer.make_step(cfg.compile), cfg.compile
 
 
 PROGRESS_EVERY_STEPS = 500  # how often a long epoch tells `on_progress` where it is (a few seconds apart)
@@ -211,11 +251,11 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
     """Train `variant` with `seed` under the paper's protocol.
 
     `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`; training
-    resumes after its epoch. `on_progress(epoch, steps_done, steps_in_epoch)` hears from inside long epochs. Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained
-    model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
+    resumes after its epoch. `on_progress(epoch, steps_done, steps_in_epoch)` hears from inside long epochs.
+    Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
     the deployment figures (orchestrator.export) only when also `export_dir` is given and cfg.export is onnx.
     """
-    device = device or pick_device()
+    device = device or resolve_device(cfg.device)
     flush_denormal(cfg.flush_denormal)
     seed_everything(seed)
     d = trial_data or load_trial_data(cfg)
@@ -227,14 +267,14 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
     if state is not None:
         trainer.load(state)
         history, start_epoch = list(state["history"]), state["epoch"] + 1
-    step, compile_seconds = trainer.make_step(cfg.compile), 0.0
+    (step, first_step_is_setup), compile_seconds = training_step(cfg, trainer), 0.0
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         progress = None if on_progress is None else \
             (lambda steps, epoch=epoch: on_progress(epoch, steps, train_set.num_batches()))
         metrics = train_epoch(trainer, step, train_set.batches(epoch), device, progress)
-        if cfg.compile and epoch == start_epoch:  # the first step compiled; a step takes milliseconds
+        if first_step_is_setup and epoch == start_epoch:  # the first step compiled or captured; a step takes ms
             compile_seconds = metrics["first_step_seconds"]
         if not math.isfinite(metrics["train_loss"]):
             raise DivergedError(f"{trial_name(variant, seed)}: train_loss became {metrics['train_loss']} in "

@@ -28,7 +28,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.latency import flush_denormal, latency_context
 from orchestrator.names import trial_name
 from orchestrator.tracking import TrialRun
-from orchestrator.train import DivergedError, train
+from orchestrator.train import DivergedError, resolve_device, train
 
 STATE_FILE = "state.pt"
 # Test hook: "<variant>-seed<k>:<epoch>" makes that trial SIGKILL itself once, right after the checkpoint of
@@ -95,7 +95,7 @@ def run_trial(config: dict) -> None:
     variant, seed = config["trial"]["variant"], int(config["trial"]["seed"])
     torch.set_num_threads(sweep["cpus_per_trial"])
     flushing = flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
-    device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    device = resolve_device(cfg.device, gpu_assigned=bool(ray.get_gpu_ids()))  # auto: CUDA iff Ray gave a GPU
     state = _load_state(tune.get_checkpoint())
     mlflow.set_tracking_uri(sweep["tracking_uri"])
     run = _start_run(cfg, sweep, variant, seed, device, flushing)

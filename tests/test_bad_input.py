@@ -114,6 +114,13 @@ class BadInput:
     args: tuple[str, ...]     # what the test passes ({tmp}, {closed_port}, {http_port} filled in)
     expected: str             # the (start of the) line the user gets, asserted verbatim
     make: Callable[[Path, Path], None] | None = None  # builds hostile files under {tmp}
+    skip_if: Callable[[], str] | None = None  # a reason to skip the row on this machine ("" = run it)
+
+
+def cuda_present() -> str:
+    """The no-CUDA row cannot be tried where torch sees a GPU: there the sweep would start."""
+    import torch
+    return "torch sees a CUDA device here: --device cuda is valid" if torch.cuda.is_available() else ""
 
 
 BAD_INPUTS = [
@@ -137,6 +144,11 @@ BAD_INPUTS = [
              "error: --subset-per-class: subset of 100000 per class: class 0 (airplane) has only 16 images"),
     BadInput("CLI value", "`--gpus-per-trial 64`", ("--gpus-per-trial", "64"),
              "error: --gpus-per-trial 64 but the cluster has"),
+    BadInput("CLI value", "`--device cuda --gpus-per-trial 0`", ("--device", "cuda", "--gpus-per-trial", "0"),
+             "error: --device cuda needs a GPU for every trial: pass --gpus-per-trial, e.g. 0.125 (8 trials share a GPU)"),
+    BadInput("CLI value", "`--device cuda --gpus-per-trial 0.125` where torch sees no CUDA device",
+             ("--device", "cuda", "--gpus-per-trial", "0.125"), "error: --device cuda but torch sees no CUDA device",
+             skip_if=cuda_present),
     BadInput("CLI value", "`--resume --sweep-id \"x' or '1'='1\"` (filter injection)",
              ("--resume", "--sweep-id", "x' or '1'='1"), "error: --sweep-id \"x' or '1'='1\" is not a sweep id"),
     BadInput("CLI value", "`--resume` with a `--tracking-uri` store that does not exist", ("--resume",),
@@ -244,6 +256,8 @@ def test_bad_input_is_refused_before_any_trial(bad, tiny_cifar, tmp_path, ports,
     from mlflow import MlflowClient
 
     from orchestrator import run as orun
+    if bad.skip_if and (reason := bad.skip_if()):
+        pytest.skip(reason)
     fill = {"tmp": str(tmp_path), **ports}
     if bad.make:
         bad.make(tmp_path, tiny_cifar)

@@ -41,11 +41,13 @@ def _load_check_main():
 
 def _mains():
     import orchestrator.bench
+    import orchestrator.bench.gpu
     import orchestrator.bench.pipeline
     from orchestrator import report, run, tracking
     return {"orchestrator.run": lambda: run.main([]), "orchestrator.report": lambda: report.main([]),
             "orchestrator.bench": lambda: orchestrator.bench.main([]),
             "orchestrator.tracking": lambda: tracking.main(["serve"]), "orchestrator.bench.pipeline": lambda: orchestrator.bench.pipeline.main([]),
+            "orchestrator.bench.gpu": lambda: orchestrator.bench.gpu.main([]),
             "scripts/load_check.py": _load_check_main}
 
 

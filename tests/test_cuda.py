@@ -1,0 +1,314 @@
+"""The GPU path: --device, the CUDA-graph training step (orchestrator.cuda_graph), the GPU benchmark and the
+device check script.
+
+Tests marked `cuda` need a CUDA device and skip without one (`pytest -m cuda` runs just them, as
+scripts/device_check.sh does on a GPU machine). The others run anywhere: the refusals, the pieces of the graph
+step that are plain tensor code (snapshot/restore, the capturable optimizer, checkpoints), the benchmark on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import models
+from orchestrator import cuda_graph
+from orchestrator.config import ConfigError, SweepConfig, TrainConfig, parse_config
+from orchestrator.train import (Trainer, build, eval_batch_size, load_trial_data, resolve_device, seed_everything,
+                                train, training_step)
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: torch.cuda.is_available() is False")
+needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="torch sees a CUDA device here, so --device cuda is valid")
+CPU = torch.device("cpu")
+
+
+def fresh_trainer(variant: str = "base", device=CPU, **cfg) -> Trainer:
+    seed_everything(0)
+    return build(TrainConfig(compile=False, **cfg), variant, torch.device(device))
+
+
+def batches(n: int, device=CPU, batch_size: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first n batches of epoch 1 of a small synthetic training set, as the trainer gets them."""
+    x, y = data.synthetic_cifar10(20, seed=seed)  # 200 images: 280 samples with the focused copies
+    it = data.TrainSet(x, y, batch_size=batch_size, seed=seed, device=device).batches(1)
+    return [next(it) for _ in range(n)]
+
+
+def train_mode_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits with batch statistics, on a copy (the running stats of `model` stay as they are). In train mode a
+    bias right before a BatchNorm cancels out: those biases get gradients of pure rounding noise, which Adam
+    scales up to full-size steps, so they differ between any two runs that round differently and are not
+    compared; the outputs they cannot change are."""
+    probe = copy.deepcopy(model).train()
+    with torch.no_grad():
+        return probe(x.contiguous(memory_format=torch.channels_last))
+
+
+# --- --device: the flag, the driver's refusal, a trial's choice (CPU) -----------------------------------------
+def test_device_flag_defaults_to_auto_and_takes_three_values():
+    assert TrainConfig().device == "auto" and TrainConfig().cuda_graph is True
+    assert parse_config(["--device", "cpu"]).train.device == "cpu"
+    assert parse_config(["--no-cuda-graph"]).train.cuda_graph is False
+    assert TrainConfig(device="gpu").problems() == ["--device must be one of auto, cpu, cuda (got 'gpu')"]
+
+
+def test_device_cuda_without_gpus_per_trial_is_refused():
+    with pytest.raises(ConfigError, match=r"--device cuda needs a GPU for every trial: pass --gpus-per-trial"):
+        SweepConfig.from_flags({"device": "cuda"}).validate()
+    SweepConfig.from_flags({"device": "cuda", "gpus_per_trial": 0.125}).validate()
+
+
+@needs_no_cuda
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    from orchestrator import run as orun
+    code = orun.main(["--device", "cuda", "--gpus-per-trial", "0.125", "--tracking-uri",
+                      f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: --device cuda but torch sees no CUDA device (torch ") and "--device auto" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists(), "nothing may be written"
+
+
+def test_a_trial_picks_its_device_from_the_flag_and_ray():
+    assert resolve_device("cpu", gpu_assigned=True) == CPU
+    assert resolve_device("auto", gpu_assigned=False) == CPU  # Ray gave no GPU: CPU even on a GPU machine
+    assert resolve_device("auto", gpu_assigned=True).type == ("cuda" if HAS_CUDA else "cpu")
+    if not HAS_CUDA:
+        with pytest.raises(RuntimeError, match="--device cuda but torch .* sees no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_evaluation_batch_depends_on_the_device():
+    assert eval_batch_size(CPU) == 500 and eval_batch_size(torch.device("cuda")) == 2000
+
+
+# --- the graph step's CPU-testable parts ------------------------------------------------------------------------
+def test_graphed_step_refuses_a_cpu_trainer_and_leaves_it_untouched():
+    trainer = fresh_trainer()
+    with pytest.raises(ValueError, match=r"graphed_step needs a trainer on a CUDA device, got one on cpu"):
+        cuda_graph.graphed_step(trainer, 4)
+    group = trainer.optimizer.param_groups[0]
+    assert group["capturable"] is False and group["lr"] == 5e-4
+
+
+def test_on_cpu_train_uses_the_plain_step_whatever_cuda_graph_says():
+    trainer = fresh_trainer()
+    step, setup = training_step(TrainConfig(compile=False, cuda_graph=True), trainer)
+    assert setup is False and not isinstance(step, cuda_graph.GraphedStep)
+
+
+def _state_of(trainer: Trainer) -> list[torch.Tensor]:
+    opt = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [t.detach().clone() for t in (*trainer.model.parameters(), *trainer.model.buffers(), *opt)]
+
+
+@pytest.mark.parametrize("steps_before", [0, 2], ids=["fresh-adam", "adam-with-state"])
+def test_restore_undoes_the_warm_up_in_place(steps_before):
+    """The capture's warm-up trains; `restore` must leave exactly what a trainer that never warmed up has, in
+    the same tensors (the graph keeps their addresses), so the next step is the eager run's next step."""
+    b = batches(steps_before + 4)
+    warmed, reference = fresh_trainer(), fresh_trainer()
+    for t in (warmed, reference):
+        step = t.make_step(compiled=False)
+        for x, y in b[:steps_before]:
+            step(x.contiguous(memory_format=t.memory_format), y)
+    addresses = [p.data_ptr() for p in warmed.model.parameters()]
+    saved = cuda_graph.snapshot(warmed.model, warmed.optimizer)
+    for x, y in b[steps_before:steps_before + 3]:  # the warm-up: three real steps
+        warmed.optimizer.zero_grad(set_to_none=True)
+        cuda_graph.train_step(warmed.model, warmed.optimizer, x.contiguous(memory_format=warmed.memory_format), y)
+    cuda_graph.restore(warmed.model, warmed.optimizer, saved)
+    assert [p.data_ptr() for p in warmed.model.parameters()] == addresses
+    if steps_before:
+        for a, b_ in zip(_state_of(warmed), _state_of(reference), strict=True):
+            assert torch.equal(a, b_)
+    x, y = b[-1]
+    for t in (warmed, reference):
+        t.optimizer.zero_grad(set_to_none=True)
+        cuda_graph.train_step(t.model, t.optimizer, x.contiguous(memory_format=t.memory_format), y)
+    for a, b_ in zip(_state_of(warmed), _state_of(reference), strict=True):
+        assert torch.equal(a, b_)
+
+
+def test_capturable_adam_keeps_the_exact_rate_and_sees_the_schedulers_change():
+    trainer = fresh_trainer(lr_patience=0, lr_threshold=10.0)  # every epoch after the first is "no better"
+    lrs = cuda_graph.make_capturable(trainer.optimizer)
+    group, lr, twin = lrs[0]
+    assert group["capturable"] is True and group["lr"] is lr and lr.dtype == torch.float64 and trainer.lr() == 5e-4
+    trainer.scheduler.step(0.5)
+    trainer.scheduler.step(0.5)  # reduces: in place, in the tensor a captured graph reads
+    assert group["lr"] is lr and trainer.lr() == pytest.approx(5e-5, rel=1e-12)
+    with cuda_graph.float32_lr(lrs):
+        assert group["lr"] is twin and twin.dtype == torch.float32 and float(twin) == pytest.approx(5e-5, rel=1e-7)
+    assert group["lr"] is lr
+
+
+def test_a_graph_trainers_checkpoint_resumes_on_cpu():
+    """A CUDA-graph trial's checkpoint holds capturable=True and a tensor lr; a trainer resuming it elsewhere keeps
+    its own kind (here: a plain CPU one, whose Adam would refuse capturable on CPU)."""
+    graphed_like = fresh_trainer()
+    step = graphed_like.make_step(compiled=False)
+    for x, y in batches(2):
+        step(x.contiguous(memory_format=graphed_like.memory_format), y)
+    cuda_graph.make_capturable(graphed_like.optimizer)
+    state = graphed_like.state(1, [])
+    assert state["optimizer"]["param_groups"][0]["capturable"] is True
+    resumed = fresh_trainer()
+    resumed.load(state)
+    group = resumed.optimizer.param_groups[0]
+    assert group["capturable"] is False and group["lr"] == 5e-4 and isinstance(group["lr"], float)
+    step = resumed.make_step(compiled=False)
+    x, y = batches(3)[-1]
+    loss, _ = step(x.contiguous(memory_format=resumed.memory_format), y)
+    assert torch.isfinite(loss)
+
+
+# --- the device check script and the GPU benchmark, on CPU --------------------------------------------------------
+def test_device_check_script_is_valid_bash():
+    script = REPO / "scripts" / "device_check.sh"
+    assert script.is_file()
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_gpu_bench_dry_run_lists_the_plan(tmp_path, capsys):
+    from orchestrator.bench import gpu
+    assert gpu.main(["--dry-run", "--device", "cpu", "--variants", "base,v6", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base" in out and "v6" in out and "eager" in out and "graph" in out and "plain" in out
+
+
+def test_gpu_bench_refuses_bad_arguments(capsys):
+    from orchestrator.bench import gpu
+    assert gpu.main(["--variants", "resnet50", "--dry-run"]) == 2
+    assert gpu.main(["--steps", "0", "--dry-run"]) == 2
+    assert gpu.main(["--parts", "steps,nonsense", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("orchestrator.bench.gpu: ") for line in err), err
+
+
+def test_gpu_bench_runs_on_cpu(tmp_path, capsys):
+    """Every part's code path, on CPU and tiny: the graph column says n/a (no CUDA), the projection is made."""
+    from orchestrator.bench import gpu
+    args = ["--device", "cpu", "--steps", "3", "--rounds", "1", "--variants", "base", "--per-class", "10",
+            "--epoch-per-class", "10", "--val-images", "100", "--k-list", "1", "--concurrency-seconds", "1",
+            "--out", str(tmp_path)]
+    assert gpu.main(args) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "gpu-bench.json").read_text())
+    base = result["steps"]["variants"]["base"]
+    assert base["eager_ms_per_step"] > 0 and base["plain_ms_per_step"] > 0 and base["graph_ms_per_step"] is None
+    assert result["epoch"]["epoch_seconds"] > 0 and result["epoch"]["train_images"] == 140
+    assert result["concurrency"]["k"]["1"]["model_steps_per_second"] > 0
+    assert result["project"]["grid_trials"] == 40 and result["project"]["rows"]
+    assert "| variant |" in out and "n/a" in out and (tmp_path / "gpu-bench.md").is_file()
+
+
+# --- on a GPU ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def deterministic_cudnn():
+    """Same kernels in both runs, so the only differences left are the ones the comparison is about."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+def run_steps(trainer: Trainer, step, sequence) -> list[float]:
+    losses = []
+    for x, y in sequence:
+        loss, _ = step(x.contiguous(memory_format=trainer.memory_format), y)
+        losses.append(loss.clone())  # the graph's loss is a static output: the next step overwrites it
+    return [float(v) for v in losses]
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("variant", models.list_models())
+def test_graphed_training_matches_eager_cuda_training(variant, deterministic_cudnn):
+    """50 graphed steps make the eager CUDA trainer's 50 steps: the same losses and the same model outputs."""
+    dev = torch.device("cuda")
+    sequence = batches(50, dev)
+    eager, graphed = fresh_trainer(variant, dev), fresh_trainer(variant, dev)
+    eager_losses = run_steps(eager, eager.make_step(compiled=False), sequence)
+    graphed_losses = run_steps(graphed, cuda_graph.graphed_step(graphed, 4), sequence)
+    torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
+    probe = torch.cat([x for x, _ in batches(16, dev, seed=1)])  # 64 images neither run trained on
+    torch.testing.assert_close(train_mode_logits(graphed.model, probe), train_mode_logits(eager.model, probe),
+                               rtol=1e-4, atol=1e-4)
+
+
+@cuda
+@needs_cuda
+def test_replayed_graph_honours_the_schedulers_lr_change(deterministic_cudnn):
+    dev = torch.device("cuda")
+    sequence = batches(30, dev)
+    runs = {}
+    for kind in ("eager", "graphed"):
+        trainer = fresh_trainer("base", dev, lr_patience=0, lr_threshold=10.0)
+        step = trainer.make_step(compiled=False) if kind == "eager" else cuda_graph.graphed_step(trainer, 4)
+        run_steps(trainer, step, sequence[:10])
+        trainer.scheduler.step(0.5)
+        trainer.scheduler.step(0.5)  # lr 5e-4 -> 5e-5, in place
+        assert trainer.lr() == pytest.approx(5e-5, rel=1e-12)
+        run_steps(trainer, step, sequence[10:20])
+        runs[kind] = (trainer, step)
+    probe = torch.cat([x for x, _ in batches(16, dev, seed=1)])
+    torch.testing.assert_close(train_mode_logits(runs["graphed"][0].model, probe),
+                               train_mode_logits(runs["eager"][0].model, probe), rtol=1e-4, atol=1e-4)
+    trainer, step = runs["graphed"]
+    trainer.optimizer.param_groups[0]["lr"].fill_(0.0)  # lr 0: a replay must leave every parameter as it is
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    run_steps(trainer, step, sequence[20:25])
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+
+@cuda
+@needs_cuda
+def test_a_short_batch_runs_eager_on_the_same_model_optimizer_and_grads(deterministic_cudnn):
+    dev = torch.device("cuda")
+    full = batches(8, dev)
+    sequence = full[:4] + [(full[4][0][:3], full[4][1][:3])] + full[5:]  # a 3-image batch in the middle
+    eager, graphed = fresh_trainer("base", dev), fresh_trainer("base", dev)
+    eager_losses = run_steps(eager, eager.make_step(compiled=False), sequence[:4])
+    step = cuda_graph.graphed_step(graphed, 4)
+    graphed_losses = run_steps(graphed, step, sequence[:4])
+    grads = [p.grad.data_ptr() for p in graphed.model.parameters()]
+    eager_losses += run_steps(eager, eager.make_step(compiled=False), sequence[4:])
+    graphed_losses += run_steps(graphed, step, sequence[4:])
+    assert step.eager_steps == 1
+    assert [p.grad.data_ptr() for p in graphed.model.parameters()] == grads, "the fallback replaced the graph's grads"
+    torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
+    probe = torch.cat([x for x, _ in batches(16, dev, seed=1)])
+    torch.testing.assert_close(train_mode_logits(graphed.model, probe), train_mode_logits(eager.model, probe),
+                               rtol=1e-4, atol=1e-4)
+
+
+@cuda
+@needs_cuda
+def test_train_on_cuda_with_and_without_the_graph(tiny_cifar, deterministic_cudnn):
+    """train() end to end on CUDA: the graph is the default there, reports its capture as compile_seconds,
+    logs the exact lr, and trains what the eager step trains; its checkpoint resumes on CPU."""
+    d = load_trial_data(TrainConfig(data_dir=str(tiny_cifar)))
+    runs, states = {}, {}
+    for graph in (True, False):
+        cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False, cuda_graph=graph)
+        runs[graph] = train(cfg, "base", 0, trial_data=d, device=torch.device("cuda"), measure=False,
+                            on_epoch_end=lambda e, m, make_state, g=graph: states.setdefault((g, e), make_state()))
+    graphed, eager = runs[True], runs[False]
+    assert graphed["final"]["compile_seconds"] > 0 and eager["final"]["compile_seconds"] == 0
+    assert [h["lr"] for h in graphed["history"]] == [5e-4, 5e-4]
+    for g, e in zip(graphed["history"], eager["history"]):
+        assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-3)
+        assert abs(g["val_accuracy"] - e["val_accuracy"]) <= 0.05
+    resumed = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False), "base", 0, trial_data=d,
+                    device=CPU, state=states[(True, 1)], measure=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["history"][1]["lr"] == 5e-4
