@@ -17,8 +17,13 @@ class RecordWriter(tune.Callback):
         self.git = records.git_state()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if (trial.last_result or {}).get("done"):  # diverged: no record; the summary and the report say so
-            self.write(trial.config["trial"]["variant"], trial.config["trial"]["seed"])
+        result = trial.last_result or {}
+        if not result.get("done"):
+            return  # diverged: no record; the summary and the report say so
+        spec, per_seed = trial.config["trial"], result.get("per_seed") or {}
+        for seed in spec.get("seeds", [spec.get("seed")]):  # every seed of a fused trial, but the diverged
+            if per_seed.get(str(seed), {}).get("status", "done") == "done":
+                self.write(spec["variant"], int(seed))
 
     def write(self, variant: str, seed: int) -> None:
         try:

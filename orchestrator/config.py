@@ -131,6 +131,9 @@ class SweepConfig:
     report: bool = _opt(True, "report", "write the report (tables, figures) when the sweep ends")
     results_dir: str = _opt("", "report", "write one JSON record per finished trial here (<variant>-seed<k>.json); "
                                           "records of another protocol in it are refused")
+    fuse_seeds: bool = _opt(False, "speed", "train the seeds of a variant as one stacked network in one Ray trial "
+                                            "(orchestrator.fused): the same numbers up to float rounding, one MLflow "
+                                            "run per seed, fewer and faster steps")
     skip_existing: bool = _opt(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
                                                 "no record of this protocol yet")
 

@@ -21,6 +21,19 @@ def parse_trial_name(name: str) -> tuple[str, int]:
     return variant, int(seed)
 
 
+def fused_trial_name(variant: str, seeds) -> str:
+    """`<variant>-seeds<a>-<b>-...`: the Ray trial (and folder) of a fused trial; each seed's run is trial_name's."""
+    return f"{variant}-seeds" + "-".join(str(s) for s in seeds)
+
+
+def parse_ray_trial_name(name: str) -> list[tuple[str, int]]:
+    """The (variant, seed) pairs a Ray trial's name stands for: one, or every seed of a fused trial."""
+    variant, sep, seeds = name.rpartition("-seeds")
+    if variant and sep and seeds and all(s.isdigit() for s in seeds.split("-")):
+        return [(variant, int(s)) for s in seeds.split("-")]
+    return [parse_trial_name(name)]
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// tracking URI; None for any other URI."""
     return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None

@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import data  # noqa: E402
 from orchestrator import preflight, records, tracking  # noqa: E402
 from orchestrator.config import ConfigError, SweepConfig, parse_config  # noqa: E402
-from orchestrator.names import parse_trial_name, trial_name  # noqa: E402
+from orchestrator.names import fused_trial_name, parse_ray_trial_name, trial_name  # noqa: E402
 from orchestrator.preflight import SweepError  # noqa: E402
 
 TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
@@ -38,7 +38,7 @@ class Sweep:
     experiment_id: str
     parent_run_id: str
     storage: str                   # Ray Tune's storage root; the sweep's folder is `path`
-    pairs: list[dict]              # {"variant", "seed"} of each trial this sweep trains
+    pairs: list[dict]              # {"variant", "seed"} of each (variant, seed) this sweep trains
     protocol: dict | None          # the records' protocol, with --results-dir
     source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
 
@@ -130,23 +130,35 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
 
 
 # --- 2. build the tuner -------------------------------------------------------------------------------
+def trial_specs(sweep: Sweep) -> list[dict]:
+    """One Tune trial per (variant, seed), or with --fuse-seeds one per variant: {"variant", "seeds": [...]}."""
+    if not sweep.cfg.fuse_seeds:
+        return sweep.pairs
+    variants = dict.fromkeys(p["variant"] for p in sweep.pairs)  # in order, once each
+    return [{"variant": v, "seeds": [p["seed"] for p in sweep.pairs if p["variant"] == v]} for v in variants]
+
+
 def _tune_trial_name(trial) -> str:
-    return trial_name(trial.config["trial"]["variant"], trial.config["trial"]["seed"])
+    spec = trial.config["trial"]
+    return fused_trial_name(spec["variant"], spec["seeds"]) if "seeds" in spec else trial_name(spec["variant"],
+                                                                                             spec["seed"])
 
 
 def build_tuner(sweep: Sweep):
     from ray import tune
     from orchestrator.callbacks import RecordWriter, SweepReporter
     from orchestrator.trainable import run_trial
+    from orchestrator.trainable_fused import run_fused_trial
     cfg = sweep.cfg
-    trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    trainable = tune.with_resources(run_fused_trial if cfg.fuse_seeds else run_trial,
+                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \
         if sweep.protocol else None
     return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(sweep.pairs), "train": cfg.train.to_dict(),
+        param_space={"trial": tune.grid_search(trial_specs(sweep)), "train": cfg.train.to_dict(),
                      "sweep": sweep.trial_context()},
         tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name,
                                     reuse_actors=False),
@@ -157,10 +169,25 @@ def build_tuner(sweep: Sweep):
 
 
 # --- 4. close the sweep -------------------------------------------------------------------------------
-def variant_seed(result) -> tuple[str, int]:
-    if result.config:
-        return result.config["trial"]["variant"], int(result.config["trial"]["seed"])
-    return parse_trial_name(Path(result.path).name)  # failed before its first report: Ray kept no config
+def pairs_of(result) -> list[tuple[str, int]]:
+    """The (variant, seed) pairs a Tune result stands for: one, or every seed of a fused trial."""
+    if not result.config:  # failed before its first report: Ray kept no config, but its folder has the name
+        return parse_ray_trial_name(Path(result.path).name)
+    spec = result.config["trial"]
+    return [(spec["variant"], int(s)) for s in spec.get("seeds", [spec.get("seed")])]
+
+
+def seed_outcomes(result) -> list[tuple[str, int, str, dict]]:
+    """(variant, seed, status, last metrics) per pair: status error, diverged or done (or unfinished)."""
+    metrics, per_seed = result.metrics or {}, (result.metrics or {}).get("per_seed") or {}
+    outcomes = []
+    for variant, seed in pairs_of(result):
+        seed_metrics = per_seed.get(str(seed), metrics)
+        status = "error" if result.error else ("diverged" if seed_metrics.get("diverged") or
+                                               seed_metrics.get("status") == "diverged" else
+                                               "done" if metrics.get("done") else "unfinished")
+        outcomes.append((variant, seed, status, seed_metrics))
+    return outcomes
 
 
 def is_done(result) -> bool:
@@ -169,10 +196,10 @@ def is_done(result) -> bool:
 
 def write_missing_records(sweep: Sweep, results) -> None:
     """Records of trials that finished while an earlier driver died before writing them."""
-    from orchestrator.callbacks import RecordWriter, SweepReporter
+    from orchestrator.callbacks import RecordWriter
     writer = RecordWriter(sweep.cfg.results_dir, sweep.cfg.train, sweep.trial_context(), sweep.protocol)
-    for variant, seed in (variant_seed(r) for r in results if is_done(r)):
-        if not (Path(sweep.cfg.results_dir) / records.record_name(variant, seed)).is_file():
+    for variant, seed, status, _ in (o for r in results for o in seed_outcomes(r)):
+        if status == "done" and not (Path(sweep.cfg.results_dir) / records.record_name(variant, seed)).is_file():
             writer.write(variant, seed)
 
 
@@ -182,8 +209,7 @@ def close_errored_runs(sweep: Sweep, results) -> list[str]:
     failed = []
     uri = sweep.cfg.tracking_uri
     client = tracking.MlflowClient(uri)
-    for r in (r for r in results if r.error):
-        variant, seed = variant_seed(r)
+    for r, (variant, seed) in ((r, pair) for r in results if r.error for pair in pairs_of(r)):
         failed.append(trial_name(variant, seed))
         for run in tracking.find_runs(uri, sweep.experiment_id, kind="trial", sweep_id=sweep.sweep_id,
                                       variant=variant, seed=str(seed)):
@@ -196,13 +222,8 @@ def close_errored_runs(sweep: Sweep, results) -> list[str]:
 
 def summarize(results):
     import pandas as pd
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        status = "error" if r.error else ("diverged" if m.get("diverged") else "done")
-        variant, seed = variant_seed(r)
-        rows.append({"variant": variant, "seed": seed, "status": status,
-                     **{c: m.get(c) for c in TABLE_COLUMNS[3:]}})
+    rows = [{"variant": variant, "seed": seed, "status": status, **{c: m.get(c) for c in TABLE_COLUMNS[3:]}}
+            for r in results for variant, seed, status, m in seed_outcomes(r)]
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
 
