@@ -133,11 +133,8 @@ def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None 
                               batch_size=cfg.batch_size, seed=seed, device=device)
     history, start_epoch = [], 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        history, start_epoch = restore(state, model, opt, sched)
         set_rng_state(state["rng"])
-        history, start_epoch = list(state["history"]), state["epoch"] + 1
     step = torch.compile(model) if cfg.compile else model
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -171,11 +168,32 @@ def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None 
         history.append({"epoch": epoch, **metrics})
         if on_epoch_end is not None:
             def make_state(epoch=epoch):
-                # A snapshot, not live references: training goes on mutating the tensors in place.
-                return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "rng": rng_state(), "history": history})
+                return snapshot(epoch, model, opt, sched, rng_state(), history)
             on_epoch_end(epoch, metrics, make_state)
 
+    final = final_metrics(cfg, variant, model, history, d, device, memory_format, measure)
+    return {"history": history, "final": final, "model": model}
+
+
+def snapshot(epoch: int, model, opt, sched, rng: dict, history: list) -> dict:
+    """The checkpoint of one trial after `epoch`: a deep copy, not live references (training goes on mutating
+    the tensors in place). `restore` reads it back; a fused-seeds run (orchestrator.fused) makes the same."""
+    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "rng": rng, "history": history})
+
+
+def restore(state: dict, model, opt, sched) -> tuple[list, int]:
+    """Load a `snapshot` into model, optimizer and scheduler; return (history so far, the epoch to start at).
+    The RNG state is the caller's: `train` sets it, fused seeds keep one per seed."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return list(state["history"]), state["epoch"] + 1
+
+
+def final_metrics(cfg: Config, variant: str, model, history: list, d: TrialData, device, memory_format,
+                  measure: bool) -> dict:
+    """What a finished trial reports once (FINAL_METRICS; the latencies only when `measure`)."""
     final = {"param_count": models.count_parameters(model), "size_mb": models.size_mb(model),
              "state_dict_bytes": models.state_dict_bytes(model),
              "macs_per_image": models.macs_per_image(models.create_model(variant)),
@@ -184,4 +202,4 @@ def train(cfg: Config, variant: str, seed: int, *, trial_data: TrialData | None 
     if measure:
         final.update(measure_latency(model, d.val_images, d.val_labels, device, batch1_calls=cfg.latency_batch1_calls,
                                      memory_format=memory_format, flush_denormals=cfg.flush_denormal))
-    return {"history": history, "final": final, "model": model}
+    return final
