@@ -30,14 +30,6 @@ def tiny(tiny_cifar):
     return cfg, load_trial_data(cfg)
 
 
-def in_double(fused: FusedSeeds) -> FusedSeeds:
-    for group in (fused.params, fused.buffers, fused.exp_avgs, fused.exp_avg_sqs):
-        for name, t in group.items():
-            if t.is_floating_point():
-                group[name] = t.double()
-    return fused
-
-
 def fused_steps(fused: FusedSeeds, epoch: int, n: int, dtype=torch.float64) -> None:
     for _, batch in zip(range(n), zip(*(s.train_set.batches(epoch) for s in fused.seeds))):
         y = torch.stack([yb for _, yb in batch], dim=1)
@@ -120,7 +112,7 @@ def test_each_fused_seed_trains_like_its_unfused_trial(variant, tiny):
     """K=3, 50 steps (float64): each seed's weights and BN running stats equal a separately trained model of that
     seed (train.py's build and step on that seed's own batches) to 1e-4 relative per tensor."""
     cfg, d = tiny
-    fused = in_double(FusedSeeds(cfg, variant, [0, 1, 2], d, CPU))
+    fused = FusedSeeds(cfg, variant, [0, 1, 2], d, CPU).to(torch.float64)
     fused_steps(fused, 1, 50)
     for i, seed in enumerate([0, 1, 2]):
         assert_seed_is(fused, i, unfused_steps(cfg, variant, seed, d, 1, 50))
@@ -132,7 +124,7 @@ def test_per_seed_learning_rate_in_the_step(fused_adam, tiny):
     stacked_adam_ with the lr tensor (what the compiled step runs); seeds 0 and 2 keep theirs."""
     cfg, d = tiny
     cfg = Config(**{**cfg.to_dict(), "fused_adam": fused_adam})
-    fused = in_double(FusedSeeds(cfg, "base", [0, 1, 2], d, CPU))
+    fused = FusedSeeds(cfg, "base", [0, 1, 2], d, CPU).to(torch.float64)
     fused.seeds[1].opt.param_groups[0]["lr"] = cfg.lr / 10
     fused._refresh()
     assert fused.lr.tolist() == [cfg.lr, cfg.lr / 10, cfg.lr]
@@ -325,8 +317,8 @@ def test_compiled_step_equals_eager(variant, tiny):
     from torch._dynamo.utils import counters
     cfg, d = tiny
     cfg = Config(**{**cfg.to_dict(), "batch_size": 3})  # 224 images: 74 batches of 3, then one of 2
-    eager = in_double(FusedSeeds(cfg, variant, [0, 1], d, CPU))
-    compiled = in_double(FusedSeeds(cfg, variant, [0, 1], d, CPU, compile=True))
+    eager = FusedSeeds(cfg, variant, [0, 1], d, CPU).to(torch.float64)
+    compiled = FusedSeeds(cfg, variant, [0, 1], d, CPU, compile=True).to(torch.float64)
     for fused in (eager, compiled):
         fused_steps(fused, 1, 10**6)
     for i in (0, 1):
