@@ -204,6 +204,21 @@ def test_a_diverged_seed_is_frozen(tiny):
     assert not torch.equal(fused.params["head.4.weight"][0], seed0)
 
 
+@pytest.mark.parametrize("variant", models.list_models())
+def test_every_variant_trains_fused_with_the_default_kernels(variant, tiny):
+    """float32, channels_last and fused Adam for every variant, V2/Alpha included: their strided 1x1 skip runs as a
+    stride-1 conv of the subsampled image, not as the oneDNN kernel that corrupts the heap in channels_last."""
+    cfg, d = tiny
+    fused = FusedSeeds(cfg, variant, [0, 1], d, CPU)
+    assert fused.memory_format == torch.channels_last
+    assert fused.eval_format == build(cfg, variant, CPU)[3]  # validation as the unfused trainer does it
+    result = train_fused(cfg, variant, [0, 1], trial_data=d, measure=False)
+    for seed in (0, 1):
+        assert math.isfinite(result[seed]["history"][0]["train_loss"]) and not result[seed]["diverged"]
+        assert set(result[seed]["history"][0]) == {"epoch", *EPOCH_METRICS}
+        assert result[seed]["final"]["param_count"] == models.count_parameters(models.create_model(variant))
+
+
 # --- checkpoints --------------------------------------------------------------------------------------------
 def test_fused_run_resumes_exactly(tiny):
     cfg, d = tiny
