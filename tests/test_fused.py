@@ -2,9 +2,10 @@
 
 Step-level equivalence runs in float64. In float32 two unfused runs of one seed that differ only in rounding
 (channels_last + fused Adam vs contiguous + for-loop Adam) already differ by a median 4e-3 (base) to 8e-3 (v6)
-and up to 0.1-0.25 relative per tensor after 50 steps (Adam's normalised update turns rounding noise in near-zero gradients into
-+-lr steps, and a conv bias before a BatchNorm has a zero true gradient), so a 1e-4 agreement can only be asked
-of the maths in float64, where fused and unfused seeds agree to ~1e-10. float32 is checked on trained results.
+and up to 0.1-0.25 relative per tensor after 50 steps (Adam's normalised update turns rounding noise in
+near-zero gradients into +-lr steps, and a conv bias before a BatchNorm has a zero true gradient), so a 1e-4
+agreement can only be asked of the maths in float64, where fused and unfused seeds agree to ~1e-10. float32 is
+checked on trained results.
 """
 import math
 
