@@ -124,6 +124,22 @@ def _hits_onednn_strided_1x1_bug(model: torch.nn.Module, device: torch.device) -
         for m in model.modules())
 
 
+def snapshot(epoch: int, model, optimizer, scheduler, rng: dict, history: list) -> dict:
+    """The checkpoint of one trial after `epoch`: a deep copy, not live references (training goes on mutating the
+    tensors in place). A fused-seeds run (orchestrator.fused) makes the same per seed."""
+    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "rng": rng, "history": history})
+
+
+def restore(state: dict, model, optimizer, scheduler) -> tuple[list, int]:
+    """Load a `snapshot` into model, optimizer and scheduler; return (history so far, the epoch to start at).
+    The RNG state is the caller's: `train` sets it, fused seeds keep one per seed."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return list(state["history"]), state["epoch"] + 1
+
+
 @dataclass
 class Trainer:
     """What one trial trains with: the model, its optimizer and scheduler, and the memory format of its inputs."""
@@ -133,19 +149,15 @@ class Trainer:
     memory_format: torch.memory_format
 
     def state(self, epoch: int, history: list[dict]) -> dict:
-        """A checkpoint: a snapshot, not live references (training goes on mutating the tensors in place)."""
-        return copy.deepcopy({"epoch": epoch, "model": self.model.state_dict(),
-                              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                              "rng": rng_state(), "history": history})
+        """The checkpoint after `epoch` (see `snapshot`)."""
+        return snapshot(epoch, self.model, self.optimizer, self.scheduler, rng_state(), history)
 
     def load(self, state: dict) -> None:
         # A checkpoint of either kind resumes either kind of trainer: the trainer keeps its own kind of lr (a float,
         # or the tensor a compiled step or CUDA graph reads, refilled in place) and its own `capturable` flag
         # (load_state_dict would take the checkpoint's: a CUDA-graph checkpoint resumed on CPU would then fail).
         own = [(group["lr"], group.get("capturable", False)) for group in self.optimizer.param_groups]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        restore(state, self.model, self.optimizer, self.scheduler)
         set_rng_state(state["rng"])
         for group, (own_lr, capturable) in zip(self.optimizer.param_groups, own):
             lr = float(group["lr"])

@@ -38,6 +38,7 @@ class FusedRuns:
         self.states = {int(k): v for k, v in checkpoint["states"].items()} if checkpoint else None
         for seed, state in (self.states or {}).items():
             self.runs[seed].log_history(state["history"])
+        self.finished: dict[int, tuple] = {}  # this epoch's (metrics, make_state) per seed, until after_epoch
         self.monitors = [SystemMetricsMonitor(run.run_id, resume_logging=checkpoint is not None,
                                               tracking_uri=sweep["tracking_uri"]) for run in self.runs.values()]
         for monitor in self.monitors:
@@ -46,11 +47,16 @@ class FusedRuns:
     def active(self) -> list[int]:
         return [seed for seed in self.runs if seed not in self.diverged]
 
-    def on_epoch_end(self, epoch: int, finished: dict, diverged: dict) -> None:
+    def on_epoch_end(self, seed: int, epoch: int, metrics: dict, make_state) -> None:
+        self.finished[seed] = (metrics, make_state)
+
+    def after_epoch(self, epoch: int, diverged: dict) -> None:
         """Checkpoint every seed's state, report the epoch to Tune once, then log it to each seed's run."""
+        finished, self.finished = self.finished, {}
         for seed, reason in diverged.items():  # deterministic: a retry would diverge again
-            self.diverged[seed] = reason
-            self.runs[seed].finish("FAILED", reason=reason)
+            if seed not in self.diverged:
+                self.diverged[seed] = reason
+                self.runs[seed].finish("FAILED", reason=reason)
         if not finished:
             return  # every seed diverged this epoch: nothing left to checkpoint
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +135,9 @@ def run_fused_trial(config: dict) -> None:
         return
     d = load_trial_data(cfg)
     try:
+        # Not compiled: compiling the stacked step gained 0.91-1.14x over eager (measured), for minutes of compiling.
         results = train_fused(cfg, variant, fused.active(), trial_data=d, device=device, states=fused.states,
-                              on_epoch_end=fused.on_epoch_end)
+                              on_epoch_end=fused.on_epoch_end, after_epoch=fused.after_epoch)
     except BaseException as e:
         for seed in fused.active():
             fused.runs[seed].finish("FAILED", reason=f"{type(e).__name__}: {e}")
