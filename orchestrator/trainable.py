@@ -38,10 +38,9 @@ FAULT_ENV = "RESNET_REVISITED_KILL_AFTER_EPOCH"
 # The logged MLflow model takes float32 CIFAR images [batch, 3, 32, 32] and returns logits [batch, 10].
 MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
                                  outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
-# MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example, and
-# torch.export fixes every size-1 dimension to a constant, so an example of batch 1 made a model that rejects
-# any other batch ("Guard failed: x.size()[0] == 1") despite the signature's -1. From a batch of 2 the batch
-# dimension stays symbolic: the model serves any batch size, 1 included (tests/test_logged_model.py).
+# MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example and
+# fixes every size-1 dimension to a constant, so the example has a batch of 2: the batch dimension stays symbolic
+# and the model serves any batch size, 1 included (tests/test_logged_model.py).
 EXAMPLE_BATCH = 2
 
 
@@ -164,6 +163,6 @@ def _log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
                                  input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.float32),
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     finally:
-        # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged. (Ending the
-        # fluent run as FINISHED here let a resumed sweep see the run change after it looked finished.)
+        # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged, so a resumed
+        # sweep never sees a run change after it looked finished.
         mlflow.end_run(status="RUNNING")
