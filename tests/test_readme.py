@@ -59,3 +59,8 @@ def test_every_flag_is_in_the_readme(command, monkeypatch):
     # An on/off flag's --no- form is covered by the README's note on them when its positive form is named.
     missing = sorted(f for f in flags if f not in readme and not (f.startswith("--no-") and "--" + f[5:] in readme))
     assert not missing, f"{command}: flags the README does not name: {missing}"
+
+
+def test_the_readme_results_table_is_what_the_published_records_give():
+    table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["results_table"](REPO / "results" / "paper-grid")
+    assert table in (REPO / "README.md").read_text(), "update README's Results: python scripts/results_table.py"
