@@ -237,7 +237,13 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) ->
     if hasattr(fused, "gpu_bench_step"):
         return fused.gpu_bench_step(cfg, variant, k, d, device), k, "orchestrator.fused.gpu_bench_step"
     seeds = fused.FusedSeeds(cfg, variant, range(k), d, device)
-    batches = cycle(lambda epoch: zip(*(s.train_set.batches(epoch) for s in seeds.seeds)))
+
+    def fused_batches():  # step i trains every seed on its own batch i; no 1-image batches, like train_epoch
+        epoch = 1
+        while True:
+            yield from (b for b in zip(*(s.train_set.batches(epoch) for s in seeds.seeds)) if len(b[0][1]) >= 2)
+            epoch += 1
+    batches = fused_batches()
 
     def one() -> None:
         batch = next(batches)
