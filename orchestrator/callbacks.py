@@ -67,7 +67,10 @@ class SweepReporter(tune.CLIReporter):
         super().__init__(parameter_columns={"trial/variant": "variant", "trial/seed": "seed"},
                          metric_columns={"progress": "epoch", "time_total_s": "elapsed s", "val_accuracy": "val_acc",
                                          "train_loss": "train_loss"},
-                         max_report_frequency=30, sort_by_metric=False)
+                         max_report_frequency=30, sort_by_metric=False,
+                         # Explicit: Tune's default reads the global verbosity at construction, which an earlier
+                         # sweep in the same process has lowered, and then prints no table at all.
+                         print_intermediate_tables=True)
 
     def report(self, trials, done: bool, *sys_info: str):
         self._print(self._progress_str(trials, done, *sys_info) + "\n" + eta_line(trials))

@@ -179,6 +179,8 @@ def assert_complete_trial_run(client, run, epochs):
 
 
 def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray, capsys):
+    from ray.tune.utils.log import Verbosity, set_verbosity
+    set_verbosity(Verbosity.V1_EXPERIMENT)  # as an earlier sweep in this process leaves it: the table must still print
     cfg = tiny_config(tmp_path, tiny_cifar, variants=("base", "v6"), seeds=2)
     out = orun.run_sweep(cfg)
     console = capsys.readouterr().out  # Tune's live table: epoch as k/N, elapsed time, and the sweep's ETA line
