@@ -22,7 +22,8 @@ def test_quick_bench_writes_markdown_and_json_with_positive_figures(tiny_cifar, 
     table = md[0].read_text()
     assert table in capsys.readouterr().out  # printed as written
     for heading in ("## Targets", "## 1. Training throughput", "## 2. Achieved FLOP rate", "## 3. Parallel efficiency",
-                    "## 5. Projected wall time", "## 6. Inference latency"):
+                    "## 5. Projected wall time", "## 6. Inference latency", "## Targets of the fast path",
+                    "## 7. ms per model-step", "## 8. The late-epoch V6 state"):
         assert heading in table
     assert "cpu (" in table  # every section names the device that produced it
 
@@ -44,7 +45,20 @@ def test_quick_bench_writes_markdown_and_json_with_positive_figures(tiny_cifar, 
         assert all(positive(x) for x in row["latency_ms_per_image"] + row["latency_ms_batch1"]), v
     proj = res["projection"]
     assert positive(proj["trainer_wall_seconds"]) and positive(proj["floor_seconds"])
-    assert proj["trainer_wall_seconds"] > proj["floor_seconds"]
+    assert proj["trainer_wall_seconds"] > proj["floor_seconds"] and positive(proj["fused_wall_seconds"])
+    for v in ("base", "v2"):  # part 7: every route timed, per model-step
+        row = res["steps"]["variants"][v]
+        for key in ("plain_ms_per_step", "eager_ms_per_step", "fused_ms_per_step", "trainer_speedup", "fused_speedup"):
+            assert positive(row[key]), (v, key, row[key])
+    # Part 8 times a state that really holds subnormals; the unflushed routes keep them while timed, a flushed
+    # step writes them back as zeros.
+    late = res["late"]
+    assert late["subnormal_parameters"] > 1000 and late["subnormal_exp_avg"] > 1000
+    assert late["subnormal_after_timing"]["eager, not flushed"][0] > 1000
+    assert late["subnormal_after_timing"]["eager"][0] < late["subnormal_parameters"] / 10
+    for key in ("plain_ms_per_step", "eager_ms_per_step", "eager, not flushed_ms_per_step", "flush_speedup"):
+        assert positive(late[key]), key
+    assert all(positive(x) for x in late["latency"]["not_flushed"]["latency_ms_per_image"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,10 @@ costs, against the plain PyTorch route and against the hardware limit. Every fig
                 `train()` in K processes; wall-time ratio
 5. projection   the paper's grid (8 variants x 5 seeds x 10 epochs) from the measured rates; compute floor
 6. latency      `orchestrator.latency.measure_latency` per variant, both definitions, spread over repeats
+7. steps        ms per model-step, routes interleaved: plain, the trainer eager and compiled (the default), K fused
+                seeds; the compile seconds (bench/steps.py)
+8. late state   V6 from a real late-epoch checkpoint holding subnormals: training steps and inference with
+                denormals flushed and not (bench/steps.py, bench/late_state.py)
 Writes bench/results/bench-<quick|full>-<time>.{md,json} and prints the Markdown.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 import data
 import models
 from orchestrator.bench.sizes import FULL, QUICK, Sizes
+from orchestrator.bench.steps import bench_late, bench_steps
 from orchestrator.bench.suite import bench_latency, bench_orchestration, bench_parallel, bench_throughput, project
 from orchestrator.bench.table import render
 from orchestrator.cli import ArgumentParser
@@ -34,6 +39,9 @@ from orchestrator.latency import cpu_model
 
 # This file is the driver (parse_args, main); the pieces: sizes, plain (the reference route), measure (timings),
 # workers (load accounting, worker processes), suite (the measurements), table (the Markdown report).
+
+
+SKIPPABLE = ("parallel", "orchestration", "latency", "steps", "late")
 
 
 def parse_args(argv):
@@ -45,7 +53,7 @@ def parse_args(argv):
     ap.add_argument("--parallel-k", type=int, default=0, help="trials at once for 3 and 4 (default: CPU cores; 2 on CUDA)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when present")
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3, quick 2)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: parallel,orchestration,latency")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: " + ",".join(SKIPPABLE))
     ap.add_argument("--out-dir", default="bench/results", help="where the .md and .json go")
     args = ap.parse_args(argv)
     args.variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
@@ -53,8 +61,8 @@ def parse_args(argv):
     if bad:
         raise ValueError(f"unknown variant {','.join(bad)}: choose from {','.join(models.list_models())}")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.skip - {"parallel", "orchestration", "latency"}:
-        raise ValueError(f"--skip takes parallel, orchestration, latency (got {','.join(sorted(args.skip))})")
+    if args.skip - set(SKIPPABLE):
+        raise ValueError(f"--skip takes {', '.join(SKIPPABLE)} (got {','.join(sorted(args.skip))})")
     if args.threads < 1 or args.parallel_k < 0 or args.rounds < 0:
         raise ValueError("--threads must be >= 1, --parallel-k and --rounds >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -120,8 +128,13 @@ def measure_all(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
         res["orchestration"] = bench_orchestration(args, sizes, base_cfg, device, log, rate)
     if "latency" not in args.skip:
         res["latency"] = bench_latency(args, sizes, base_cfg, device, log)
+    if device.type == "cpu":  # on CUDA, orchestrator.bench.gpu times the steps (with the CUDA-graph route)
+        if "steps" not in args.skip:
+            res["steps"] = bench_steps(args, sizes, base_cfg, device, log)
+        if "late" not in args.skip:
+            res["late"] = bench_late(args, sizes, base_cfg, device, log)
     res["projection"] = project(res["throughput"], res.get("parallel"), res.get("orchestration"), res.get("latency"),
-                                args.parallel_k)
+                                args.parallel_k, res.get("steps"))
     return res
 
 

@@ -183,16 +183,20 @@ def cycle(make_epoch):
 
 
 # --- part 1: ms per model-step, route by route --------------------------------------------------------------------
-def trainer_route(cfg: TrainConfig, variant: str, train_set: data.TrainSet, device, graphed: bool) -> Callable:
-    """One step of the project's trainer as train_epoch runs it (the loss and hits accumulated on the device)."""
+def trainer_route(cfg: TrainConfig, variant: str, train_set: data.TrainSet, device, graphed: bool,
+                  state: dict | None = None) -> Callable:
+    """One step of the project's trainer as train_epoch runs it (the loss and hits accumulated on the device),
+    compiled when cfg.compile, from the checkpoint `state` when given; `.model` and `.optimizer` are its own."""
     seed_everything(0)
     trainer = build(cfg, variant, device)
+    if state is not None:
+        trainer.load(state)
     trainer.model.train()
     if graphed:
         from orchestrator.cuda_graph import graphed_step
         step = graphed_step(trainer, cfg.batch_size)
     else:
-        step = trainer.make_step(compiled=False)
+        step = trainer.make_step(compiled=cfg.compile)
     batches = cycle(train_set.batches)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -202,14 +206,22 @@ def trainer_route(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devi
         loss, hits = step(x.contiguous(memory_format=trainer.memory_format), y)
         loss_sum.add_(loss * len(y))
         correct.add_(hits)
+    one.model, one.optimizer = trainer.model, trainer.optimizer
     return one
 
 
-def plain_route(variant: str, d: TrialData, focus, device) -> Callable:
-    """One step of the plain route: a PIL/DataLoader batch moved to the device, the tutorial loop, loss.item()."""
+def plain_route(variant: str, d: TrialData, focus, device, state: dict | None = None) -> Callable:
+    """One step of the plain route: a PIL/DataLoader batch moved to the device, the tutorial loop, loss.item();
+    from the checkpoint `state` when given (its weights, Adam moments and lr; torch's default Adam kept)."""
     torch.manual_seed(0)
     model = models.create_model(variant).to(device).train()
     optimizer = paper_adam(model.parameters())
+    if state is not None:
+        model.load_state_dict(state["model"])
+        saved = state["optimizer"]
+        for p, i in zip(model.parameters(), saved["param_groups"][0]["params"]):
+            optimizer.state[p] = {key: value.to(device).clone() for key, value in saved["state"][i].items()}
+        optimizer.param_groups[0]["lr"] = float(saved["param_groups"][0]["lr"])
     criterion = torch.nn.CrossEntropyLoss()
     batches = cycle(lambda epoch: plain_loader(d.train_images, d.train_labels, focus))
 
@@ -221,10 +233,12 @@ def plain_route(variant: str, d: TrialData, focus, device) -> Callable:
         loss.backward()
         optimizer.step()
         loss.item()
+    one.model, one.optimizer = model, optimizer
     return one
 
 
-def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> tuple[Callable, int, str] | None:
+def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device,
+                compile: bool = False) -> tuple[Callable, int, str] | None:
     """HOOK for the "fused seeds + graph" column, filled in by the fused-seeds change (orchestrator/fused.py, K
     seeds of one variant trained as one stacked network). Returns (one fused step, the K model-steps it makes,
     what it is), or None while orchestrator.fused is not importable. Preferred: the module's own
@@ -236,7 +250,7 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) ->
         return None
     if hasattr(fused, "gpu_bench_step"):
         return fused.gpu_bench_step(cfg, variant, k, d, device), k, "orchestrator.fused.gpu_bench_step"
-    seeds = fused.FusedSeeds(cfg, variant, range(k), d, device)
+    seeds = fused.FusedSeeds(cfg, variant, range(k), d, device, compile=compile)
 
     def fused_batches():  # step i trains every seed on its own batch i; no 1-image batches, like train_epoch
         epoch = 1
@@ -249,7 +263,7 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) ->
         batch = next(batches)
         x = torch.cat([xb for xb, _ in batch], dim=1).contiguous(memory_format=seeds.memory_format)
         seeds.train_step(x, torch.stack([yb for _, yb in batch], dim=1))
-    return one, k, "orchestrator.fused.FusedSeeds.train_step (ungraphed)"
+    return one, k, f"orchestrator.fused.FusedSeeds.train_step ({'compiled' if compile else 'ungraphed'})"
 
 
 def time_ms_per_call(fn: Callable, n: int, device) -> float:

@@ -30,7 +30,8 @@ def bench_throughput(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> 
     val_x, val_y = data.load_cifar10(root, "test")
     trial_data = TrialData(train_x, train_y, val_x[:sizes.val_images], val_y[:sizes.val_images])
     focus = data.parse_focus_classes(base_cfg.focus_classes)
-    cfg = dataclasses.replace(base_cfg, epochs=1)
+    # Uncompiled: whole epochs of ~100 steps would be mostly compiling; part 7 times the compiled step.
+    cfg = dataclasses.replace(base_cfg, epochs=1, compile=False)
     rows = {v: {"trainer_images_per_second": [], "plain_images_per_second": [], "eval_images_per_second": [],
                 "components": []} for v in args.variants}
     peaks, peaks_all = [], []
@@ -265,13 +266,19 @@ def bench_latency(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dic
     return {"images": len(vy), "batch1_calls": sizes.batch1_calls, "variants": rows, "load": load.stop()}
 
 
-def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: int) -> dict:
+def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: int, steps: dict | None = None) -> dict:
     """The paper's grid on this machine: per trial, 10 epochs of 70,000 training images and 10 validation passes
     over 10,000 images, then the latency measurement; K trials at once at the measured efficiency. Ray/MLflow
-    adds its measured start-up once and its measured extra time per wave of K trials."""
+    adds its measured start-up once and its measured extra time per wave of K trials. With part 7, also the grid
+    with --fuse-seeds: training at the trainer's rate times the measured fused-seeds speed-up of each variant."""
     g = PAPER_GRID
     eff = par["efficiency"] if par else 1.0
-    serial = {"trainer": 0.0, "plain": 0.0}
+    # Part 1 times whole epochs of the uncompiled trainer; part 7's step times scale them to the compiled trainer
+    # (the default) and to --fuse-seeds.
+    step_rows = (steps or {}).get("variants", {})
+    scale = {v: {"trainer": row.get("compiled_ms_per_step", row["eager_ms_per_step"]) / row["eager_ms_per_step"],
+                 "fused": row["fused_ms_per_step"] / row["eager_ms_per_step"]} for v, row in step_rows.items()}
+    serial = {"trainer": 0.0, "plain": 0.0, "fused": 0.0}
     flops = 0.0
     for v, row in tp["variants"].items():
         eval_s = g["epochs"] * g["val_images"] / row["eval_median_images_per_second"]
@@ -281,7 +288,8 @@ def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: 
             lat_s = (g["val_images"] * statistics.median(lv["latency_ms_per_image"])
                      + 220 * statistics.median(lv["latency_ms_batch1"])) / 1e3
         for route in serial:
-            train_s = g["epochs"] * g["train_images_per_epoch"] / row[f"{route}_median_images_per_second"]
+            rate = row[f"{'plain' if route == 'plain' else 'trainer'}_median_images_per_second"]
+            train_s = g["epochs"] * g["train_images_per_epoch"] / rate * scale.get(v, {}).get(route, 1.0)
             serial[route] += g["seeds"] * (train_s + eval_s + lat_s)
         images = g["epochs"] * (3 * g["train_images_per_epoch"] + g["val_images"]) + g["val_images"] + 220
         flops += g["seeds"] * 2 * row["macs_per_image"] * images  # training counts 3x (forward + 2x backward)
@@ -298,6 +306,9 @@ def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: 
             "trainer_wall_seconds": trainer_s + orchestration_s, "orchestration_seconds": orchestration_s,
             "orchestration_fraction": orchestration_s / (trainer_s + orchestration_s),
             "plain_wall_seconds": plain_s, "serial_trainer_seconds": serial["trainer"],
+            # fused seeds: one trial per variant (K seeds in it), so K variants at once instead of K trials
+            "fused_wall_seconds": (serial["fused"] / (k * eff) + orchestration_s) if scale else None,
+            "trainer_scaled_by_steps": bool(scale),
             "total_flops": flops, "floor_seconds": flops / (peak * 1e9),
             "partial_grid": len(tp["variants"]) < g["variants"]}
 

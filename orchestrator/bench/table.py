@@ -9,7 +9,8 @@ import statistics
 
 import pandas as pd
 
-from orchestrator.bench.sizes import BATCH, TARGET_EFFICIENCY, TARGET_OVERHEAD, TARGET_SPEEDUP
+from orchestrator.bench.sizes import (BATCH, TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
+                                      TARGET_STEP_SPEEDUP)
 from orchestrator.tables import to_markdown
 
 
@@ -53,7 +54,9 @@ def table(rows: list[list[str]], columns: list[str]) -> str:
 def render(res: dict) -> str:
     env, throughput, parallel, orchestration, projection, latency = (res.get(k) for k in (
         "environment", "throughput", "parallel", "orchestration", "projection", "latency"))
-    blocks = header_section(env) + targets_section(throughput, parallel, orchestration, projection)
+    steps, late = res.get("steps"), res.get("late")
+    blocks = (header_section(env) + targets_section(throughput, parallel, orchestration, projection)
+              + step_targets_section(steps, late))
     if throughput:
         blocks += throughput_section(throughput, env) + flop_rate_section(throughput, env)
     if parallel:
@@ -64,6 +67,10 @@ def render(res: dict) -> str:
         blocks += projection_section(projection, env)
     if latency:
         blocks += latency_section(latency, env)
+    if steps:
+        blocks += steps_section(steps, env)
+    if late:
+        blocks += late_section(late, env)
     return "\n\n".join(blocks) + "\n"
 
 
@@ -115,8 +122,9 @@ def throughput_section(throughput: dict, env: dict) -> list[str]:
     blocks = [f"## 1. Training throughput, batch {BATCH}, train mode, focused augmentation ({env['device_label']})",
               f"One epoch of {throughput['samples_per_epoch']} samples ({throughput['per_class']}/class + focus-class "
               f"copies) per measurement, {rounds} rounds interleaved trainer/plain (ABBA); img/s are medians, the "
-              "speed-up is the median of the per-round ratios. Trainer: `orchestrator.train.train` with the default "
-              "Config (channels_last, fused Adam, in-memory batched augmentation). Plain: torchvision-style PIL "
+              "speed-up is the median of the per-round ratios. Trainer: `orchestrator.train.train` uncompiled "
+              "(part 7 times the compiled step), otherwise the default config (channels_last, fused Adam, in-memory "
+              "batched augmentation). Plain: torchvision-style PIL "
               "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous. Other processes kept "
               f"{throughput['load']['other_cores']:.2f} of {env['cores']} cores busy on average meanwhile.",
               table(rows, ["variant", "trainer img/s", "trainer ms/step", "plain img/s", "plain ms/step", "speed-up",
@@ -230,11 +238,15 @@ def projection_section(projection: dict, env: dict) -> list[str]:
                if projection["partial_grid"] else "")
     rows = [["trainer + Ray/MLflow", hours(projection["trainer_wall_seconds"]), hours(floor),
              f"{projection['trainer_wall_seconds'] / floor:.1f}x"],
+            *([["trainer with --fuse-seeds (part 7's speed-up) + Ray/MLflow",
+                hours(projection["fused_wall_seconds"]), hours(floor),
+                f"{projection['fused_wall_seconds'] / floor:.1f}x"]] if projection.get("fused_wall_seconds") else []),
             ["plain route, same parallelism, no orchestration", hours(projection["plain_wall_seconds"]), hours(floor),
              f"{projection['plain_wall_seconds'] / floor:.1f}x"]]
     return [f"## 5. Projected wall time of the paper's grid ({env['device_label']})",
             f"{projection['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
-            f"of 10,000 + the latency measurement, from the rates above; {k} trials at once at efficiency "
+            f"of 10,000 + the latency measurement, from the rates above"
+            f"{' (part 1 rates scaled to the compiled and the fused step by part 7)' if projection.get('trainer_scaled_by_steps') else ''}; {k} trials at once at efficiency "
             f"{projection['efficiency']:.2f}. Ray/MLflow: the measured start-up once, the later start and extra time "
             f"outside the epochs per wave of {k} trials, and its daemons' CPU share "
             f"({hours(projection['orchestration_seconds'])}, {projection['orchestration_fraction']:.1%} of the wall "
@@ -297,3 +309,72 @@ def reference_latency() -> dict:
         return reference.load()["latency_ms_per_image"].to_dict()
     except Exception:  # the paper's column is context, never a reason to fail
         return {}
+
+
+def step_targets_section(steps: dict | None, late: dict | None) -> list[str]:
+    """Part 7 and 8's targets: the default trainer vs plain (fresh and late state), fused seeds vs the trainer."""
+    rows = []
+    if steps:
+        trainer = next(iter(steps["variants"].values()))["trainer_route"]
+        worst, row = min(steps["variants"].items(), key=lambda kv: kv[1]["trainer_speedup"])
+        missed = [v for v, r in steps["variants"].items() if r["trainer_speedup"] < TARGET_STEP_SPEEDUP]
+        rows.append([f"{trainer} trainer step >= {TARGET_STEP_SPEEDUP}x plain, fresh model, every variant",
+                     f"min {row['trainer_speedup']:.2f}x ({worst})",
+                     "met" if not missed else f"**missed** for {', '.join(missed)} (table 7)"])
+        worst, row = min(steps["variants"].items(), key=lambda kv: kv[1]["fused_speedup"])
+        missed = [v for v, r in steps["variants"].items() if r["fused_speedup"] < TARGET_FUSED_SPEEDUP]
+        rows.append([f"fused seeds (K={steps['fused_k']}) >= {TARGET_FUSED_SPEEDUP}x per model-step vs the "
+                     f"{trainer} trainer", f"min {row['fused_speedup']:.2f}x ({worst})",
+                     "met" if not missed else f"**missed** for {', '.join(missed)} (table 7)"])
+    if late:
+        rows.append([f"{late['trainer_route']} trainer step >= {TARGET_STEP_SPEEDUP}x plain, late-epoch V6 state",
+                     f"{late['trainer_speedup']:.2f}x",
+                     verdict(late["trainer_speedup"] >= TARGET_STEP_SPEEDUP,
+                             f"{TARGET_STEP_SPEEDUP - late['trainer_speedup']:.2f}x", "table 8")])
+    return ["## Targets of the fast path (parts 7 and 8)", table(rows, ["target", "measured", "verdict"])] if rows else []
+
+
+def steps_section(steps: dict, env: dict) -> list[str]:
+    routes = ("plain", "eager", "compiled", "fused")
+    rows = []
+    for v, row in steps["variants"].items():
+        cells = [f"{row[f'{r}_ms_per_step']:.2f}" if f"{r}_ms_per_step" in row else "not timed" for r in routes]
+        compiled = row["compile_seconds"].get("compiled")
+        rows.append([v, *cells, f"{row['trainer_speedup']:.2f}x", f"{row['fused_speedup']:.2f}x",
+                     f"{compiled:.0f}" if compiled is not None else "-"])
+    trainer = next(iter(steps["variants"].values()))["trainer_route"]
+    return [f"## 7. ms per model-step, fresh models, batch {BATCH} ({env['device_label']}, {env['threads']} thread(s))",
+            f"Median over {steps['rounds']} rounds of {steps['calls']} calls per route, the routes interleaved (the "
+            "order rotates each round). plain: PIL + DataLoader + tutorial loop + default Adam. eager: the trainer's "
+            "step (`--no-compile`). compiled: the default full-run trainer, the whole step in one `torch.compile`. "
+            f"fused: `--fuse-seeds`, K={steps['fused_k']} seeds as one stacked network (uncompiled, as it trains), "
+            "its call time / K. Speed-ups are medians of the per-round ratios. Compile s: the compiled route's "
+            "first call, paid once per trial (Inductor's on-disk cache makes a variant's later trials cheaper)."
+            + ("" if steps["compiled"] else " Quick run: the compiled route is not timed."),
+            table(rows, ["variant", "plain ms", "eager ms", "compiled ms", "fused ms/model", f"{trainer} vs plain",
+                         f"fused vs {trainer}", "compile s"])]
+
+
+def late_section(late: dict, env: dict) -> list[str]:
+    trainer = late["trainer_route"]
+    names = ("plain", "plain, flushed", trainer, f"{trainer}, not flushed")
+    rows = [[name, f"{late[f'{name}_ms_per_step']:.2f}", spread(late["ms_per_round"][name]),
+             "{} / {}".format(*late["subnormal_after_timing"][name])] for name in names]
+    lat = late["latency"]
+    lat_rows = [[label, spread(lat[key]["latency_ms_per_image"]), spread(lat[key]["latency_ms_batch1"])]
+                for label, key in (("flushed (every trial)", "flushed"), ("not flushed", "not_flushed"))]
+    return [f"## 8. The late-epoch V6 state: subnormals flushed and not ({env['device_label']}, "
+            f"{env['threads']} thread(s))",
+            f"`{late['state']}`: a real V6 checkpoint after epoch {late['epoch']} of the default protocol, trained "
+            f"with flushing off (scripts/make_late_state.py); it holds {late['subnormal_parameters']:,} subnormal "
+            f"parameters and {late['subnormal_exp_avg']:,} subnormal Adam exp_avg entries. Each route trains its own "
+            "copy from it (a flushed step writes the subnormals back as zeros; the last column counts what is left "
+            "after the timing: parameters / exp_avg). Without flushing the "
+            f"{trainer} step takes **{late['flush_speedup']:.2f}x** the time of the flushed one, the plain route's "
+            f"{late['plain_flush_speedup']:.2f}x; the default trainer (flushed) is "
+            f"**{late['trainer_speedup']:.2f}x** faster than the plain route (not flushed) here.",
+            table(rows, ["route", "ms per step (median)", "median [min-max] over rounds", "subnormal left"]),
+            f"Inference on the same state (`orchestrator.latency.measure_latency`, {lat['images']} validation images): "
+            f"without flushing {lat['per_image_slowdown']:.2f}x the time per image (batches of 4), "
+            f"{lat['batch1_slowdown']:.2f}x at batch 1.",
+            table(lat_rows, ["denormals", "ms/image (batches of 4)", "ms batch 1"])]

@@ -1,0 +1,42 @@
+"""A trained model state that holds subnormal floats, for timing what fresh models never show.
+
+V6 trained without denormal flushing holds thousands of subnormal weights and Adam moments from about epoch 5
+on; every op that touches them is then several times slower. late_states/ keeps one such real checkpoint (made
+by scripts/make_late_state.py); the benchmark times training steps and inference on it with flushing on and off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LATE_STATES = Path(__file__).with_name("late_states")
+SMALLEST_NORMAL_BITS = 0x00800000  # float32 bits of the smallest normal number: below it (and not 0) is subnormal
+
+
+def _subnormal(t: torch.Tensor) -> int:
+    """Subnormal float32 entries, read from the bits: with denormals flushed (DAZ), float comparisons see them as 0."""
+    if t.dtype != torch.float32:
+        return 0
+    bits = t.detach().contiguous().view(torch.int32) & 0x7FFFFFFF
+    return int(((bits > 0) & (bits < SMALLEST_NORMAL_BITS)).sum())
+
+
+def count_subnormal(state: dict) -> tuple[int, int]:
+    """(subnormal parameter and buffer entries, subnormal Adam exp_avg entries) in a `train.snapshot`."""
+    params = sum(_subnormal(t) for t in state["model"].values())
+    moments = sum(_subnormal(s["exp_avg"]) for s in state["optimizer"]["state"].values() if "exp_avg" in s)
+    return params, moments
+
+
+def late_state_path(variant: str = "v6") -> Path:
+    paths = sorted(LATE_STATES.glob(f"{variant}-seed*-epoch*-noflush.pt"))
+    if not paths:
+        raise FileNotFoundError(f"no late state for {variant} in {LATE_STATES}: make one with "
+                                f"`python scripts/make_late_state.py --variant {variant} --out {LATE_STATES}`")
+    return paths[-1]
+
+
+def load_late_state(variant: str = "v6") -> dict:
+    # weights_only: a state file is data, never code.
+    return torch.load(late_state_path(variant), map_location="cpu", weights_only=True)
