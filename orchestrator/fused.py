@@ -43,12 +43,9 @@ that overhead once for K models. Each seed keeps everything it has in an unfused
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import math
-import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -553,107 +550,3 @@ def train_fused(cfg: TrainConfig, variant: str, seeds, *, trial_data: TrialData 
         if after_epoch is not None:
             after_epoch(epoch, {s.seed: s.reason for s in fused.seeds if s.reason is not None})
     return fused.results(measure)
-
-
-# --- benchmark: ms per model-step -----------------------------------------------------------------------------------
-def _timed(fn, steps: int) -> tuple[float, float]:
-    """(wall ms, this thread's CPU ms) per call over `steps` calls. The CPU time is what a shared machine's load
-    does not inflate (on one thread, the work done); the wall time is what a run takes."""
-    w0, c0 = time.perf_counter(), time.thread_time()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - w0) * 1e3 / steps, (time.thread_time() - c0) * 1e3 / steps
-
-
-def _unfused_step(cfg: TrainConfig, variant: str, batches, compile: bool) -> Callable:
-    """The trainer's step (train.py: build's model, fused Adam, channels_last where it applies); `compile`: one
-    torch.compile'd function of forward, backward and opt.step (Dynamo splits it at backward)."""
-    seed_everything(0)
-    trainer = build(dataclasses.replace(cfg, compile=False), variant, torch.device("cpu"))
-    model, opt, memory_format = trainer.model, trainer.optimizer, trainer.memory_format
-    model.train()
-    batches = [(x.contiguous(memory_format=memory_format), y) for x, y in batches]
-
-    def step(x, y):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-    fn, i = (torch.compile(step) if compile else step), iter(range(10**12))
-    return lambda: fn(*batches[next(i) % len(batches)])
-
-
-def _fused_step(cfg: TrainConfig, variant: str, k: int, d: TrialData, compile: bool) -> Callable:
-    fused = FusedSeeds(cfg, variant, range(k), d, torch.device("cpu"), compile=compile)
-    batches = []
-    for _, batch in zip(range(16), zip(*(s.train_set.batches(1) for s in fused.seeds))):
-        batches.append((torch.cat([xb for xb, _ in batch], dim=1).contiguous(memory_format=fused.memory_format),
-                        torch.stack([yb for _, yb in batch], dim=1)))
-    i = iter(range(10**12))
-    return lambda: fused.train_step(*batches[next(i) % len(batches)])
-
-
-def bench(variants=("base", "v6"), k: int = 5, rounds: int = 7, steps: int = 30, compile: bool = True,
-          out=sys.stdout) -> dict:
-    """ms per model-step at batch 4 on one thread: the unfused trainer step (eager, compiled) vs K fused seeds
-    (eager, compiled; a fused step trains K models, so its time / K). Rounds interleave the routes, so machine
-    load hits them alike; medians over rounds. Returns {variant: {route: (wall_ms, cpu_ms)}}."""
-    torch.set_num_threads(1)
-    flush_denormal(True)
-    cfg = TrainConfig()
-    train_x, train_y = data.synthetic_cifar10(16, seed=0)
-    d = TrialData(train_x, train_y, train_x[:40], train_y[:40])
-    results = {}
-    for variant in variants:
-        batches = [next(iter(data.TrainSet(train_x, train_y, seed=s).batches(1))) for s in range(16)]
-        routes = {"unfused eager": (_unfused_step(cfg, variant, batches, False), 1),
-                  "fused eager": (_fused_step(cfg, variant, k, d, False), k)}
-        if compile:
-            routes["unfused compiled"] = (_unfused_step(cfg, variant, batches, True), 1)
-            routes["fused compiled"] = (_fused_step(cfg, variant, k, d, True), k)
-        for name, (fn, _) in routes.items():  # warm-up; compiles
-            t0 = time.perf_counter()
-            for _ in range(3):
-                fn()
-            print(f"{variant} {name}: first 3 steps {time.perf_counter() - t0:.1f} s", file=out, flush=True)
-        times = {name: [] for name in routes}
-        for _ in range(rounds):
-            for name, (fn, models_per_step) in routes.items():
-                wall, cpu = _timed(fn, steps)
-                times[name].append((wall / models_per_step, cpu / models_per_step))
-        results[variant] = {name: tuple(statistics.median(t[j] for t in ts) for j in (0, 1))
-                            for name, ts in times.items()}
-        _print_bench(variant, k, results[variant], out)
-    return results
-
-
-def _print_bench(variant: str, k: int, r: dict, out) -> None:
-    print(f"\n{variant}, K={k}: ms per model-step (median over rounds), wall / thread CPU", file=out)
-    for name, (wall, cpu) in r.items():
-        print(f"  {name:<18}{wall:8.3f} {cpu:8.3f}", file=out)
-    pairs = [("unfused eager", "fused eager"), ("unfused compiled", "fused compiled"),
-             ("unfused compiled", "fused eager"), ("fused eager", "fused compiled")]
-    for a, b in pairs:
-        if a in r and b in r:
-            print(f"  speed-up {b} vs {a}: {r[a][0] / r[b][0]:.2f}x wall, {r[a][1] / r[b][1]:.2f}x CPU", file=out)
-    out.flush()
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.fused",
-                                     description="Benchmark fused seeds against the unfused trainer step.")
-    parser.add_argument("--bench", action="store_true", required=True, help="run the benchmark")
-    parser.add_argument("--variants", default="base,v6", help="comma-separated variants")
-    parser.add_argument("--seeds", type=int, default=5, help="K, seeds fused into one network")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians are over them)")
-    parser.add_argument("--steps", type=int, default=30, help="steps per route per round")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the torch.compile'd routes (about a minute of compilation each)")
-    args = parser.parse_args(argv)
-    bench(tuple(v for v in args.variants.split(",") if v), args.seeds, args.rounds, args.steps, args.compile)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,9 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator.cli import ArgumentParser
 from orchestrator.names import DEFAULT_TRACKING_URI, SQLITE_PREFIX, sqlite_path, trial_name

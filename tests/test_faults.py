@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from conftest import free_port, start_tracking_server, stop_tracking_server
 from orchestrator import run as orun
 from orchestrator import tracking
-from orchestrator.config import SweepConfig, TrainConfig
+from orchestrator.config import SweepConfig
 from test_orchestrator import (EPOCH_METRICS, assert_complete_trial_run, child_runs, epoch_steps, trial_runs,
                                wait_for)
 
