@@ -52,25 +52,17 @@ def table(rows: list[list[str]], columns: list[str]) -> str:
 
 
 def render(res: dict) -> str:
-    env, throughput, parallel, orchestration, projection, latency = (res.get(k) for k in (
-        "environment", "throughput", "parallel", "orchestration", "projection", "latency"))
-    steps, late = res.get("steps"), res.get("late")
-    blocks = (header_section(env) + targets_section(throughput, parallel, orchestration, projection)
-              + step_targets_section(steps, late))
-    if throughput:
-        blocks += throughput_section(throughput, env) + flop_rate_section(throughput, env)
-    if parallel:
-        blocks += parallel_section(parallel, env)
-    if orchestration:
-        blocks += orchestration_section(orchestration, env)
-    if projection:
-        blocks += projection_section(projection, env)
-    if latency:
-        blocks += latency_section(latency, env)
-    if steps:
-        blocks += steps_section(steps, env)
-    if late:
-        blocks += late_section(late, env)
+    env = res["environment"]
+    blocks = (header_section(env) + targets_section(*(res.get(k) for k in ("throughput", "parallel", "orchestration",
+                                                                              "projection")))
+              + step_targets_section(res.get("steps"), res.get("late")))
+    sections = {"throughput": lambda r, env: throughput_section(r, env) + flop_rate_section(r, env),
+                "parallel": parallel_section, "orchestration": orchestration_section,
+                "projection": projection_section, "latency": latency_section, "steps": steps_section,
+                "late": late_section}
+    for key, section in sections.items():  # in the order of the report, each only when measured
+        if res.get(key):
+            blocks += section(res[key], env)
     return "\n\n".join(blocks) + "\n"
 
 
