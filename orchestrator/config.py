@@ -61,7 +61,7 @@ class TrainConfig:
     channels_last: bool = _opt(True, "speed", "train in channels_last memory format (faster convolutions on CPU)")
     fused_adam: bool = _opt(True, "speed", "use torch's fused Adam kernel instead of the for-loop one")
     compile: bool = _opt(True, "speed", "compile the whole training step (forward, loss, backward, Adam) into one "
-                                        "torch.compile function; about a minute per variant, then cached on the node; "
+                                        "torch.compile function; 10-60 s of compiling per variant, then cached on the node; "
                                         "--quick turns it off")
     flush_denormal: bool = _opt(True, "speed", "flush subnormal floats to zero on CPU (late-epoch V6 steps run 2x "
                                                "faster, inference 4x; the values flushed are below 1.2e-38)")
