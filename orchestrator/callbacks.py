@@ -54,6 +54,8 @@ def eta_line(trials) -> str:
     running = sum(t.status == "RUNNING" for t in trials)
     line = (f"sweep: {finished}/{len(trials)} trials finished, {running} running; {epochs_done} of {epochs_total} "
             f"epochs done; ")
+    if epochs_done >= epochs_total:
+        return line + "ETA 0 min"
     if not epoch_seconds:
         return line + "ETA after the first epoch"
     eta_s = (epochs_total - epochs_done) * sum(epoch_seconds) / len(epoch_seconds) / max(running, 1)

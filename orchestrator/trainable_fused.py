@@ -62,7 +62,9 @@ class FusedRuns:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"states": {seed: make_state() for seed, (_, make_state) in finished.items()},
                         "diverged": self.diverged}, Path(tmp) / STATE_FILE)
-            mean = {k: sum(m[k] for m, _ in finished.values()) / len(finished) for k in ("train_loss", "val_accuracy")}
+            # epoch_seconds is the fused epoch's wall time, the same for every seed: the sweep's ETA reads it
+            mean = {k: sum(m[k] for m, _ in finished.values()) / len(finished)
+                    for k in ("train_loss", "val_accuracy", "epoch_seconds")}
             tune.report({"epoch": epoch, "progress": f"{epoch}/{self.cfg.epochs}", **mean},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         for seed in finished:

@@ -356,7 +356,7 @@ def test_compiled_step_equals_eager(variant, tiny):
 
 # --- fused trials in a real sweep (local Ray, MLflow SQLite) ---------------------------------------------------
 def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes_every_seed(
-        tiny_cifar, tmp_path, local_ray, monkeypatch):
+        tiny_cifar, tmp_path, local_ray, monkeypatch, capsys):
     """--fuse-seeds: one Tune trial per variant, one MLflow child run per (variant, seed) with every metric,
     epoch and model. base's trial is SIGKILLed right after epoch 1's checkpoint, before it logs the epoch:
     the restart resumes both seeds and back-fills the epoch, so each is logged exactly once per seed."""
@@ -373,6 +373,9 @@ def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes
                                       storage_path=str(tmp_path / "ray"), latency_batch1_calls=5, report=False,
                                       results_dir=str(tmp_path / "records")))
     out = orun.run_sweep(cfg)
+    # The fused trials report their epoch time, so the sweep's line has an ETA (not "after the first epoch").
+    sweep_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sweep:")]
+    assert "sweep: 2/2 trials finished, 0 running; 4 of 4 epochs done; ETA 0 min" in sweep_lines, sweep_lines
     client = MlflowClient(uri)
     runs = child_runs(uri, out["parent_run_id"])
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "v6-seed0", "v6-seed1"]
