@@ -237,8 +237,7 @@ def plain_route(variant: str, d: TrialData, focus, device, state: dict | None = 
     return one
 
 
-def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device,
-                compile: bool = False) -> tuple[Callable, int, str] | None:
+def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> tuple[Callable, int, str] | None:
     """HOOK for the "fused seeds + graph" column, filled in by the fused-seeds change (orchestrator/fused.py, K
     seeds of one variant trained as one stacked network). Returns (one fused step, the K model-steps it makes,
     what it is), or None while orchestrator.fused is not importable. Preferred: the module's own
@@ -250,7 +249,7 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device,
         return None
     if hasattr(fused, "gpu_bench_step"):
         return fused.gpu_bench_step(cfg, variant, k, d, device), k, "orchestrator.fused.gpu_bench_step"
-    seeds = fused.FusedSeeds(cfg, variant, range(k), d, device, compile=compile)
+    seeds = fused.FusedSeeds(cfg, variant, range(k), d, device)
 
     def fused_batches():  # step i trains every seed on its own batch i; no 1-image batches, like train_epoch
         epoch = 1
@@ -263,7 +262,7 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device,
         batch = next(batches)
         x = torch.cat([xb for xb, _ in batch], dim=1).contiguous(memory_format=seeds.memory_format)
         seeds.train_step(x, torch.stack([yb for _, yb in batch], dim=1))
-    return one, k, f"orchestrator.fused.FusedSeeds.train_step ({'compiled' if compile else 'ungraphed'})"
+    return one, k, "orchestrator.fused.FusedSeeds.train_step (ungraphed)"
 
 
 def time_ms_per_call(fn: Callable, n: int, device) -> float:

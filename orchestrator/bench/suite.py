@@ -306,7 +306,7 @@ def project(tp: dict, par: dict | None, orch: dict | None, lat: dict | None, k: 
             "trainer_wall_seconds": trainer_s + orchestration_s, "orchestration_seconds": orchestration_s,
             "orchestration_fraction": orchestration_s / (trainer_s + orchestration_s),
             "plain_wall_seconds": plain_s, "serial_trainer_seconds": serial["trainer"],
-            # fused seeds: one trial per variant (K seeds in it), so K variants at once instead of K trials
+            # --fuse-seeds: the same epochs at the fused step's rate (part 7), K trials at once as above
             "fused_wall_seconds": (serial["fused"] / (k * eff) + orchestration_s) if scale else None,
             "trainer_scaled_by_steps": bool(scale),
             "total_flops": flops, "floor_seconds": flops / (peak * 1e9),
