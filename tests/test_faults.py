@@ -42,22 +42,21 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     # The store exists before this test polls it: two processes creating one SQLite store race on its schema.
     tracking.ensure_experiment(uri, EXPERIMENT)
     client = MlflowClient(uri)
-    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "3")
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "4")
     log = tmp_path / "driver.err"
     driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(log, "wb"))
 
-    def one_finished_one_mid_training():
+    # Interrupt once a trial has finished: on 2 CPUs the third trial still has its 4 epochs ahead then. (Waiting
+    # for one mid-training as well left a window of a tiny epoch or two, which a loaded CI machine missed.)
+    def one_finished():
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         try:
-            runs = trial_runs(client)
-            return (any(r.info.status == "FINISHED" for r in runs) and
-                    any(r.info.status == "RUNNING" and
-                        0 < len(epoch_steps(client, r.info.run_id, "train_loss")) < 3 for r in runs))
+            return any(r.info.status == "FINISHED" for r in trial_runs(client))
         except Exception:  # the store is busy: poll again
             return False
     try:
-        wait_for(one_finished_one_mid_training, 420, "one finished trial and one mid-training")
+        wait_for(one_finished, 420, "one finished trial")
         os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: SIGINT to the foreground group
         code = driver.wait(timeout=240)
     finally:
@@ -80,7 +79,7 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     runs = trial_runs(client)
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
     for r in runs:
-        assert_complete_trial_run(client, r, epochs=3)
+        assert_complete_trial_run(client, r, epochs=4)
         if r.info.run_name in before:  # finished before Ctrl-C: the same run, not trained again
             assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
     sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
