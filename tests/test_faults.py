@@ -157,8 +157,8 @@ def test_full_or_read_only_disk_fails_in_one_line_before_any_trial(mode, what, e
 
 # --- the tracking server goes away mid-sweep -----------------------------------------------------------
 def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
-    """SIGKILL the MLflow server once the first epoch is in its store, keep it down (5 s, plus its restart) while
-    both trials train on, restart it on the same port and store. Epochs logged meanwhile are retried by MLflow's client
+    """SIGKILL the MLflow server once the first epoch is in its store, keep it down while both trials train on
+    (until one has checkpointed another epoch, then 2 s, plus its restart), restart it on the same port and store. Epochs logged meanwhile are retried by MLflow's client
     (7 retries, exponential backoff: ~4 min) and arrive; each epoch is in the store exactly once."""
     port, store = free_port(), tmp_path / "server"
     server = start_tracking_server(store, port)
@@ -172,6 +172,9 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         except sqlite3.Error:
             return 0
 
+    def checkpoints() -> set:
+        return set((tmp_path / "ray").glob("sweep-*/*/checkpoint_*"))
+
     def fault():
         nonlocal server
         try:
@@ -179,7 +182,11 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
             outage["down_ms"] = time.time() * 1000
-            time.sleep(5)
+            # Down until a trial has checkpointed another epoch, which it logs right after (orchestrator.trainable),
+            # so that a log call surely meets the outage: a fixed 5 s missed every epoch on a loaded machine.
+            before = checkpoints()
+            wait_for(lambda: checkpoints() - before, 120, "an epoch checkpointed while the server is down")
+            time.sleep(2)
             outage["restart_ms"] = time.time() * 1000
             server = start_tracking_server(store, port)  # same port, same SQLite store and artifacts
             outage["up_ms"] = time.time() * 1000
