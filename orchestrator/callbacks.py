@@ -3,6 +3,7 @@ brings them back."""
 from __future__ import annotations
 
 import sys
+import tempfile
 
 from ray import tune
 
@@ -30,8 +31,11 @@ class RecordWriter(tune.Callback):
             uri = self.sweep["tracking_uri"]
             run = tracking.find_runs(uri, self.sweep["experiment_id"], kind="trial", sweep_id=self.sweep["sweep_id"],
                                      variant=variant, seed=str(seed))[0]
-            record = records.record_from_run(tracking.MlflowClient(uri), run.info.run_id, self.cfg, self.protocol,
-                                             self.git)
+            client = tracking.MlflowClient(uri)
+            record = records.record_from_run(client, run.info.run_id, self.cfg, self.protocol, self.git)
+            with tempfile.TemporaryDirectory() as tmp:
+                weights = client.download_artifacts(run.info.run_id, "model/state_dict.pt", tmp)
+                record["weights"] = records.write_weights(self.results_dir, variant, seed, weights)
             print(f"record {records.write_record(self.results_dir, record)}", flush=True)
         except Exception as e:  # the MLflow run keeps every number: say so instead of ending the sweep
             print(f"error: no record of {variant}-seed{seed} in {self.results_dir} ({type(e).__name__}: {e}); "

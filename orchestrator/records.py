@@ -1,12 +1,13 @@
 """Trial records: one plain JSON file per finished (variant, seed), portable beyond the MLflow store.
 
     DIR/<variant>-seed<k>.json   {"schema_version", "variant", "seed", "protocol", "protocol_hash", "speed",
-                                  "measurement", "environment", "history", "final", "mlflow"}
+                                  "measurement", "environment", "history", "final", "mlflow", "weights"}
+    DIR/<variant>-seed<k>.pt     the trained model's final state dict (`torch.load(path, weights_only=True)`)
 
 `protocol` holds every setting that changes what a trial computes, plus a digest of the data, and
 `protocol_hash` is the hash of exactly that: records of one hash are one experiment and may be averaged.
-Speed options that keep the maths (compile, memory format, fused kernels, denormal flushing, CUDA graph, device)
-are recorded apart, outside the hash. A record names no host and no user. Files are written atomically: a crash leaves
+Speed options that keep the maths (fused seeds, compile, memory format, fused kernels, denormal flushing, CUDA
+graph, device) are recorded apart, outside the hash, as they took effect in the trial. A record names no host and no user. Files are written atomically: a crash leaves
 the old file or the new one, never half of one.
 """
 from __future__ import annotations
@@ -71,16 +72,17 @@ def git_state() -> dict:
     return {"git_commit": commit or "unknown", "git_dirty": None if status is None else bool(status)}
 
 
-def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
-    """Write `record` to results_dir/<variant>-seed<k>.json atomically (temp file, fsync, rename)."""
-    folder = Path(results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / record_name(record["variant"], record["seed"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+def weights_name(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}.pt"
+
+
+def _write_atomically(path: Path, write) -> Path:
+    """`write(file)` into a temp file beside `path`, fsync, rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -88,6 +90,21 @@ def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
+    """Write `record` to results_dir/<variant>-seed<k>.json atomically."""
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True) + "\n"
+    path = Path(results_dir) / record_name(record["variant"], record["seed"])
+    return _write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def write_weights(results_dir: str | os.PathLike, variant: str, seed: int, source: str | os.PathLike) -> dict:
+    """Copy a trial's state-dict file to results_dir/<variant>-seed<k>.pt atomically; return the record's
+    "weights" entry (file name, bytes, sha256), written before the record so that no record lacks its weights."""
+    content = Path(source).read_bytes()
+    path = _write_atomically(Path(results_dir) / weights_name(variant, seed), lambda f: f.write(content))
+    return {"file": path.name, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
 def load_record(path: str | os.PathLike) -> dict:
@@ -151,7 +168,9 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
     return {
         "schema_version": SCHEMA_VERSION, "variant": tags["variant"], "seed": int(tags["seed"]),
         "protocol": protocol, "protocol_hash": protocol_hash(protocol),
-        "speed": {name: getattr(cfg, name) for name in SPEED_FIELDS},
+        # What took effect, as the trial tagged it; a run from before that tag has only what was asked for.
+        "speed": json.loads(tags["speed_json"]) if "speed_json" in tags else
+        {name: getattr(cfg, name) for name in SPEED_FIELDS},
         "measurement": {**{name: getattr(cfg, name) for name in MEASUREMENT_FIELDS},
                         "latency_threads": int(tags.get("latency_threads", 1))},
         "environment": {**git, "torch_version": tags.get("torch_version"),

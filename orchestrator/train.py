@@ -206,6 +206,21 @@ def build(cfg: TrainConfig, variant: str, device: torch.device) -> Trainer:
     return Trainer(model, opt, sched, memory_format)
 
 
+def speed_in_effect(cfg: TrainConfig, variant: str, device: torch.device, flushing: bool,
+                    fused_seeds: list[int] | None = None) -> dict:
+    """The speed options a trial really runs with, which may differ from those asked for: fused trials never
+    compile and (for now) never graph, CUDA graphs and fused Adam need a device that has them, and V2/Alpha train
+    contiguous on CPU unless fused (see `_hits_onednn_strided_1x1_bug`)."""
+    fused = fused_seeds is not None
+    graph = device.type == "cuda" and cfg.cuda_graph and not fused
+    channels_last = cfg.channels_last and (
+        fused or not _hits_onednn_strided_1x1_bug(models.create_model(variant), device))
+    return {"fused": fused, "fused_seeds": list(fused_seeds or []), "compile": cfg.compile and not fused and not graph,
+            "cuda_graph": graph, "channels_last": channels_last,
+            "fused_adam": cfg.fused_adam and device.type in ("cpu", "cuda"), "flush_denormal": flushing,
+            "device": str(device)}
+
+
 def training_step(cfg: TrainConfig, trainer: Trainer):
     """The step `train` uses, and whether its first call pays a one-time cost (compiling, or capturing): on CUDA
     with --cuda-graph the whole step as one CUDA graph (orchestrator.cuda_graph), else `make_step` (compiled with

@@ -5,6 +5,7 @@ crash Ray restarts the trial from that checkpoint, and the run back-fills any ch
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -28,7 +29,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.latency import flush_denormal, latency_context
 from orchestrator.names import trial_name
 from orchestrator.tracking import TrialRun
-from orchestrator.train import DivergedError, resolve_device, train
+from orchestrator.train import DivergedError, resolve_device, speed_in_effect, train
 
 STATE_FILE = "state.pt"
 # Test hook: "<variant>-seed<k>:<epoch>" makes that trial SIGKILL itself once, right after the checkpoint of
@@ -74,17 +75,22 @@ class SignOfLife:
         self.run.set_tags({"progress": where})
 
 
-def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, flushing: bool) -> TrialRun:
+def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, flushing: bool,
+               fused_seeds: list[int] | None = None) -> TrialRun:
     """The trial's MLflow child run (found again after a restart), with its tags and exactly its params:
-    variant, seed and the TrainConfig it trains with."""
+    variant, seed and the TrainConfig it trains with. The tags say what really ran: fused or not (and with which
+    seeds), and the speed options in effect (`speed_json`), which the params (what was asked for) may not."""
     run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
                    variant, seed, tags=sweep.get("source_tags"))
     if run.previous is not None and run.previous.info.status == "FINISHED":
         return run  # logged whole by an earlier attempt: leave it as it is
+    speed = speed_in_effect(cfg, variant, device, flushing, fused_seeds)
     run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                   "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes sharing a host
                   "device": str(device), "flush_denormal": str(flushing).lower(),
-                  "python_version": platform.python_version(), **latency_context(device)})
+                  "python_version": platform.python_version(), **latency_context(device),
+                  "fused": str(speed["fused"]).lower(), "fused_seeds": ",".join(map(str, speed["fused_seeds"])),
+                  "speed_json": json.dumps(speed, sort_keys=True)})
     run.log_params({"variant": variant, "seed": seed, **cfg.to_dict()})
     return run
 

@@ -33,7 +33,7 @@ class FusedRuns:
     def __init__(self, cfg: TrainConfig, sweep: dict, variant: str, seeds: list[int], device, checkpoint):
         flushing = flush_denormal(cfg.flush_denormal)
         self.cfg, self.sweep, self.variant = cfg, sweep, variant
-        self.runs = {seed: _start_run(cfg, sweep, variant, seed, device, flushing) for seed in seeds}
+        self.runs = {seed: _start_run(cfg, sweep, variant, seed, device, flushing, fused_seeds=seeds) for seed in seeds}
         self.diverged: dict[int, str] = {int(k): v for k, v in (checkpoint or {}).get("diverged", {}).items()}
         self.states = {int(k): v for k, v in checkpoint["states"].items()} if checkpoint else None
         for seed, state in (self.states or {}).items():

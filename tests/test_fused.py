@@ -386,6 +386,12 @@ def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes
     assert list(out["summary"]["status"]) == ["done"] * 4 and list(out["summary"]["seed"]) == [0, 1, 0, 1]
     assert sorted(p.name for p in (tmp_path / "records").glob("*.json")) == \
         ["base-seed0.json", "base-seed1.json", "v6-seed0.json", "v6-seed1.json"]
+    # Records and runs say the trial was fused, with which seeds, and that fused trials do not compile.
+    from orchestrator.records import load_records
+    for record in load_records(tmp_path / "records"):
+        assert record["speed"]["fused"] is True and record["speed"]["fused_seeds"] == [0, 1]
+        assert record["speed"]["compile"] is False and (tmp_path / "records" / record["weights"]["file"]).is_file()
+    assert {r.data.tags["fused"] for r in runs} == {"true"} and {r.data.tags["fused_seeds"] for r in runs} == {"0,1"}
     # Each seed trained on its own: the same numbers as an unfused trial of it, up to float rounding.
     seed0 = next(r for r in runs if r.info.run_name == "base-seed0")
     unfused = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False), "base", 0, measure=False)

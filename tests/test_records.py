@@ -1,10 +1,12 @@
 """Trial records (--results-dir): written per finished trial, read back to the logged numbers, skipped with
 --skip-existing, refused when corrupt, of another schema or of another protocol."""
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from orchestrator import records, report
@@ -25,8 +27,8 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
     results = tmp_path / "results"
     args = sweep_args(tmp_path, tiny_cifar, results, "--variants", "base,v6", "--seeds", "2")
     assert orun.main(args) == 0
-    assert sorted(p.name for p in results.iterdir()) == ["base-seed0.json", "base-seed1.json", "v6-seed0.json",
-                                                         "v6-seed1.json"]  # and no temp files left
+    assert sorted(p.name for p in results.iterdir()) == [
+        f"{v}-seed{s}.{ext}" for v in ("base", "v6") for s in (0, 1) for ext in ("json", "pt")]  # no temp files
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for record in records.load_records(results):
         run = client.get_run(record["mlflow"]["run_id"])
@@ -40,6 +42,17 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
         assert len(record["protocol"]["data_fingerprint"]) == 64
         assert record["protocol_hash"] == records.protocol_hash(record["protocol"])
         assert record["speed"]["flush_denormal"] is True and record["environment"]["denormals_flushed"] is True
+        # What took effect: not fused, and --no-compile really uncompiled; the run says the same as its record.
+        assert record["speed"]["fused"] is False and record["speed"]["fused_seeds"] == []
+        assert record["speed"]["compile"] is False and run.data.tags["fused"] == "false"
+        # The weights beside the record are the trained model's, as logged to the run.
+        weights = results / record["weights"]["file"]
+        assert weights.name == f"{record['variant']}-seed{record['seed']}.pt"
+        state = torch.load(weights, weights_only=True)
+        logged = torch.load(client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path)),
+                            weights_only=True)
+        assert state.keys() == logged.keys() and all(torch.equal(state[k], logged[k]) for k in state)
+        assert record["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
         assert record["environment"]["device"] == "cpu" and record["environment"]["git_commit"]
         text = json.dumps(record)
         assert "sqlite" not in text and str(tmp_path) not in text  # no paths, hosts or users
