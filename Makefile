@@ -28,7 +28,7 @@ report: install
 	$(PY) -m orchestrator.report
 
 bench: install
-	$(PY) -m orchestrator.bench
+	$(PY) -m bench
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port 5000

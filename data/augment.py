@@ -7,7 +7,7 @@ Per image, in torchvision's order: RandomHorizontalFlip(p=0.5), RandomRotation(1
 The per-op math is torchvision.transforms.v2.functional's float path (rotate plus the fill mask that
 RandomRotation's fill=0 adds; adjust_brightness/contrast/saturation with their clamps), vectorised over the
 batch. One deliberate difference: rotation samples bilinearly, RandomRotation's default is nearest (the plain
-route in orchestrator.bench.plain keeps that default). Work is in float32 in [0, 1]; the result is rounded to uint8 once.
+route in bench.plain keeps that default). Work is in float32 in [0, 1]; the result is rounded to uint8 once.
 
 Speed on CPU: the flip is folded into the rotation's sampling grid (one grid_sample does both), the fill mask is
 computed from the grid instead of sampling a ones channel, and samples are grouped by jitter order so every op

@@ -8,14 +8,14 @@
 #
 # Figures go to $OUT when it is set (a device machine's output folder), else to ./device-check/:
 #   device-check.log (everything printed), summary.txt (each step: ok / FAILED / TIMED OUT, seconds),
-#   gpu-bench.md and gpu-bench.json (python -m orchestrator.bench.gpu), pytest-cuda.xml.
+#   gpu-bench.md and gpu-bench.json (python -m bench.gpu), pytest-cuda.xml.
 #
 # Steps, each under its own timeout; a step that fails or times out is noted and the next one runs:
 #   1. nvidia-smi; torch, CUDA and cuDNN versions and the device torch sees
 #   2. pytest -m cuda: the CUDA tests (tests/test_cuda.py: graphed vs eager training, lr changes, short batches)
 #   3. bench steps: ms per model-step for every variant, eager trainer vs CUDA graph vs plain route (vs the fused
-#      seeds hook when orchestrator.fused exists), interleaved on the same GPU in the same run
-#   4. bench epoch: one real full-protocol epoch of base (70,000 images) through orchestrator.train.train
+#      seeds hook when orchestrator.training.fused exists), interleaved on the same GPU in the same run
+#   4. bench epoch: one real full-protocol epoch of base (70,000 images) through orchestrator.training.train.train
 #   5. bench concurrency: K = 1, 4, 8 processes training base on the GPU at once (MPS is used when its daemon
 #      runs; this script does not start it: see README, GPU)
 #   6. bench project: the paper's grid (8 variants x 5 seeds x 10 epochs) from 3-5, assumptions stated
@@ -83,7 +83,7 @@ EOF
 bench() {  # bench PART [FLAGS...]: one part of the GPU benchmark; every part merges into $OUT_DIR/gpu-bench.json
   local part=$1
   shift
-  "$PYTHON" -m orchestrator.bench.gpu --device cuda --parts "$part" --out "$OUT_DIR" "$@"
+  "$PYTHON" -m bench.gpu --device cuda --parts "$part" --out "$OUT_DIR" "$@"
 }
 
 export -f versions bench

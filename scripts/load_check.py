@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from orchestrator.cli import ArgumentParser  # noqa: E402  (one-line errors, like every CLI here)
-from orchestrator.tracking import all_pages  # noqa: E402
-from orchestrator.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
+from orchestrator.sweep.tracking import all_pages  # noqa: E402
+from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
 ARTIFACTS = ["model/state_dict.pt", "the MLflow model's MLmodel (under the run, or its READY logged model)"]
 
@@ -82,8 +82,10 @@ def count(uri: str, parent_run_id: str, variants: list[str], seeds: list[int], e
 
 
 def run_load(workdir: Path, variants: list[str], n_seeds: int, epochs: int = 1) -> dict:
-    from orchestrator import run as orun
-    from orchestrator.config import SweepConfig, TrainConfig
+    from orchestrator.sweep import driver as orun
+    from orchestrator.training.config import TrainConfig
+    # compile and export off: one-epoch trials on a tiny dataset would spend most of their time on them
+    from orchestrator.sweep.config import SweepConfig
     # compile and export off: one-epoch trials on a tiny dataset would spend most of their time on them
     train = TrainConfig(epochs=epochs, data_dir=str(tiny_dataset(workdir / "tiny-cifar")), latency_batch1_calls=20,
                         compile=False, export="none")

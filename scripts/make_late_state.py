@@ -1,7 +1,7 @@
 """Train one variant under the paper's protocol with denormal flushing OFF, and keep the late-epoch checkpoints.
 
 Why: V6 holds thousands of subnormal weights and Adam moments after ~5 epochs, and only then is a step several
-times slower without flushing. A benchmark that starts from a fresh model never sees that, so `orchestrator.bench`
+times slower without flushing. A benchmark that starts from a fresh model never sees that, so `bench`
 times the state this script saves (orchestrator/bench/late_states/). It is a real trial's checkpoint, not a
 synthetic one: about an hour of one core for V6 to epoch 7.
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.bench.late_state import count_subnormal
-from orchestrator.config import TrainConfig
-from orchestrator.train import train
+from bench.late_state import count_subnormal
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.train import train
 
 
 def main(argv: list[str] | None = None) -> int:

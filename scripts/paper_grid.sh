@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 RESULTS=${RESULTS:-results/paper-grid}
-VARIANTS=alpha,v6,v1,v4,v3,v5,v2,base  # longest first (ms per fused model-step, orchestrator.bench part 7)
+VARIANTS=alpha,v6,v1,v4,v3,v5,v2,base  # longest first (ms per fused model-step, bench part 7)
 for seeds in 0,1,2 3,4; do
   "$PY" -m orchestrator.run --variants "$VARIANTS" --seed-list "$seeds" --fuse-seeds \
     --results-dir "$RESULTS" --skip-existing --no-report "$@"

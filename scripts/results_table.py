@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from models import reference  # noqa: E402
-from orchestrator import tables as fmt  # noqa: E402
+from orchestrator.analysis import tables as fmt  # noqa: E402
 from orchestrator.cli import ArgumentParser  # noqa: E402
 
 

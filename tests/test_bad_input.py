@@ -93,7 +93,7 @@ def archive_symlink(tmp: Path, tiny: Path) -> None:
 
 
 def empty_store(tmp: Path, tiny: Path) -> None:
-    from orchestrator import tracking
+    from orchestrator.sweep import tracking
     tracking.ensure_experiment(f"sqlite:///{tmp}/mlflow.db", "resnet-revisited")
 
 
@@ -255,7 +255,7 @@ def test_the_table_has_at_least_15_rows_of_every_kind():
 def test_bad_input_is_refused_before_any_trial(bad, tiny_cifar, tmp_path, ports, capsys, local_ray):
     from mlflow import MlflowClient
 
-    from orchestrator import run as orun
+    from orchestrator.sweep import driver as orun
     if bad.skip_if and (reason := bad.skip_if()):
         pytest.skip(reason)
     fill = {"tmp": str(tmp_path), **ports}
@@ -296,7 +296,7 @@ def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
     import torch
     from ray import tune
 
-    from orchestrator.trainable import STATE_FILE, _load_state
+    from orchestrator.sweep.trainable import STATE_FILE, _load_state
     good, evil = tmp_path / "good", tmp_path / "evil"
     good.mkdir()
     evil.mkdir()
@@ -349,8 +349,8 @@ def test_tracking_server_binds_loopback_by_default(tmp_path):
 
 
 def test_tracking_server_refuses_a_public_bind_without_auth(capsys):
-    from orchestrator import tracking
-    assert tracking.main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    from orchestrator.sweep import server
+    assert server.main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--host 0.0.0.0 would expose the tracking server" in err
 

@@ -1,11 +1,11 @@
-"""orchestrator.bench on tiny synthetic data: the --quick path runs, writes its table and JSON, and every
+"""bench on tiny synthetic data: the --quick path runs, writes its table and JSON, and every
 figure it reports is a positive number. Timings themselves are not asserted (the machine is shared)."""
 import json
 import math
 
 import pytest
 
-from orchestrator import bench
+import bench
 
 
 def positive(x) -> bool:
@@ -84,11 +84,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "unknown variant nope" in capsys.readouterr().err
     assert bench.main(["--data-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("orchestrator.bench:") and "\n" not in err
+    assert err.startswith("bench:") and "\n" not in err
 
 
 def test_data_pipeline_bench_runs_and_reports_ratio(tiny_cifar, tmp_path, capsys):
-    from orchestrator.bench import pipeline
+    from bench import pipeline
     assert pipeline.main(["--data-dir", str(tiny_cifar), "--seconds", "0.05", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "speed-up:" in out and "Base training step" in out

@@ -111,7 +111,7 @@ def test_head_tracking_command_serves_on_the_private_ip(tmp_path):
 def test_detach_stops_only_the_server_it_recorded(tmp_path):
     """A second `ray up` reruns the head's commands: the server recorded in server.pid is stopped first; a pid
     that now belongs to another program is left alone. (Stand-in processes: starting MLflow twice costs ~1 min.)"""
-    from orchestrator.tracking import _stop_recorded_server
+    from orchestrator.sweep.tracking import _stop_recorded_server
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     ours = subprocess.Popen([*sleeper, "mlflow", "server"], start_new_session=True)
     other = subprocess.Popen(sleeper, start_new_session=True)
@@ -131,8 +131,8 @@ def test_detach_stops_only_the_server_it_recorded(tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "8.8.8.8"])
 def test_tracking_server_refuses_public_binds(host, capsys):
-    from orchestrator import tracking
-    assert tracking.main(["serve", "--host", host]) == 2
+    from orchestrator.sweep import server
+    assert server.main(["serve", "--host", host]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--allow-public" in err, err
 

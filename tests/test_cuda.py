@@ -1,4 +1,4 @@
-"""The GPU path: --device, the CUDA-graph training step (orchestrator.cuda_graph), the GPU benchmark and the
+"""The GPU path: --device, the CUDA-graph training step (orchestrator.training.cuda_graph), the GPU benchmark and the
 device check script.
 
 Tests marked `cuda` need a CUDA device and skip without one (`pytest -m cuda` runs just them, as
@@ -17,9 +17,10 @@ import torch
 
 import data
 import models
-from orchestrator import cuda_graph
-from orchestrator.config import ConfigError, SweepConfig, TrainConfig, parse_config
-from orchestrator.train import (Trainer, build, eval_batch_size, load_trial_data, resolve_device, seed_everything,
+from orchestrator.training import cuda_graph
+from orchestrator.training.config import TrainConfig
+from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config
+from orchestrator.training.train import (Trainer, build, eval_batch_size, load_trial_data, resolve_device, seed_everything,
                                 train, training_step)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_device_cuda_without_gpus_per_trial_is_refused():
 
 @needs_no_cuda
 def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
-    from orchestrator import run as orun
+    from orchestrator.sweep import driver as orun
     code = orun.main(["--device", "cuda", "--gpus-per-trial", "0.125", "--tracking-uri",
                       f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray")])
     err = capsys.readouterr().err.strip()
@@ -180,24 +181,24 @@ def test_device_check_script_is_valid_bash():
 
 
 def test_gpu_bench_dry_run_lists_the_plan(tmp_path, capsys):
-    from orchestrator.bench import gpu
+    from bench import gpu
     assert gpu.main(["--dry-run", "--device", "cpu", "--variants", "base,v6", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "base" in out and "v6" in out and "eager" in out and "graph" in out and "plain" in out
 
 
 def test_gpu_bench_refuses_bad_arguments(capsys):
-    from orchestrator.bench import gpu
+    from bench import gpu
     assert gpu.main(["--variants", "resnet50", "--dry-run"]) == 2
     assert gpu.main(["--steps", "0", "--dry-run"]) == 2
     assert gpu.main(["--parts", "steps,nonsense", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("orchestrator.bench.gpu: ") for line in err), err
+    assert len(err) == 3 and all(line.startswith("bench.gpu: ") for line in err), err
 
 
 def test_gpu_bench_runs_on_cpu(tmp_path, capsys):
     """Every part's code path, on CPU and tiny: the graph column says n/a (no CUDA), the projection is made."""
-    from orchestrator.bench import gpu
+    from bench import gpu
     args = ["--device", "cpu", "--steps", "3", "--rounds", "1", "--variants", "base", "--per-class", "10",
             "--epoch-per-class", "10", "--val-images", "100", "--k-list", "1", "--concurrency-seconds", "1",
             "--out", str(tmp_path)]

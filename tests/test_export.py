@@ -1,4 +1,4 @@
-"""orchestrator.export: every variant exports to ONNX with the PyTorch model's logits at any batch size, the int8
+"""orchestrator.training.export: every variant exports to ONNX with the PyTorch model's logits at any batch size, the int8
 model runs in ONNX Runtime, export_model returns every metric, and the calibration set is fixed by the seed."""
 import numpy as np
 import onnx
@@ -7,7 +7,7 @@ import torch
 
 import data
 import models
-from orchestrator import export
+from orchestrator.training import export
 
 
 def with_batchnorm_stats(name: str) -> torch.nn.Module:
@@ -117,8 +117,8 @@ def test_calibration_set_is_fixed_by_the_seed(tiny):
 def test_a_sweep_logs_the_deployment_figures_and_both_onnx_files_per_trial(tiny_cifar, tmp_path, local_ray):
     from mlflow import MlflowClient
 
-    from orchestrator import run as orun
-    from orchestrator.config import SweepConfig
+    from orchestrator.sweep import driver as orun
+    from orchestrator.sweep.config import SweepConfig
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = SweepConfig.from_flags(dict(variants=("base", "v6"), seeds=1, epochs=1, data_dir=str(tiny_cifar),
                                       compile=False, tracking_uri=uri, storage_path=str(tmp_path / "ray"),

@@ -1,9 +1,9 @@
 """The fast path keeps the maths: subnormal floats flushed in training, evaluation and latency."""
 import torch
 
-from orchestrator.config import TrainConfig
-from orchestrator.latency import measure_latency
-from orchestrator.train import load_trial_data, train
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import measure_latency
+from orchestrator.training.train import load_trial_data, train
 
 SUBNORMAL = 1e-39  # below float32's smallest normal, 1.18e-38
 

@@ -19,9 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import free_port, start_tracking_server, stop_tracking_server
-from orchestrator import run as orun
-from orchestrator import tracking
-from orchestrator.config import SweepConfig
+from orchestrator.sweep import driver as orun
+from orchestrator.sweep import tracking
+from orchestrator.sweep.config import SweepConfig
 from test_orchestrator import (EPOCH_METRICS, assert_complete_trial_run, child_runs, epoch_steps, trial_runs,
                                wait_for)
 
@@ -92,8 +92,8 @@ def test_v2_and_alpha_train_in_channels_last_without_crashing_the_process(tiny_c
     free / SIGSEGV) in every V2/Alpha trial; train() now keeps those models contiguous on CPU. Run in a child
     process: a regression aborts it, not pytest."""
     code = ("import torch; torch.set_num_threads(1)\n"
-            "from orchestrator.config import TrainConfig\n"
-            "from orchestrator.train import train\n"
+            "from orchestrator.sweep.config import TrainConfig\n"
+            "from orchestrator.training.train import train\n"
             f"cfg = TrainConfig(data_dir={str(tiny_cifar)!r}, epochs=1, compile=False, export='none')\n"
             "assert cfg.channels_last\n"
             "for v in ('v2', 'alpha'):\n"
@@ -182,7 +182,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
             outage["down_ms"] = time.time() * 1000
-            # Down until a trial has checkpointed another epoch, which it logs right after (orchestrator.trainable),
+            # Down until a trial has checkpointed another epoch, which it logs right after (orchestrator.sweep.trainable),
             # so that a log call surely meets the outage: a fixed 5 s missed every epoch on a loaded machine.
             before = checkpoints()
             wait_for(lambda: checkpoints() - before, 120, "an epoch checkpointed while the server is down")
@@ -225,7 +225,7 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     """With --max-failures 0, one SIGKILL is final: the sweep still finishes the other trial, marks the killed
     trial's run FAILED with Ray's error (it could not end its own run), exits 1 saying which trial and how to
     retry, and `--resume` retries just that trial from its checkpoint."""
-    from orchestrator.trainable import FAULT_ENV
+    from orchestrator.sweep.trainable import FAULT_ENV
     monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
     args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "2",
                        "--max-failures", "0")[3:]
@@ -289,7 +289,7 @@ def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_
     import mlflow
 
     from models import create_model
-    from orchestrator.trainable import _log_model
+    from orchestrator.sweep.trainable import _log_model
 
     uri, _, _ = tracking_server
     mlflow.set_tracking_uri(uri)

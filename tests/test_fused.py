@@ -1,4 +1,4 @@
-"""Fused seeds (orchestrator.fused): K seeds trained as one stacked network keep everything an unfused trial has.
+"""Fused seeds (orchestrator.training.fused): K seeds trained as one stacked network keep everything an unfused trial has.
 
 Step-level equivalence runs in float64. In float32 two unfused runs of one seed that differ only in rounding
 (channels_last + fused Adam vs contiguous + for-loop Adam) already differ by a median 4e-3 (base) to 8e-3 (v6)
@@ -16,9 +16,9 @@ from torch.func import stack_module_state
 
 import data
 import models
-from orchestrator.config import TrainConfig
-from orchestrator.fused import FusedSeeds, stacked_loss, stacked_template, train_fused, vmap_forward
-from orchestrator.train import (EPOCH_METRICS, FINAL_METRICS, DivergedError, build, load_trial_data, rng_state,
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.fused import FusedSeeds, stacked_loss, stacked_template, train_fused, vmap_forward
+from orchestrator.training.train import (EPOCH_METRICS, FINAL_METRICS, DivergedError, build, load_trial_data, rng_state,
                                 seed_everything, snapshot, train)
 
 CPU = torch.device("cpu")
@@ -362,9 +362,9 @@ def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes
     the restart resumes both seeds and back-fills the epoch, so each is logged exactly once per seed."""
     from mlflow import MlflowClient
 
-    from orchestrator import run as orun
-    from orchestrator.config import SweepConfig
-    from orchestrator.trainable import FAULT_ENV
+    from orchestrator.sweep import driver as orun
+    from orchestrator.sweep.config import SweepConfig
+    from orchestrator.sweep.trainable import FAULT_ENV
     from test_orchestrator import assert_complete_trial_run, child_runs
     monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -387,7 +387,7 @@ def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes
     assert sorted(p.name for p in (tmp_path / "records").glob("*.json")) == \
         ["base-seed0.json", "base-seed1.json", "v6-seed0.json", "v6-seed1.json"]
     # Records and runs say the trial was fused, with which seeds, and that fused trials do not compile.
-    from orchestrator.records import load_records
+    from orchestrator.sweep.records import load_records
     for record in load_records(tmp_path / "records"):
         assert record["speed"]["fused"] is True and record["speed"]["fused_seeds"] == [0, 1]
         assert record["speed"]["compile"] is False and (tmp_path / "records" / record["weights"]["file"]).is_file()

@@ -7,7 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from models import create_model
-from orchestrator.trainable import _log_model
+from orchestrator.sweep.trainable import _log_model
 
 BATCH_SIZES = (1, 4, 7)
 

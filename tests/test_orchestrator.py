@@ -14,11 +14,12 @@ from mlflow import MlflowClient
 
 import models
 
-from orchestrator import run as orun
-from orchestrator.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, TrainConfig, build_parser, parse_config
-from orchestrator.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
-from orchestrator.export import EXPORT_METRICS
-from orchestrator.trainable import FAULT_ENV
+from orchestrator.sweep import driver as orun
+from orchestrator.training.config import TrainConfig
+from orchestrator.sweep.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, build_parser, parse_config
+from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
+from orchestrator.training.export import EXPORT_METRICS
+from orchestrator.sweep.trainable import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
 
 
 def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):
-    from orchestrator.tracking import all_pages
+    from orchestrator.sweep.tracking import all_pages
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = client.create_experiment("paging")
     run_ids = {client.create_run(experiment_id).info.run_id for _ in range(5)}
@@ -293,9 +294,9 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
 
 def test_a_long_epoch_shows_signs_of_life_without_new_steps(tiny_cifar, tmp_path, monkeypatch, capsys):
     """Inside an epoch: a console line and the run's `progress` tag, at most once a minute (here: always)."""
-    from orchestrator import train as train_module
-    from orchestrator.trainable import SignOfLife
-    from orchestrator.tracking import TrialRun
+    from orchestrator.training import train as train_module
+    from orchestrator.sweep.trainable import SignOfLife
+    from orchestrator.sweep.tracking import TrialRun
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("signs")

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OWN = {"models", "data", "orchestrator", *(p.stem for p in (REPO / "tests").glob("*.py"))}
+OWN = {"models", "data", "orchestrator", "bench", *(p.stem for p in (REPO / "tests").glob("*.py"))}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
@@ -38,7 +38,7 @@ def distributions_of(modules: set[str]) -> dict[str, set[str]]:
 
 def test_every_library_the_code_imports_is_a_declared_dependency():
     runtime = declared()
-    for module, dists in distributions_of(imported_modules("orchestrator", "models", "data", "scripts")).items():
+    for module, dists in distributions_of(imported_modules("orchestrator", "models", "data", "bench", "scripts")).items():
         assert dists & set(runtime), f"{module} is imported but none of {dists} is in [project] dependencies"
     with_tests = {**runtime, **declared("test")}
     for module, dists in distributions_of(imported_modules("tests")).items():

@@ -40,14 +40,15 @@ def _load_check_main():
 
 
 def _mains():
-    import orchestrator.bench
-    import orchestrator.bench.gpu
-    import orchestrator.bench.pipeline
-    from orchestrator import report, run, tracking
-    return {"orchestrator.run": lambda: run.main([]), "orchestrator.report": lambda: report.main([]),
-            "orchestrator.bench": lambda: orchestrator.bench.main([]),
-            "orchestrator.tracking": lambda: tracking.main(["serve"]), "orchestrator.bench.pipeline": lambda: orchestrator.bench.pipeline.main([]),
-            "orchestrator.bench.gpu": lambda: orchestrator.bench.gpu.main([]),
+    import bench
+    import bench.gpu
+    import bench.pipeline
+    from orchestrator.analysis import report
+    from orchestrator.sweep import driver, server
+    return {"orchestrator.run": lambda: driver.main([]), "orchestrator.report": lambda: report.main([]),
+            "bench": lambda: bench.main([]),
+            "orchestrator.tracking": lambda: server.main(["serve"]), "bench.pipeline": lambda: bench.pipeline.main([]),
+            "bench.gpu": lambda: bench.gpu.main([]),
             "scripts/load_check.py": _load_check_main}
 
 

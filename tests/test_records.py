@@ -9,11 +9,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from orchestrator import records, report
-from orchestrator import run as orun
-from orchestrator.config import TrainConfig
-from orchestrator.export import EXPORT_METRICS
-from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
+from orchestrator.sweep import records
+
+from orchestrator.analysis import report
+from orchestrator.sweep import driver as orun
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.export import EXPORT_METRICS
+from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS
 
 
 def sweep_args(tmp_path, data_dir, results, *extra):

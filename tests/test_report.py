@@ -13,7 +13,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator import report, stats, study
+from orchestrator.analysis import report, stats, study
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "report-test"
@@ -279,7 +279,7 @@ def test_ranking_ours_vs_paper(store):
 
 
 def test_report_reads_only_metrics_every_trial_logs():
-    from orchestrator.train import EPOCH_METRICS, FINAL_METRICS
+    from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS
     assert set(study.CURVE_METRICS) <= set(EPOCH_METRICS) and set(study.TABLE_METRICS) <= set(FINAL_METRICS)
 
 

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import data
-from orchestrator import records
-from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.sweep import records
+from orchestrator.sweep.config import ConfigError, SweepConfig
 from orchestrator.names import sqlite_path
 
 

@@ -1,5 +1,5 @@
 """The deployment view of a trained model: ONNX fp32 export, ONNX Runtime int8 static quantization, and the
-size, accuracy and latency of both, timed like orchestrator.latency times PyTorch (one thread, node lock).
+size, accuracy and latency of both, timed like orchestrator.training.latency times PyTorch (one thread, node lock).
 
     metrics, paths = export_model(model, train_images=x, val_images=vx, val_labels=vy, seed=0, out_dir=d)
     metrics["int8_val_accuracy"], paths["int8"]          # d/model.int8.onnx
@@ -22,7 +22,7 @@ import torch
 from onnxruntime import quantization as ortq
 
 import data
-from orchestrator.latency import LATENCY_THREADS, node_lock
+from orchestrator.training.latency import LATENCY_THREADS, node_lock
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -71,7 +71,7 @@ def export_onnx(model: torch.nn.Module, path: Path, image_shape: tuple[int, ...]
 
 def ort_session(path: Path) -> ort.InferenceSession:
     """ONNX Runtime on one intra-op and one inter-op thread, sequential, subnormals flushed: the same
-    conditions for every trial, as orchestrator.latency sets for PyTorch."""
+    conditions for every trial, as orchestrator.training.latency sets for PyTorch."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = LATENCY_THREADS
     options.inter_op_num_threads = 1

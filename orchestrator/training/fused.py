@@ -1,7 +1,7 @@
 """Fused seeds: the K seeds of one variant trained as ONE stacked network, in one process.
 
 At batch 4 a step of these ~136k-parameter CNNs is mostly per-op overhead; K seeds stacked into one network pay
-that overhead once for K models. Each seed keeps everything it has in an unfused trial (`orchestrator.train`):
+that overhead once for K models. Each seed keeps everything it has in an unfused trial (`orchestrator.training.train`):
 
 - Stacking. `torch.func.stack_module_state` stacks the K models' parameters and buffers into [K, ...] tensors, and
   `torch.func.functional_call` runs them through a *stacked template* of the model: the same module tree on the
@@ -58,9 +58,9 @@ from torch.func import functional_call, stack_module_state
 import data
 from models.blocks import BottleneckResBlock, DepthwiseResBlock, FireResBlock, ResBlock, SkipConn2d
 from models.variants import BlockNet, FCHead, GAPHead
-from orchestrator.config import TrainConfig
-from orchestrator.latency import flush_denormal, measure_latency
-from orchestrator.train import (TrialData, build, evaluate, final_metrics, load_trial_data, resolve_device, restore,
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import flush_denormal, measure_latency
+from orchestrator.training.train import (TrialData, build, evaluate, final_metrics, load_trial_data, resolve_device, restore,
                                 rng_state, seed_everything, snapshot)
 
 

@@ -25,11 +25,11 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from ray import tune
 
-from orchestrator.config import TrainConfig
-from orchestrator.latency import flush_denormal, latency_context
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import flush_denormal, latency_context
 from orchestrator.names import trial_name
-from orchestrator.tracking import TrialRun
-from orchestrator.train import DivergedError, resolve_device, speed_in_effect, train
+from orchestrator.sweep.tracking import TrialRun
+from orchestrator.training.train import DivergedError, resolve_device, speed_in_effect, train
 
 STATE_FILE = "state.pt"
 # Test hook: "<variant>-seed<k>:<epoch>" makes that trial SIGKILL itself once, right after the checkpoint of

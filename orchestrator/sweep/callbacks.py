@@ -7,11 +7,11 @@ import tempfile
 
 from ray import tune
 
-from orchestrator import records, tracking
+from orchestrator.sweep import records, tracking
 
 
 class RecordWriter(tune.Callback):
-    """When a trial finishes, its MLflow run becomes a record in --results-dir (orchestrator.records)."""
+    """When a trial finishes, its MLflow run becomes a record in --results-dir (orchestrator.sweep.records)."""
 
     def __init__(self, results_dir: str, cfg, sweep: dict, protocol: dict):
         self.results_dir, self.cfg, self.sweep, self.protocol = results_dir, cfg, sweep, protocol

@@ -1,6 +1,6 @@
 """The paper's training protocol for one (variant, seed), as a plain function: no Ray, no MLflow.
 
-The Ray trainable (orchestrator.trainable) wraps it: it passes a checkpoint `state` to resume from and an
+The Ray trainable (orchestrator.sweep.trainable) wraps it: it passes a checkpoint `state` to resume from and an
 `on_epoch_end` callback that persists the checkpoint and logs the epoch.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 import data
 import models
-from orchestrator.config import TrainConfig
-from orchestrator.latency import flush_denormal, measure_latency
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import flush_denormal, measure_latency
 from orchestrator.names import trial_name
 
 # What `train` reports, hence what every trial logs to MLflow: per epoch (step = epoch), and once at the end
@@ -126,7 +126,7 @@ def _hits_onednn_strided_1x1_bug(model: torch.nn.Module, device: torch.device) -
 
 def snapshot(epoch: int, model, optimizer, scheduler, rng: dict, history: list) -> dict:
     """The checkpoint of one trial after `epoch`: a deep copy, not live references (training goes on mutating the
-    tensors in place). A fused-seeds run (orchestrator.fused) makes the same per seed."""
+    tensors in place). A fused-seeds run (orchestrator.training.fused) makes the same per seed."""
     return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "rng": rng, "history": history})
 
@@ -223,11 +223,11 @@ def speed_in_effect(cfg: TrainConfig, variant: str, device: torch.device, flushi
 
 def training_step(cfg: TrainConfig, trainer: Trainer):
     """The step `train` uses, and whether its first call pays a one-time cost (compiling, or capturing): on CUDA
-    with --cuda-graph the whole step as one CUDA graph (orchestrator.cuda_graph), else `make_step` (compiled with
+    with --cuda-graph the whole step as one CUDA graph (orchestrator.training.cuda_graph), else `make_step` (compiled with
     --compile). On a GPU the graph does what compiling does for a batch-4 step (it removes the per-kernel launch
     cost), without a minute of compiling per variant."""
     if trainer.device.type == "cuda" and cfg.cuda_graph:
-        from orchestrator.cuda_graph import graphed_step  # CUDA only: CPU runs never import it
+        from orchestrator.training.cuda_graph import graphed_step  # CUDA only: CPU runs never import it
         return graphed_step(trainer, cfg.batch_size), True
     return trainer.make_step(cfg.compile), cfg.compile
 
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, variant: str, seed: int, *, trial_data: TrialData | 
     `state` is a checkpoint made by a previous call's `on_epoch_end(epoch, metrics, make_state)`; training
     resumes after its epoch. `on_progress(epoch, steps_done, steps_in_epoch)` hears from inside long epochs.
     Returns {"history": [per-epoch metrics], "final": {...}, "model": the trained model, "exported": {"onnx": path, "int8": path} or {}}. "final" has the latencies only when `measure`, and
-    the deployment figures (orchestrator.export) only when also `export_dir` is given and cfg.export is onnx.
+    the deployment figures (orchestrator.training.export) only when also `export_dir` is given and cfg.export is onnx.
     """
     device = device or resolve_device(cfg.device)
     flush_denormal(cfg.flush_denormal)
@@ -333,7 +333,7 @@ def measure_trained(cfg: TrainConfig, trainer: Trainer, d: TrialData, device, se
                               memory_format=trainer.memory_format, flush_denormals=cfg.flush_denormal)
     if export_dir is None or cfg.export != "onnx":
         return metrics, {}
-    from orchestrator.export import export_model  # onnx and onnxruntime load only when exporting
+    from orchestrator.training.export import export_model  # onnx and onnxruntime load only when exporting
     exported_metrics, exported = export_model(trainer.model, train_images=d.train_images, val_images=d.val_images,
                                               val_labels=d.val_labels, seed=seed, out_dir=export_dir,
                                               calibration_images=cfg.export_calibration_images,

@@ -1,4 +1,4 @@
-"""`python -m orchestrator.bench.pipeline`: how fast `data.TrainSet` builds the paper's training batches, against
+"""`python -m bench.pipeline`: how fast `data.TrainSet` builds the paper's training batches, against
 the plain route.
 
 Both routes build the same thing: the `focused` epoch (all originals plus one augmented copy of every
@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 import models
 from data import DataError, TrainSet, load_cifar10, resolve_data_dir
 from data.trainset import DEFAULT_FOCUS
-from orchestrator.bench.plain import paper_adam, plain_loader
-from orchestrator.bench.sizes import BATCH
+from bench.plain import paper_adam, plain_loader
+from bench.sizes import BATCH
 from orchestrator.cli import ArgumentParser
 
 
@@ -64,7 +64,7 @@ def base_step_ms(seconds: float) -> float:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m orchestrator.bench.pipeline", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m bench.pipeline", description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
@@ -75,12 +75,12 @@ def main(argv=None) -> int:
     try:
         images, labels = load_cifar10(root, "train")
     except DataError as e:
-        print(f"orchestrator.bench.pipeline: {e}", file=sys.stderr)
+        print(f"bench.pipeline: {e}", file=sys.stderr)
         return 2
 
     train = TrainSet(images, labels, augment="focused", focus_classes=DEFAULT_FOCUS, batch_size=BATCH, seed=0)
     loader = plain_loader(images, labels, DEFAULT_FOCUS)
-    print(f"orchestrator.bench.pipeline: {len(labels):,} training images from {root}; focused epoch of {train.num_samples():,} "
+    print(f"bench.pipeline: {len(labels):,} training images from {root}; focused epoch of {train.num_samples():,} "
           f"samples in batches of {BATCH}; {args.threads} thread(s); {args.rounds} interleaved rounds of "
           f"~{args.seconds:g} s each")
     ours, plain, steps, epoch = [], [], [], 0

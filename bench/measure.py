@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 import data
 import models
-from orchestrator.bench.plain import paper_adam, plain_loader
-from orchestrator.config import TrainConfig
-from orchestrator.latency import sync, torch_threads
-from orchestrator.train import build
+from bench.plain import paper_adam, plain_loader
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import sync, torch_threads
+from orchestrator.training.train import build
 
 
 def median_ms(fn, seconds: float, device, warmup: int = 3) -> float:

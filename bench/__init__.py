@@ -1,14 +1,14 @@
-"""`python -m orchestrator.bench`: how fast a trial trains, how well trials share the machine, what orchestration
+"""`python -m bench`: how fast a trial trains, how well trials share the machine, what orchestration
 costs, against the plain PyTorch route and against the hardware limit. Every figure is a ratio taken in one run.
 
-1. throughput   the project's trainer (`orchestrator.train.train`) vs the plain route (PIL transforms, DataLoader,
+1. throughput   the project's trainer (`orchestrator.training.train.train`) vs the plain route (PIL transforms, DataLoader,
                 the tutorial loop, default Adam) on the same focused-augmentation epoch, interleaved per variant
 2. FLOP rate    6 x MACs/image x images/s against a large fp32 matmul on the same thread count
 3. parallel     K one-thread trials at once (separate processes) against one alone
 4. orchestration the same small grid through `orchestrator.run.run_sweep` (Ray Tune + MLflow) and through plain
                 `train()` in K processes; wall-time ratio
 5. projection   the paper's grid (8 variants x 5 seeds x 10 epochs) from the measured rates; compute floor
-6. latency      `orchestrator.latency.measure_latency` per variant, both definitions, spread over repeats
+6. latency      `orchestrator.training.latency.measure_latency` per variant, both definitions, spread over repeats
 7. steps        ms per model-step, routes interleaved: plain, the trainer eager and compiled (the default), K fused
                 seeds; the compile seconds (bench/steps.py)
 8. late state   V6 from a real late-epoch checkpoint holding subnormals: training steps and inference with
@@ -29,13 +29,13 @@ import torch
 
 import data
 import models
-from orchestrator.bench.sizes import FULL, QUICK, Sizes
-from orchestrator.bench.steps import bench_late, bench_steps
-from orchestrator.bench.suite import bench_latency, bench_orchestration, bench_parallel, bench_throughput, project
-from orchestrator.bench.table import render
+from bench.sizes import FULL, QUICK, Sizes
+from bench.steps import bench_late, bench_steps
+from bench.suite import bench_latency, bench_orchestration, bench_parallel, bench_throughput, project
+from bench.table import render
 from orchestrator.cli import ArgumentParser
-from orchestrator.config import TrainConfig
-from orchestrator.latency import cpu_model
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import cpu_model
 
 # This file is the driver (parse_args, main); the pieces: sizes, plain (the reference route), measure (timings),
 # workers (load accounting, worker processes), suite (the measurements), table (the Markdown report).
@@ -45,7 +45,7 @@ SKIPPABLE = ("parallel", "orchestration", "latency", "steps", "late")
 
 
 def parse_args(argv):
-    ap = ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny epochs, short trials, fewer repeats")
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10)")
     ap.add_argument("--variants", default=",".join(models.list_models()), help="comma-separated variants")
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         device, sizes = resolve(args)
     except (ValueError, data.DataError) as e:
-        print(f"orchestrator.bench: {e}", file=sys.stderr)
+        print(f"bench: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -128,7 +128,7 @@ def measure_all(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
         res["orchestration"] = bench_orchestration(args, sizes, base_cfg, device, log, rate)
     if "latency" not in args.skip:
         res["latency"] = bench_latency(args, sizes, base_cfg, device, log)
-    if device.type == "cpu":  # on CUDA, orchestrator.bench.gpu times the steps (with the CUDA-graph route)
+    if device.type == "cpu":  # on CUDA, bench.gpu times the steps (with the CUDA-graph route)
         if "steps" not in args.skip:
             res["steps"] = bench_steps(args, sizes, base_cfg, device, log)
         if "late" not in args.skip:

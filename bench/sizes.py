@@ -1,4 +1,4 @@
-"""How much `python -m orchestrator.bench` runs (quick or full) and the targets its table judges against."""
+"""How much `python -m bench` runs (quick or full) and the targets its table judges against."""
 from __future__ import annotations
 
 import dataclasses

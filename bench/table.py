@@ -1,7 +1,7 @@
 """The Markdown report: the tables, the verdicts against the targets, and the cause of each missed one.
 
 One renderer per measurement; each returns its blocks (heading, paragraphs, tables), which `render` joins with a
-blank line between them. Tables are DataFrames of formatted cells, written by `orchestrator.tables.to_markdown`.
+blank line between them. Tables are DataFrames of formatted cells, written by `orchestrator.analysis.tables.to_markdown`.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import statistics
 
 import pandas as pd
 
-from orchestrator.bench.sizes import (BATCH, TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
+from bench.sizes import (BATCH, TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
                                       TARGET_STEP_SPEEDUP)
-from orchestrator.tables import to_markdown
+from orchestrator.analysis.tables import to_markdown
 
 
 def verdict(met: bool, shortfall: str, cause: str) -> str:
@@ -114,7 +114,7 @@ def throughput_section(throughput: dict, env: dict) -> list[str]:
     blocks = [f"## 1. Training throughput, batch {BATCH}, train mode, focused augmentation ({env['device_label']})",
               f"One epoch of {throughput['samples_per_epoch']} samples ({throughput['per_class']}/class + focus-class "
               f"copies) per measurement, {rounds} rounds interleaved trainer/plain (ABBA); img/s are medians, the "
-              "speed-up is the median of the per-round ratios. Trainer: `orchestrator.train.train` uncompiled "
+              "speed-up is the median of the per-round ratios. Trainer: `orchestrator.training.train.train` uncompiled "
               "(part 7 times the compiled step), otherwise the default config (channels_last, fused Adam, in-memory "
               "batched augmentation). Plain: torchvision-style PIL "
               "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous. Other processes kept "
@@ -366,7 +366,7 @@ def late_section(late: dict, env: dict) -> list[str]:
             f"{late['plain_flush_speedup']:.2f}x; the default trainer (flushed) is "
             f"**{late['trainer_speedup']:.2f}x** faster than the plain route (not flushed) here.",
             table(rows, ["route", "ms per step (median)", "median [min-max] over rounds", "subnormal left"]),
-            f"Inference on the same state (`orchestrator.latency.measure_latency`, {lat['images']} validation images): "
+            f"Inference on the same state (`orchestrator.training.latency.measure_latency`, {lat['images']} validation images): "
             f"without flushing {lat['per_image_slowdown']:.2f}x the time per image (batches of 4), "
             f"{lat['batch1_slowdown']:.2f}x at batch 1.",
             table(lat_rows, ["denormals", "ms/image (batches of 4)", "ms batch 1"])]

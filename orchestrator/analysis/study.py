@@ -16,15 +16,15 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from models import reference
-from orchestrator import records
+from orchestrator.sweep import records
 from orchestrator.names import sqlite_path, trial_name
-from orchestrator.tracking import all_pages
+from orchestrator.sweep.tracking import all_pages
 
-# What the report reads of what every trial logs (orchestrator.train.EPOCH_METRICS / FINAL_METRICS; a test
+# What the report reads of what every trial logs (orchestrator.training.train.EPOCH_METRICS / FINAL_METRICS; a test
 # keeps these a subset of those, so a renamed metric cannot silently empty a table).
 CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
-# The deployment view (orchestrator.export.EXPORT_METRICS), where the trials exported their models.
+# The deployment view (orchestrator.training.export.EXPORT_METRICS), where the trials exported their models.
 DEPLOYMENT_METRICS = ("onnx_bytes", "int8_bytes", "onnx_val_accuracy", "int8_val_accuracy",
                       "ort_latency_ms_batch1_fp32", "ort_latency_ms_batch1_int8", "ort_latency_ms_per_image_fp32",
                       "ort_latency_ms_per_image_int8")
@@ -239,13 +239,13 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = N
 def _sweep_protocol(tags: dict) -> dict | None:
     if "config_json" not in tags:
         return None
-    from orchestrator.config import SweepConfig
+    from orchestrator.sweep.config import SweepConfig
     return records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
 
 
 # ------------------------------------------------------------------------------------------ from records
 def load_records(results_dir: str | Path) -> Study:
-    """The Study of a folder of trial records (orchestrator.records): one protocol, or a one-line refusal."""
+    """The Study of a folder of trial records (orchestrator.sweep.records): one protocol, or a one-line refusal."""
     try:
         found = records.load_records(results_dir)
         records.check_one_protocol(found, str(results_dir))

@@ -10,8 +10,8 @@ import time
 import torch
 
 import data
-from orchestrator.config import TrainConfig
-from orchestrator.train import TrialData, train
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.train import TrialData, train
 
 
 def machine_busy_seconds() -> float:

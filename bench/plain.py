@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from orchestrator.bench.sizes import BATCH
-from orchestrator.config import TrainConfig
+from bench.sizes import BATCH
+from orchestrator.training.config import TrainConfig
 
 class PlainCIFAR10(Dataset):
     """What torchvision.datasets.CIFAR10 does per item (HWC uint8 array -> PIL image -> transform), but over

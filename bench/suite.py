@@ -12,13 +12,14 @@ import torch
 
 import data
 import models
-from orchestrator.bench.measure import matmul_peak_gflops, step_components, trainer_format
-from orchestrator.bench.plain import plain_epoch
-from orchestrator.bench.sizes import BATCH, PAPER_GRID, Sizes
-from orchestrator.bench.workers import RAY_WORKER, Load, Workers, ray_trial_stats
-from orchestrator.config import SweepConfig, TrainConfig
-from orchestrator.latency import measure_latency
-from orchestrator.train import TrialData, build, train
+from bench.measure import matmul_peak_gflops, step_components, trainer_format
+from bench.plain import plain_epoch
+from bench.sizes import BATCH, PAPER_GRID, Sizes
+from bench.workers import RAY_WORKER, Load, Workers, ray_trial_stats
+from orchestrator.training.config import TrainConfig
+from orchestrator.sweep.config import SweepConfig
+from orchestrator.training.latency import measure_latency
+from orchestrator.training.train import TrialData, build, train
 
 
 def bench_throughput(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
@@ -205,7 +206,7 @@ def plain_grid(train_cfg: TrainConfig, variant: str, k: int, device) -> GridPhas
 def ray_grid(cfg: SweepConfig, k: int, device) -> GridPhase:
     """The grid through `ray.init` + `run_sweep` (Tune, MLflow SQLite in a temp dir); Ray's trial stats from MLflow."""
     import ray
-    from orchestrator.run import run_sweep
+    from orchestrator.sweep.driver import run_sweep
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     cfg = dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "ray_results"),
                               experiment_name="bench")

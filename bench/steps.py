@@ -1,4 +1,4 @@
-"""Parts 7 and 8 of `python -m orchestrator.bench`: ms per model-step on the CPU, route by route, on fresh models
+"""Parts 7 and 8 of `python -m bench`: ms per model-step on the CPU, route by route, on fresh models
 and on a late-epoch state that holds subnormal floats. Routes interleave round by round in one process on the
 bench's thread count (the order rotates, so drift in the machine's load hits them alike); medians over rounds.
 
@@ -9,7 +9,7 @@ bench's thread count (the order rotates, so drift in the machine's load hits the
            fused      --fuse-seeds: K seeds as one stacked network (uncompiled, as it trains); its call time / K
            and what the compiled route's first call took (compiling: a trial pays it once).
 8. late    V6 from a real checkpoint trained without flushing (late_state.py), the plain and the compiled route
-           each with denormals flushed and not, and inference latency (orchestrator.latency) both ways.
+           each with denormals flushed and not, and inference latency (orchestrator.training.latency) both ways.
            Flushing matters only from such a state: a fresh model holds no subnormals.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch
 
 import data
 import models
-from orchestrator.bench.gpu import fused_route, plain_route, time_ms_per_call, trainer_route
-from orchestrator.bench.late_state import count_subnormal, late_state_path, load_late_state
-from orchestrator.bench.measure import trainer_format
-from orchestrator.bench.sizes import Sizes
-from orchestrator.config import TrainConfig
-from orchestrator.latency import measure_latency
-from orchestrator.train import TrialData
+from bench.gpu import fused_route, plain_route, time_ms_per_call, trainer_route
+from bench.late_state import count_subnormal, late_state_path, load_late_state
+from bench.measure import trainer_format
+from bench.sizes import Sizes
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import measure_latency
+from orchestrator.training.train import TrialData
 
 LATE_VARIANT = "v6"  # the variant whose late epochs hold subnormals (base, v3 and v5 end with none)
 
@@ -138,7 +138,7 @@ def bench_late(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
 
 
 def late_latency(state: dict, d: TrialData, sizes: Sizes, device) -> dict:
-    """orchestrator.latency's two definitions on the late state, flushed and not, interleaved over repeats."""
+    """orchestrator.training.latency's two definitions on the late state, flushed and not, interleaved over repeats."""
     fmt = trainer_format(TrainConfig(), LATE_VARIANT, device)
     model = models.create_model(LATE_VARIANT)
     model.load_state_dict(state["model"])

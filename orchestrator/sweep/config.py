@@ -1,140 +1,57 @@
-"""Two typed configurations with the paper's defaults.
-
-`TrainConfig` holds exactly what one trial's training reads (orchestrator.train): the protocol, the data, the
-speed options and the latency settings. `SweepConfig` holds a TrainConfig plus what to run (variants, seeds),
-where (Ray), where to log (MLflow), the report and the records. Every field of both is one CLI flag
-(`--field-name`) and one key of an optional TOML file (`--config`; flags given on the command line win).
+"""`SweepConfig`: a TrainConfig plus what to run (variants, seeds), where (Ray), where to log (MLflow), the report
+and the records, with the paper's defaults. Every field of both is one CLI flag (`--field-name`) and one key of an
+optional TOML file (`--config`; flags given on the command line win).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 
-from data import MODES as AUGMENT_MODES
 from models import list_models
 from orchestrator.cli import ArgumentParser
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from orchestrator.training.config import ConfigError, TrainConfig, option
 
 ALL_VARIANTS = tuple(list_models())
 SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
-EXPORT_FORMATS = ("onnx", "none")
-DEVICES = ("auto", "cpu", "cuda")
 QUICK = {"epochs": 2, "subset_per_class": 500, "compile": False}  # what --quick means (2 epochs don't repay a compile)
-
-
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the problem and the fix."""
-
-
-def _opt(default, section: str, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "section": section, "choices": choices})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # --- the paper's protocol --------------------------------------------------------------------
-    epochs: int = _opt(10, "protocol", "training epochs")
-    batch_size: int = _opt(4, "protocol", "training mini-batch size")
-    lr: float = _opt(5e-4, "protocol", "Adam learning rate")
-    beta1: float = _opt(0.9, "protocol", "Adam beta1")
-    beta2: float = _opt(0.999, "protocol", "Adam beta2")
-    eps: float = _opt(1e-8, "protocol", "Adam epsilon")
-    weight_decay: float = _opt(1e-4, "protocol", "Adam weight decay (L2)")
-    lr_factor: float = _opt(0.1, "protocol", "ReduceLROnPlateau factor (stepped on validation accuracy, mode max)")
-    lr_patience: int = _opt(4, "protocol", "ReduceLROnPlateau patience in epochs")
-    lr_threshold: float = _opt(1e-4, "protocol", "ReduceLROnPlateau threshold")
-    # --- data ------------------------------------------------------------------------------------
-    data_dir: str = _opt("", "data", "CIFAR-10 directory (binary or python layout, or the official .tar.gz); "
-                                     "default $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10")
-    augment: str = _opt("focused", "data", choices=AUGMENT_MODES, help=(
-        "augmentation mode: focused (paper: originals + one augmented copy of each focus-class image), none, "
-        "all, or inplace (WARNING: augmenting focus classes in place makes augmentation a label cue; Base ends "
-        "near 61%% instead of ~73%%)"))
-    focus_classes: str = _opt("bird,cat,deer,dog", "data", "classes that get extra augmentation, names or indices "
-                                                          "(the author's notebooks used 1,2,3,4)")
-    subset_per_class: int = _opt(0, "data", "train on a stratified subset of N images per class (0 = all 5,000)")
-    # --- speed (same maths, faster kernels) ------------------------------------------------------
-    channels_last: bool = _opt(True, "speed", "train in channels_last memory format (faster convolutions on CPU)")
-    fused_adam: bool = _opt(True, "speed", "use torch's fused Adam kernel instead of the for-loop one")
-    compile: bool = _opt(True, "speed", "compile the whole training step (forward, loss, backward, Adam) into one "
-                                        "torch.compile function; 10-60 s of compiling per variant, then cached on the node; "
-                                        "--quick turns it off")
-    flush_denormal: bool = _opt(True, "speed", "flush subnormal floats to zero on CPU (late-epoch V6 steps run 2x "
-                                               "faster, inference 4x; the values flushed are below 1.2e-38)")
-    cuda_graph: bool = _opt(True, "speed", "on CUDA, capture the whole training step (forward, loss, backward, Adam) "
-                                           "once as a CUDA graph and replay it every step (orchestrator.cuda_graph); "
-                                           "it takes the place of --compile there; no effect on CPU")
-    # --- where a trial trains (shown with the cluster flags: it goes with --gpus-per-trial) --------------------
-    device: str = _opt("auto", "cluster", choices=DEVICES, help=(
-        "where each trial trains: auto = on CUDA when Ray gave the trial a GPU (--gpus-per-trial > 0), else on CPU; "
-        "cuda = always on CUDA (needs --gpus-per-trial; refused when torch sees no CUDA device); cpu = always on CPU"))
-    # --- measurement -----------------------------------------------------------------------------
-    latency_batch1_calls: int = _opt(200, "measurement", "single-image calls timed for latency_ms_batch1 (median)")
-    export: str = _opt("onnx", "measurement", choices=EXPORT_FORMATS, help=(
-        "after training, export the model to ONNX (fp32, and int8 by ONNX Runtime's static quantization) and "
-        "measure their bytes, validation accuracy and ONNX Runtime latency; none skips it"))
-    export_calibration_images: int = _opt(256, "measurement", "training images, drawn with the trial's seed, that "
-                                                              "calibrate the int8 quantization")
-
-    def problems(self) -> list[str]:
-        """What is wrong with these values, one line each (empty when nothing is)."""
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a finite number > 0 (got {self.lr})"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1/--beta2 must be in [0, 1)"),
-            (0 < self.lr_factor < 1, f"--lr-factor must be in (0, 1) (got {self.lr_factor})"),
-            (self.lr_patience >= 0, f"--lr-patience must be >= 0 (got {self.lr_patience})"),
-            (self.augment in AUGMENT_MODES,
-             f"--augment must be one of {', '.join(AUGMENT_MODES)} (got {self.augment!r})"),
-            (self.subset_per_class >= 0, f"--subset-per-class must be >= 0 (got {self.subset_per_class})"),
-            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})"),
-            (self.latency_batch1_calls >= 1, "--latency-batch1-calls must be >= 1"),
-            (self.export_calibration_images >= 1,
-             f"--export-calibration-images must be >= 1 (got {self.export_calibration_images})"),
-        ]
-        return [message for ok, message in checks if not ok]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+__all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_parser"]
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # --- what to run -----------------------------------------------------------------------------
-    variants: tuple[str, ...] = _opt(ALL_VARIANTS, "what to run",
+    variants: tuple[str, ...] = option(ALL_VARIANTS, "what to run",
                                      "comma-separated model variants: " + ",".join(ALL_VARIANTS))
-    seeds: int = _opt(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
-    seed_list: tuple[int, ...] = _opt((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
-    quick: bool = _opt(False, "what to run", "first look in minutes: 2 epochs on a stratified 500-per-class subset")
-    download: bool = _opt(False, "data", "download CIFAR-10 (official MD5 checked) into the data directory if missing")
+    seeds: int = option(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
+    seed_list: tuple[int, ...] = option((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
+    quick: bool = option(False, "what to run", "first look in minutes: 2 epochs on a stratified 500-per-class subset")
+    download: bool = option(False, "data", "download CIFAR-10 (official MD5 checked) into the data directory if missing")
     # --- Ray -------------------------------------------------------------------------------------
-    address: str = _opt("", "cluster", "address of an existing Ray cluster (host:port or 'auto'); default: a local Ray")
-    cpus_per_trial: int = _opt(1, "cluster", "CPUs per trial (= torch threads)")
-    gpus_per_trial: float = _opt(0.0, "cluster", "GPUs per trial (fractions allowed)")
-    max_failures: int = _opt(2, "cluster", "restarts of a crashed trial from its last checkpoint")
-    storage_path: str = _opt("ray_results", "cluster", "Ray Tune storage (local path, NFS path or s3:// / gs:// "
+    address: str = option("", "cluster", "address of an existing Ray cluster (host:port or 'auto'); default: a local Ray")
+    cpus_per_trial: int = option(1, "cluster", "CPUs per trial (= torch threads)")
+    gpus_per_trial: float = option(0.0, "cluster", "GPUs per trial (fractions allowed)")
+    max_failures: int = option(2, "cluster", "restarts of a crashed trial from its last checkpoint")
+    storage_path: str = option("ray_results", "cluster", "Ray Tune storage (local path, NFS path or s3:// / gs:// "
                                                        "URI); must be shared by all nodes of a multi-node cluster")
-    resume: bool = _opt(False, "cluster", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
+    resume: bool = option(False, "cluster", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
                                           "finished trials")
-    sweep_id: str = _opt("", "cluster", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
+    sweep_id: str = option("", "cluster", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
     # --- MLflow ----------------------------------------------------------------------------------
-    tracking_uri: str = _opt(DEFAULT_TRACKING_URI, "tracking", "MLflow tracking URI (sqlite:///path or http://host:port)")
-    experiment_name: str = _opt(DEFAULT_EXPERIMENT, "tracking", "MLflow experiment name")
+    tracking_uri: str = option(DEFAULT_TRACKING_URI, "tracking", "MLflow tracking URI (sqlite:///path or http://host:port)")
+    experiment_name: str = option(DEFAULT_EXPERIMENT, "tracking", "MLflow experiment name")
     # --- report and published records ------------------------------------------------------------
-    report: bool = _opt(True, "report", "write the report (tables, figures) when the sweep ends")
-    results_dir: str = _opt("", "report", "write one JSON record per finished trial here (<variant>-seed<k>.json); "
+    report: bool = option(True, "report", "write the report (tables, figures) when the sweep ends")
+    results_dir: str = option("", "report", "write one JSON record per finished trial here (<variant>-seed<k>.json); "
                                           "records of another protocol in it are refused")
-    fuse_seeds: bool = _opt(False, "speed", "train the seeds of a variant as one stacked network in one Ray trial "
-                                            "(orchestrator.fused): the same numbers up to float rounding, one MLflow "
+    fuse_seeds: bool = option(False, "speed", "train the seeds of a variant as one stacked network in one Ray trial "
+                                            "(orchestrator.training.fused): the same numbers up to float rounding, one MLflow "
                                             "run per seed, fewer and faster steps")
-    skip_existing: bool = _opt(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
+    skip_existing: bool = option(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
                                                 "no record of this protocol yet")
 
     def seed_values(self) -> tuple[int, ...]:

@@ -3,7 +3,7 @@
 At batch 4 a step of these ~136k-parameter CNNs is a few hundred tiny kernels (forward, backward, Adam); on a GPU
 its time goes to launching them from Python, not to running them. A CUDA graph records the step's kernels once
 and replays them all with one launch. `graphed_step(trainer, batch_size)` returns a step with the contract of
-`Trainer.make_step` (orchestrator.train): step(x, y) -> (loss, hits), tensors on the device, no host sync.
+`Trainer.make_step` (orchestrator.training.train): step(x, y) -> (loss, hits), tensors on the device, no host sync.
 
 What PyTorch's CUDA-graph docs ("Whole-network capture", CUDA semantics notes) require, and how it is met here:
 
@@ -39,7 +39,7 @@ WARMUP_STEPS = 3  # the docs' example; the lazy initialisations (Adam's state, c
 
 
 def graphed_step(trainer, batch_size: int):
-    """A CUDA-graph training step for `trainer` (an orchestrator.train.Trainer on a CUDA device), for batches of
+    """A CUDA-graph training step for `trainer` (an orchestrator.training.train.Trainer on a CUDA device), for batches of
     `batch_size`: step(x, y) -> (loss, hits), like Trainer.make_step. The first full batch captures the graph
     (a second or so); the returned tensors are the graph's static outputs, valid until the next call."""
     return GraphedStep(trainer, batch_size)
@@ -50,7 +50,7 @@ def check_trainer(trainer, batch_size: int) -> None:
     device = trainer.device
     if device.type != "cuda":
         raise ValueError(f"graphed_step needs a trainer on a CUDA device, got one on {device}: on CPU use "
-                         f"Trainer.make_step (orchestrator.train.train does, whatever --cuda-graph says)")
+                         f"Trainer.make_step (orchestrator.training.train.train does, whatever --cuda-graph says)")
     if not isinstance(trainer.optimizer, torch.optim.Adam):
         raise ValueError(f"graphed_step makes torch.optim.Adam capturable; got {type(trainer.optimizer).__name__}")
     if batch_size < 1:

@@ -1,4 +1,4 @@
-"""`python -m orchestrator.bench.gpu`: what one GPU does with the paper's batch-4 steps, and the grid's wall time.
+"""`python -m bench.gpu`: what one GPU does with the paper's batch-4 steps, and the grid's wall time.
 
 Parts (`--parts`, default all; each merges its figures into OUT/gpu-bench.json and rewrites OUT/gpu-bench.md, so
 scripts/device_check.sh runs them one by one, each under its own timeout):
@@ -6,13 +6,13 @@ scripts/device_check.sh runs them one by one, each under its own timeout):
   steps        ms per model-step, per variant, routes interleaved round by round in one process on one device:
                eager    the project's trainer step (train.build + Trainer.make_step, fused Adam, channels_last,
                         batches from data.TrainSet on the device), what train() runs with --no-cuda-graph
-               graph    the same trainer with the whole step as one CUDA graph (orchestrator.cuda_graph), what
+               graph    the same trainer with the whole step as one CUDA graph (orchestrator.training.cuda_graph), what
                         train() runs on CUDA by default; n/a on CPU
                plain    the plain PyTorch route (bench/plain.py: PIL + DataLoader batches, default Adam, loss.item()
                         every step)
-               fused    HOOK for "fused seeds + graph" (orchestrator.fused, another change): time per model-step of
+               fused    HOOK for "fused seeds + graph" (orchestrator.training.fused, another change): time per model-step of
                         K seeds trained as one network; n/a while that module is not importable
-  epoch        one real full-protocol epoch of base through orchestrator.train.train (70,000 images, then the
+  epoch        one real full-protocol epoch of base through orchestrator.training.train.train (70,000 images, then the
                validation pass), its wall time
   concurrency  K processes on the device at once, each training base with train()'s step, aggregate model-steps/s
   project      the paper's grid (8 variants x 5 seeds x 10 epochs) from the figures above, for each K measured
@@ -37,18 +37,18 @@ import torch
 
 import data
 import models
-from orchestrator.bench.plain import paper_adam, plain_loader
-from orchestrator.bench.sizes import BATCH, PAPER_GRID
+from bench.plain import paper_adam, plain_loader
+from bench.sizes import BATCH, PAPER_GRID
 from orchestrator.cli import ArgumentParser
-from orchestrator.config import TrainConfig
-from orchestrator.latency import cpu_model, sync
-from orchestrator.train import TrialData, build, seed_everything, train
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import cpu_model, sync
+from orchestrator.training.train import TrialData, build, seed_everything, train
 
 PARTS = ("steps", "epoch", "concurrency", "project")
 ROUTES = ("eager", "graph", "plain", "fused")
 WARMUP_STEPS = 10  # per route before timing: the graph is captured in the first, allocations settle
 STEPS_PER_EPOCH = PAPER_GRID["train_images_per_epoch"] // BATCH  # 17,500: no short last batch
-PROG = "orchestrator.bench.gpu"
+PROG = "bench.gpu"
 CONCURRENCY_PER_CLASS = 100  # each worker's (synthetic) training set: 1,400 samples an epoch, re-augmented per epoch
 
 
@@ -131,7 +131,7 @@ def plan(args) -> str:
     return "\n".join([
         f"{PROG} on {args.device} ({data_label}), parts: {','.join(args.parts)}",
         f"  steps: variants {','.join(args.variants)}; routes {', '.join(ROUTES)} (graph on CUDA only, fused when "
-        f"orchestrator.fused is importable); {args.rounds} rounds x {args.steps} steps per route",
+        f"orchestrator.training.fused is importable); {args.rounds} rounds x {args.steps} steps per route",
         f"  epoch: base, {args.epoch_per_class or 5000} images per class and {args.val_images:,} validation images, "
         f"one epoch through train()",
         f"  concurrency: K in {','.join(map(str, args.k_list))} processes, {args.concurrency_seconds:g} s each",
@@ -193,7 +193,7 @@ def trainer_route(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devi
         trainer.load(state)
     trainer.model.train()
     if graphed:
-        from orchestrator.cuda_graph import graphed_step
+        from orchestrator.training.cuda_graph import graphed_step
         step = graphed_step(trainer, cfg.batch_size)
     else:
         step = trainer.make_step(compiled=cfg.compile)
@@ -240,15 +240,15 @@ def plain_route(variant: str, d: TrialData, focus, device, state: dict | None = 
 def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> tuple[Callable, int, str] | None:
     """HOOK for the "fused seeds + graph" column, filled in by the fused-seeds change (orchestrator/fused.py, K
     seeds of one variant trained as one stacked network). Returns (one fused step, the K model-steps it makes,
-    what it is), or None while orchestrator.fused is not importable. Preferred: the module's own
+    what it is), or None while orchestrator.training.fused is not importable. Preferred: the module's own
     `gpu_bench_step(cfg, variant, k, trial_data, device) -> callable` (its graphed step); else its
     `FusedSeeds.train_step` is timed as it is (ungraphed)."""
     try:
-        fused = importlib.import_module("orchestrator.fused")
+        fused = importlib.import_module("orchestrator.training.fused")
     except ImportError:
         return None
     if hasattr(fused, "gpu_bench_step"):
-        return fused.gpu_bench_step(cfg, variant, k, d, device), k, "orchestrator.fused.gpu_bench_step"
+        return fused.gpu_bench_step(cfg, variant, k, d, device), k, "orchestrator.training.fused.gpu_bench_step"
     seeds = fused.FusedSeeds(cfg, variant, range(k), d, device)
 
     def fused_batches():  # step i trains every seed on its own batch i; no 1-image batches, like train_epoch
@@ -262,7 +262,7 @@ def fused_route(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) ->
         batch = next(batches)
         x = torch.cat([xb for xb, _ in batch], dim=1).contiguous(memory_format=seeds.memory_format)
         seeds.train_step(x, torch.stack([yb for _, yb in batch], dim=1))
-    return one, k, "orchestrator.fused.FusedSeeds.train_step (ungraphed)"
+    return one, k, "orchestrator.training.fused.FusedSeeds.train_step (ungraphed)"
 
 
 def time_ms_per_call(fn: Callable, n: int, device) -> float:
@@ -290,7 +290,7 @@ def variant_routes(args, variant: str, d: TrialData, train_set, focus) -> tuple[
         fused = None
         notes["fused"] = f"n/a ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]})"
     if fused is None:
-        notes.setdefault("fused", "n/a (orchestrator.fused not importable)")
+        notes.setdefault("fused", "n/a (orchestrator.training.fused not importable)")
     else:
         routes["fused"] = fused[:2]
         notes["fused_how"] = fused[2]
@@ -388,7 +388,7 @@ def run_k(args, k: int, setup_timeout: float = 120.0) -> dict:
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     # By its module's real name: under `python -m` this module is __main__, which a spawned child cannot import.
-    worker = importlib.import_module("orchestrator.bench.gpu").concurrency_worker
+    worker = importlib.import_module("bench.gpu").concurrency_worker
     procs = [ctx.Process(target=worker, daemon=True,
                          args=(str(args.device), CONCURRENCY_PER_CLASS, args.concurrency_seconds, ready, go, results))
              for _ in range(k)]

@@ -1,5 +1,5 @@
 """The Ray Tune trainable of a fused trial (`--fuse-seeds`): the seeds of one variant train as one stacked network
-(orchestrator.fused) in one process, and every seed keeps its own MLflow child run, as in an unfused trial.
+(orchestrator.training.fused) in one process, and every seed keeps its own MLflow child run, as in an unfused trial.
 
 One Tune iteration per epoch: once every seed has finished epoch e, one checkpoint holding every seed's state
 (each exactly an unfused trial's checkpoint) is persisted through `tune.report`, then each seed's epoch is logged
@@ -18,11 +18,11 @@ import torch
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
-from orchestrator.config import TrainConfig
-from orchestrator.latency import flush_denormal
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import flush_denormal
 from orchestrator.names import trial_name
-from orchestrator.train import load_trial_data, resolve_device
-from orchestrator.trainable import STATE_FILE, _load_state, _log_model, _maybe_kill, _start_run
+from orchestrator.training.train import load_trial_data, resolve_device
+from orchestrator.sweep.trainable import STATE_FILE, _load_state, _log_model, _maybe_kill, _start_run
 
 REPORTED = ("val_accuracy", "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1")  # the summary's
 
@@ -93,8 +93,8 @@ class FusedRuns:
 
 
 def export_to_run(run, cfg: TrainConfig, model, d, seed: int) -> dict:
-    """The deployment view of one seed's model (orchestrator.export); both ONNX files as the run's artifacts."""
-    from orchestrator.export import export_model
+    """The deployment view of one seed's model (orchestrator.training.export); both ONNX files as the run's artifacts."""
+    from orchestrator.training.export import export_model
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         metrics, paths = export_model(model, train_images=d.train_images, val_images=d.val_images,
                                       val_labels=d.val_labels, seed=seed, out_dir=tmp,
@@ -120,7 +120,7 @@ def per_seed_summary(results: dict[int, dict], fused: FusedRuns) -> dict:
 
 
 def run_fused_trial(config: dict) -> None:
-    from orchestrator.fused import train_fused
+    from orchestrator.training.fused import train_fused
     cfg, sweep = TrainConfig(**config["train"]), config["sweep"]
     variant, seeds = config["trial"]["variant"], [int(s) for s in config["trial"]["seeds"]]
     torch.set_num_threads(sweep["cpus_per_trial"])

@@ -1,0 +1,314 @@
+"""`python -m orchestrator.run`: the paper's variants × seeds as parallel Ray Tune trials, tracked in MLflow.
+
+A sweep is four steps: open it (check everything that can be checked, then start a new sweep or find the one to
+resume), build the tuner, fit it, close it (records, summary, failed trials, the report). Bad input costs one
+line and a non-zero exit before any trial starts (orchestrator.sweep.preflight), never a half-run sweep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live table, with our columns
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import data  # noqa: E402
+from orchestrator.sweep import preflight, records, tracking  # noqa: E402
+from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config  # noqa: E402
+from orchestrator.names import fused_trial_name, parse_ray_trial_name, trial_name  # noqa: E402
+from orchestrator.sweep.preflight import SweepError  # noqa: E402
+
+TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
+                 "latency_ms_per_image", "latency_ms_batch1"]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep as the driver runs it: its config, ids in MLflow and Ray, and the trials it trains."""
+    cfg: SweepConfig
+    sweep_id: str
+    experiment_id: str
+    parent_run_id: str
+    storage: str                   # Ray Tune's storage root; the sweep's folder is `path`
+    pairs: list[dict]              # {"variant", "seed"} of each (variant, seed) this sweep trains
+    protocol: dict | None          # the records' protocol, with --results-dir
+    source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
+
+    @property
+    def path(self) -> str:
+        sep = "/" if "://" in self.storage else os.sep
+        return f"{self.storage.rstrip('/')}{sep}sweep-{self.sweep_id}"
+
+    def trial_context(self) -> dict:
+        """What every trial needs to know of the sweep beyond its TrainConfig."""
+        from orchestrator.sweep.trainable import FAULT_ENV
+        return {"sweep_id": self.sweep_id, "parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
+                "tracking_uri": self.cfg.tracking_uri, "cpus_per_trial": self.cfg.cpus_per_trial,
+                "source_tags": self.source_tags, "fault": os.environ.get(FAULT_ENV, "")}
+
+
+def library_versions() -> dict:
+    import mlflow
+    import ray
+    import torch
+    import torchvision
+    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version()}
+
+
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+# --- 1. open the sweep ------------------------------------------------------------------------------
+def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, SweepConfig, str]:
+    """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
+    tags = {"kind": "sweep", **({"sweep_id": cfg.sweep_id} if cfg.sweep_id else {})}
+    runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
+            if r.data.tags.get("sweep_status") != "finished"]
+    if not runs:
+        which = f"sweep {cfg.sweep_id!r}" if cfg.sweep_id else "an unfinished sweep"
+        raise SweepError(f"found no {which} to resume in experiment {cfg.experiment_name!r} at "
+                         f"{cfg.tracking_uri}: check --sweep-id/--tracking-uri, or start a new sweep without --resume")
+    run = runs[0]
+    # Where to run may change between attempts; what to run may not.
+    stored = SweepConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
+        address=cfg.address, resume=True, report=cfg.report)
+    return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
+
+
+def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict) -> str:
+    uri = cfg.tracking_uri
+    flags = cfg.to_flags()
+    parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
+        **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
+        "git_commit": records.git_state()["git_commit"],
+        "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
+        "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
+        **library_versions()})
+    tracking.MlflowClient(uri).log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
+    return parent_run_id
+
+
+def open_sweep(cfg: SweepConfig) -> Sweep | None:
+    """Check everything, then start a new sweep or reopen the one to resume; None when nothing is left to train."""
+    cfg = cfg.validate().replace(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
+    uri = cfg.tracking_uri
+    # Cheap checks that write nothing come first, so bad input leaves no store, experiment or run behind.
+    preflight.check_address(cfg.address)
+    preflight.check_device(cfg)
+    tracking.check_tracking(uri)
+    sweep_id, parent_run_id, storage = new_sweep_id(), None, None
+    if cfg.resume:
+        preflight.check_resumable(cfg, uri)
+        sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
+        preflight.check_device(cfg)  # the stored config's --device
+    data_fingerprint = preflight.check_data(cfg)
+    pairs = preflight.trials_to_run(cfg, data_fingerprint)
+    if not pairs:
+        print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
+        return None
+    storage = preflight.check_storage(storage or cfg.storage_path)
+    preflight.start_ray(cfg)
+    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
+    source_tags = tracking.source_tags(records.git_state()["git_commit"])
+    if parent_run_id is None:
+        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags)
+    else:
+        tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags)
+
+
+# --- 2. build the tuner -------------------------------------------------------------------------------
+def trial_specs(sweep: Sweep) -> list[dict]:
+    """One Tune trial per (variant, seed), or with --fuse-seeds one per variant: {"variant", "seeds": [...]}."""
+    if not sweep.cfg.fuse_seeds:
+        return sweep.pairs
+    variants = dict.fromkeys(p["variant"] for p in sweep.pairs)  # in order, once each
+    return [{"variant": v, "seeds": [p["seed"] for p in sweep.pairs if p["variant"] == v]} for v in variants]
+
+
+def _tune_trial_name(trial) -> str:
+    spec = trial.config["trial"]
+    return fused_trial_name(spec["variant"], spec["seeds"]) if "seeds" in spec else trial_name(spec["variant"],
+                                                                                             spec["seed"])
+
+
+def build_tuner(sweep: Sweep):
+    from ray import tune
+    from orchestrator.sweep.callbacks import RecordWriter, SweepReporter
+    from orchestrator.sweep.trainable import run_trial
+    from orchestrator.sweep.trainable_fused import run_fused_trial
+    cfg = sweep.cfg
+    trainable = tune.with_resources(run_fused_trial if cfg.fuse_seeds else run_trial,
+                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    if cfg.resume and tune.Tuner.can_restore(sweep.path):
+        return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \
+        if sweep.protocol else None
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trial_specs(sweep)), "train": cfg.train.to_dict(),
+                     "sweep": sweep.trial_context()},
+        tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=f"sweep-{sweep.sweep_id}", storage_path=sweep.storage,
+                                  progress_reporter=SweepReporter(), callbacks=callbacks, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+
+
+# --- 4. close the sweep -------------------------------------------------------------------------------
+def pairs_of(result) -> list[tuple[str, int]]:
+    """The (variant, seed) pairs a Tune result stands for: one, or every seed of a fused trial."""
+    if not result.config:  # failed before its first report: Ray kept no config, but its folder has the name
+        return parse_ray_trial_name(Path(result.path).name)
+    spec = result.config["trial"]
+    return [(spec["variant"], int(s)) for s in spec.get("seeds", [spec.get("seed")])]
+
+
+def seed_outcomes(result) -> list[tuple[str, int, str, dict]]:
+    """(variant, seed, status, last metrics) per pair: status error, diverged or done (or unfinished)."""
+    metrics, per_seed = result.metrics or {}, (result.metrics or {}).get("per_seed") or {}
+    outcomes = []
+    for variant, seed in pairs_of(result):
+        seed_metrics = per_seed.get(str(seed), metrics)
+        status = "error" if result.error else ("diverged" if seed_metrics.get("diverged") or
+                                               seed_metrics.get("status") == "diverged" else
+                                               "done" if metrics.get("done") else "unfinished")
+        outcomes.append((variant, seed, status, seed_metrics))
+    return outcomes
+
+
+def is_done(result) -> bool:
+    return bool((result.metrics or {}).get("done"))
+
+
+def write_missing_records(sweep: Sweep, results) -> None:
+    """Records of trials that finished while an earlier driver died before writing them."""
+    from orchestrator.sweep.callbacks import RecordWriter
+    writer = RecordWriter(sweep.cfg.results_dir, sweep.cfg.train, sweep.trial_context(), sweep.protocol)
+    for variant, seed, status, _ in (o for r in results for o in seed_outcomes(r)):
+        if status == "done" and not (Path(sweep.cfg.results_dir) / records.record_name(variant, seed)).is_file():
+            writer.write(variant, seed)
+
+
+def close_errored_runs(sweep: Sweep, results) -> list[str]:
+    """Names of the trials Ray gave up on. A trial killed outright (OOM, SIGKILL, lost node) could not end its
+    own MLflow run: mark it FAILED with Ray's error, so the UI doesn't show it running forever."""
+    failed = []
+    uri = sweep.cfg.tracking_uri
+    client = tracking.MlflowClient(uri)
+    for r, (variant, seed) in ((r, pair) for r in results if r.error for pair in pairs_of(r)):
+        failed.append(trial_name(variant, seed))
+        for run in tracking.find_runs(uri, sweep.experiment_id, kind="trial", sweep_id=sweep.sweep_id,
+                                      variant=variant, seed=str(seed)):
+            if run.info.status == "RUNNING":
+                first_line = (str(r.error).strip().splitlines() or [""])[0]
+                client.set_tag(run.info.run_id, "failure_reason", f"{type(r.error).__name__}: {first_line}"[:4000])
+                client.set_terminated(run.info.run_id, status="FAILED")
+    return sorted(failed)
+
+
+def summarize(results):
+    import pandas as pd
+    rows = [{"variant": variant, "seed": seed, "status": status, **{c: m.get(c) for c in TABLE_COLUMNS[3:]}}
+            for r in results for variant, seed, status, m in seed_outcomes(r)]
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return df.sort_values(["variant", "seed"]).reset_index(drop=True)
+
+
+# The report's per-variant statistics (orchestrator.analysis.study.summarize) that the parent run carries.
+SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latency_ms_per_image_mean",
+                   "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
+
+
+def log_summary_metrics(sweep: Sweep) -> None:
+    """Per-variant mean, std and n on the parent run (`base_val_accuracy_pct_mean`, ...), so the runs table
+    compares whole sweeps side by side. A std needs two finished seeds: none is logged before; latencies
+    measured on several machine models are not averaged (as in the report)."""
+    import math
+    from orchestrator.analysis.study import ReportError, load_sweep
+    try:
+        study, _ = load_sweep(sweep.cfg.tracking_uri, sweep.cfg.experiment_name, sweep.sweep_id)
+    except ReportError:
+        return  # no trial logged anything: nothing to summarize
+    metrics = {f"{variant}_{name}": row[name] for variant, row in study.summary.iterrows() if row["n"]
+               for name in SUMMARY_METRICS}
+    metrics = [tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items() if not math.isnan(v)]
+    tracking.MlflowClient(sweep.cfg.tracking_uri).log_batch(sweep.parent_run_id, metrics=metrics)
+
+
+def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
+    uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
+    if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
+        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
+        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
+        client.set_terminated(sweep.parent_run_id, status="KILLED")
+        raise KeyboardInterrupt
+    if sweep.protocol:
+        write_missing_records(sweep, results)
+    summary = summarize(results)
+    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
+    client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
+    failed_trials = close_errored_runs(sweep, results)
+    log_summary_metrics(sweep)
+    # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
+    # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
+    tracking.finish_sweep_run(uri, sweep.parent_run_id, "FAILED" if failed_trials else "FINISHED")
+    if sweep.cfg.report:
+        from orchestrator.analysis.report import ReportError, build_report
+        try:
+            build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+        except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
+            print(f"no report: {e}", file=sys.stderr)
+    return {"sweep_id": sweep.sweep_id, "parent_run_id": sweep.parent_run_id, "experiment_id": sweep.experiment_id,
+            "summary": summary, "wall_seconds": wall_seconds, "storage_path": sweep.path,
+            "failed_trials": failed_trials}
+
+
+# --- the four steps -----------------------------------------------------------------------------------------
+def run_sweep(cfg: SweepConfig) -> dict | None:
+    """Run one sweep; None when --skip-existing left nothing to train."""
+    sweep = open_sweep(cfg)
+    if sweep is None:
+        return None
+    skipped = len(sweep.cfg.variants) * len(sweep.cfg.seed_values()) - len(sweep.pairs)
+    print(f"sweep {sweep.sweep_id}: {len(sweep.cfg.variants)} variants x {len(sweep.cfg.seed_values())} seeds, "
+          f"{sweep.cfg.train.epochs} epochs" + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
+          + f"; MLflow run {sweep.parent_run_id} in {sweep.cfg.tracking_uri}", flush=True)
+    tuner = build_tuner(sweep)
+    started = time.perf_counter()
+    results = tuner.fit()
+    return close_sweep(sweep, results, time.perf_counter() - started)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_config(argv, description=__doc__.splitlines()[0])
+        out = run_sweep(cfg)
+    except (ConfigError, data.DataError, tracking.TrackingError, SweepError, records.RecordError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
+        return 130
+    if out is not None and out["failed_trials"]:
+        n, total = len(out["failed_trials"]), len(out["summary"])
+        resume = f"python -m orchestrator.run --resume --sweep-id {out['sweep_id']}"
+        print(f"error: {n} of {total} trials failed after --max-failures {cfg.max_failures} restarts "
+              f"({', '.join(out['failed_trials'])}): each run's failure_reason in MLflow and error.txt "
+              f"under {out['storage_path']} say why; `{resume}` retries them", file=sys.stderr)
+        return 1
+    return 0
+
