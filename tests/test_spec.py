@@ -1,9 +1,10 @@
 """Architectures as data: the eight variants as specs are the same networks as the hand-written builders (same
-weights for a seed), and bad specs fail on one line naming the field."""
+weights for a seed), bad specs fail on one line naming the field, and the budget is priced without building."""
 import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 import models
-from models import registry
+from models import budget, registry
+from models.__main__ import main
 from models.blocks import BottleneckResBlock, DepthwiseResBlock, FireResBlock, ResBlock
 from models.spec import BLOCK_WIDTHS, BlockSpec, HeadSpec, NetSpec, SpecError, from_dict, to_dict
 from models.variants import BlockNet, FCHead, GAPHead
@@ -77,10 +79,10 @@ def test_variants_are_registered_specs_that_build_the_model(name):
 def test_get_spec_and_register_spec(monkeypatch):
     monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # leave the real registry as it was
     monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
-    winner = NetSpec([BlockSpec("res", 12), BlockSpec("bottleneck", 24, mid=6)], (1,), HeadSpec("gap"), {2: [0]})
+    winner = budget.fit_to_budget(models.get_spec("v6"))
     models.register_spec("v6-wide", winner)
     assert models.get_spec("v6-wide") == winner and models.list_models()[-1] == "v6-wide"
-    assert isinstance(models.create_model("v6-wide"), BlockNet)
+    assert models.count_parameters(models.create_model("v6-wide")) == models.param_count(winner)
     with pytest.raises(ValueError, match="registered twice"):
         models.register_spec("alpha", winner)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
@@ -124,6 +126,12 @@ def test_equal_specs_normalise_to_one_form():
     d["blocks"][0]["out"] = np.int32(10)
     assert from_dict(d) == models.get_spec("v2")
     assert models.spec_hash(from_dict(d)) == models.spec_hash(models.get_spec("v2"))
+
+
+def test_the_example_spec_file_is_alpha_as_dump_toml_writes_it():
+    path = REPO_ROOT / "models" / "specs" / "alpha.toml"
+    assert models.load_spec(path) == models.get_spec("alpha")
+    assert path.read_text() == models.dump_toml(models.get_spec("alpha"))
 
 
 # --- bad specs: one line that names the field -------------------------------------------------------------------------
@@ -214,3 +222,106 @@ def test_load_spec_names_the_file(tmp_path):
             models.load_spec(tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: ") and message in str(err.value)
         assert "\n" not in str(err.value)
+
+
+# --- the budget, priced from the spec ------------------------------------------------------------------------------
+def random_spec(rng: random.Random, max_width: int = 24) -> NetSpec:
+    """A valid spec with any kinds, pools, head and skips; some res blocks keep their width (identity shortcut)."""
+    blocks = []
+    for _ in range(rng.randint(1, 7)):
+        kind, w = rng.choice(list(BLOCK_WIDTHS)), (lambda: rng.randint(1, max_width))
+        out = blocks[-1].out if blocks and rng.random() < 0.3 else w()
+        if kind == "fire":
+            e1, e3 = w(), w()
+            blocks.append(BlockSpec("fire", e1 + e3, squeeze=w(), expand1x1=e1, expand3x3=e3))
+        else:
+            blocks.append(BlockSpec(kind, out, mid=w() if kind == "bottleneck" else None))
+    n = len(blocks)
+    pools = rng.sample(range(1, n + 1), rng.randint(0, min(n, 5)))
+    head = HeadSpec("fc", rng.randint(1, 40)) if rng.random() < 0.5 else HeadSpec("gap")
+    dense = {k: rng.sample(range(k - 1), rng.randint(0, k - 1)) for k in range(2, n + 1) if rng.random() < 0.5}
+    return NetSpec(blocks, pools, head, dense)
+
+
+def _built_on_meta(spec: NetSpec):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return models.build(spec)
+
+
+def test_max_params_is_base_plus_two_percent():
+    assert models.MAX_PARAMS == 139_107 == int(models.param_count(models.get_spec("base")) * 1.02)
+    assert all(budget.fits_budget(models.get_spec(name)) for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_analytic_counts_equal_the_built_network(name):
+    spec = models.get_spec(name)
+    net = models.create_model(name)
+    assert models.param_count(spec) == models.count_parameters(net)
+    assert budget.size_mb(spec) == models.size_mb(net)
+    assert budget.macs_per_image(spec) == models.macs_per_image(net)
+
+
+def test_analytic_counts_equal_the_built_network_on_random_specs():
+    rng = random.Random(0)
+    specs = [random_spec(rng) for _ in range(300)]
+    assert {b.kind for s in specs for b in s.blocks} == set(BLOCK_WIDTHS)
+    for i, spec in enumerate(specs):
+        net = _built_on_meta(spec)
+        assert models.param_count(spec) == models.count_parameters(net), spec
+        assert budget.size_mb(spec) == models.size_mb(net), spec
+        if i < 100:  # the FLOP counter costs ~40 ms a network
+            assert budget.macs_per_image(spec) == models.macs_per_image(net), spec
+    start = time.perf_counter()
+    for spec in specs * 10:
+        models.param_count(spec)
+    rate = len(specs) * 10 / (time.perf_counter() - start)
+    print(f"\nparam_count: {rate:,.0f} specs/s (random specs, 1-7 blocks)")  # a measurement, not a limit
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fit_to_budget_fills_the_budget(seed):
+    spec = random_spec(random.Random(seed), max_width=6)  # read as relative widths
+    try:
+        factor = budget.width_factor(spec)
+    except SpecError as e:  # an FC head on a big map can be over budget at width 1: that must be said
+        assert "139,107" in str(e) and budget.param_count(budget.scale_widths(spec, 0.0)) > models.MAX_PARAMS
+        return
+    fitted = models.fit_to_budget(spec)
+    assert fitted == budget.scale_widths(spec, factor)
+    assert models.param_count(fitted) <= models.MAX_PARAMS
+    assert models.param_count(budget.scale_widths(spec, factor * (1 + 1e-9))) > models.MAX_PARAMS  # one step more
+    assert [b.kind for b in fitted.blocks] == [b.kind for b in spec.blocks]
+    assert (fitted.pool_after, fitted.head, fitted.dense_from) == (spec.pool_after, spec.head, spec.dense_from)
+    # idempotent-ish: the fitted widths are a rounded grid of their own, so a second pass can only grow them a
+    # little (where many widths crossed their rounding point at once, the first pass had to stop short)
+    again = models.fit_to_budget(fitted)
+    assert models.param_count(fitted) <= models.param_count(again) <= models.MAX_PARAMS
+    assert budget.width_factor(fitted) >= 1.0
+
+
+def test_fit_to_budget_on_the_paper_variants_and_a_spec_that_cannot_fit():
+    for name in NAMES:
+        spec = models.get_spec(name)
+        fitted = models.fit_to_budget(spec)
+        assert models.param_count(spec) <= models.param_count(fitted) <= models.MAX_PARAMS
+    too_big = NetSpec([BlockSpec("res", 1)], (), HeadSpec("fc", 200))  # 32*32*200 weights before any width
+    with pytest.raises(SpecError, match=r"^max_params: .* over the budget of 139,107; "):
+        models.fit_to_budget(too_big)
+    assert models.param_count(models.fit_to_budget(too_big, max_params=300_000)) <= 300_000
+
+
+# --- python -m models SPEC ----------------------------------------------------------------------------------------
+def test_python_m_models_prices_spec_files(tmp_path, capsys):
+    alpha = REPO_ROOT / "models" / "specs" / "alpha.toml"
+    ok = subprocess.run([sys.executable, "-m", "models", str(alpha)], cwd=REPO_ROOT, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "15f5da0bf4a76307" in ok.stdout and "131,970 (budget 139,107: fits" in ok.stdout
+    over, bad = tmp_path / "over.toml", tmp_path / "bad.json"
+    models.dump_toml(budget.scale_widths(models.get_spec("v6"), 2.0), over)
+    bad.write_text('{"blocks": []}')
+    assert main([str(over)]) == 1 and "OVER by" in capsys.readouterr().out
+    assert main([str(alpha), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: spec: missing field")
