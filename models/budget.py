@@ -1,6 +1,6 @@
 """The paper's parameter budget, priced from a spec alone, and the repair that makes a candidate fill it.
 
-The counts are arithmetic on the widths (no network is built, no torch imported), written to equal what
+The counts are arithmetic on the widths (no network is built, no tensor made), written to equal what
 models.count_parameters / size_mb / macs_per_image measure on build(spec): the tests hold them to that on the
 eight variants and hundreds of random specs. That makes pricing fast enough to screen thousands of candidates
 a second.

@@ -15,8 +15,8 @@
 A fire block states its `out` like every other block, and it must equal expand1x1 + expand3x3 (checked), so a
 reader never has to add widths up to know a block's output. The input is CIFAR-10's 3 x 32 x 32 image.
 
-Torch-free on purpose: a search can check, hash and price (models.budget) thousands of candidates without
-importing torch; models.variants.build(spec) makes the network.
+This module and models.budget use no torch: checking, hashing and pricing a candidate costs microseconds, so a
+search can screen thousands a second; models.variants.build(spec) makes the network.
 """
 from __future__ import annotations
 
