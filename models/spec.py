@@ -184,14 +184,15 @@ def _block_number(key, n: int) -> int:
     k = _integer(f"dense_from {key!r}", key, "a block number")
     if not 1 <= k <= n:
         _fail(f"dense_from block {k}", f"block {k} does not exist",
-              f"name blocks 2..{n}" if n >= 2 else "a one-block net has no dense skips")
+              {1: "a one-block net has no dense skips", 2: "name block 2"}.get(n, f"name blocks 2..{n}"))
     return k
 
 
 def _checked_sources(k: int, sources) -> tuple[int, ...]:
     field = f"dense_from block {k}"
     stages = tuple(_integer(field, j, "a stage") for j in _sequence(field, sources, "stages"))
-    usable = f"skip from stages 0..{k - 2}" if k >= 2 else "drop it: block 1 has no stage before its input"
+    usable = {1: "drop it: block 1 has no stage before its input", 2: "skip from stage 0 (the image)"}.get(
+        k, f"skip from stages 0..{k - 2}")
     for j in stages:
         if j < 0 or j >= k:
             _fail(field, f"stage {j} is not before block {k}", usable)

@@ -175,10 +175,11 @@ BAD = [  # (change to Base's dict, how the message starts)
     (lambda d: d.update(blocks=[{"kind": "res", "out": 4}] * 6, pool_after=[1, 2, 3, 4, 5, 6]),
      "pool_after: 6 pools shrink the 32x32 image below 1x1; pool after at most 5 blocks"),
     (_set(("dense_from",), {"2": [2]}), "dense_from block 2: stage 2 is not before block 2"),
-    (_set(("dense_from",), {"2": [1]}), "dense_from block 2: stage 1 is block 2's direct input"),
+    (_set(("dense_from",), {"2": [1]}), "dense_from block 2: stage 1 is block 2's direct input, which it already "
+                                           "gets; skip from stage 0 (the image)"),
     (_set(("dense_from",), {"1": [0]}), "dense_from block 1: stage 0 is block 1's direct input"),
     (_set(("dense_from",), {"2": [-1]}), "dense_from block 2: stage -1 is not before block 2"),
-    (_set(("dense_from",), {"3": [0]}), "dense_from block 3: block 3 does not exist; name blocks 2..2"),
+    (_set(("dense_from",), {"3": [0]}), "dense_from block 3: block 3 does not exist; name block 2"),
     (_set(("dense_from",), {"b": [0]}), "dense_from 'b': a block number must be an integer"),
     (_set(("dense_from",), [[2, [0]]]), "dense_from: must be a table, got list"),
     (_set(("head", "kind"), "mlp"), "head kind: unknown head kind 'mlp'; use one of fc, gap"),
