@@ -1,10 +1,16 @@
-"""`python -m models`: print the zoo beside the paper's numbers; exit 1 if any row differs."""
+"""`python -m models`: print the zoo beside the paper's numbers; exit 1 if any row differs.
+
+`python -m models SPEC.toml [SPEC.json ...]`: price each spec file from the spec alone (params, size, MACs, hash)
+against the paper's budget; exit 0 when all fit, 1 when one is over the budget, 2 when one is not a valid spec.
+"""
 import sys
 
+from . import budget
+from .spec import SpecError, load_spec, spec_hash
 from .zoo import format_table, zoo_table
 
 
-def main() -> int:
+def zoo() -> int:
     table = zoo_table()
     print(format_table(table))
     print("size_mb = bytes of parameters and buffers / 2**20; "
@@ -14,6 +20,27 @@ def main() -> int:
         print(f"error: {', '.join(mismatched)} differ from the paper's Table 2/5", file=sys.stderr)
         return 1
     return 0
+
+
+def describe(path: str) -> int:
+    try:
+        spec = load_spec(path)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    params = budget.param_count(spec)
+    fits = params <= budget.MAX_PARAMS
+    verdict = (f"fits, {budget.MAX_PARAMS - params:,} to spare" if fits
+               else f"OVER by {params - budget.MAX_PARAMS:,}; models.fit_to_budget scales it to fit")
+    print(f"{path}\n  hash            {spec_hash(spec)}\n  blocks          {len(spec.blocks)}\n"
+          f"  params          {params:,} (budget {budget.MAX_PARAMS:,}: {verdict})\n"
+          f"  size_mb         {budget.size_mb(spec):.4f}\n  macs_per_image  {budget.macs_per_image(spec):,}")
+    return 0 if fits else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    return max(describe(p) for p in paths) if paths else zoo()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The eight variants of the paper (Tables 1-4), each declared once in the registry.
+"""The network every variant is (BlockNet), build(spec) to make one from a spec, and the paper's eight variants
+(Tables 1-4) declared as specs, each registered once.
 
 All of them are one network shape: blocks in sequence, each followed by ReLU and (for some) a 2x2 max
 pool, then a head. V2 and Alpha add dense skips: SkipConn2d projections from what an earlier stage passed
 on, added to a block's output before its ReLU, with stride 1, 2 or 4 to match the receiving resolution.
 """
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -11,10 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BottleneckResBlock, DepthwiseResBlock, FireResBlock, ResBlock, SkipConn2d
-from .registry import register_model
-
-IMAGE_CHANNELS = 3
-NUM_CLASSES = 10
+from .registry import add_model
+from .spec import IMAGE_CHANNELS, NUM_CLASSES, BlockSpec, HeadSpec, NetSpec
 
 
 class FCHead(nn.Sequential):
@@ -77,60 +77,70 @@ class BlockNet(nn.Module):
         return self.head(passed[-1])
 
 
-@register_model
-def base() -> BlockNet:
-    """Table 1: ResBlock(3,10) pool, ResBlock(10,20) pool, FC head. 136,380 params."""
-    return BlockNet([ResBlock(3, 10), ResBlock(10, 20)], pool_after=(1, 2), head=FCHead(20 * 8 * 8))
+# --- from spec to network -----------------------------------------------------------------------------------------
+_BLOCK_MODULES = {
+    "res": lambda c_in, b: ResBlock(c_in, b.out),
+    "fire": lambda c_in, b: FireResBlock(c_in, b.squeeze, b.expand1x1, b.expand3x3),
+    "bottleneck": lambda c_in, b: BottleneckResBlock(c_in, b.mid, b.out),
+    "depthwise": lambda c_in, b: DepthwiseResBlock(c_in, b.out),
+}
 
 
-@register_model
-def v1() -> BlockNet:
-    """Delayed pooling: five thin ResBlocks at 32x32 before the first pool. 136,430 params."""
-    blocks = [ResBlock(3, 5), *(ResBlock(5, 5) for _ in range(4)), ResBlock(5, 20)]
-    return BlockNet(blocks, pool_after=(5, 6), head=FCHead(20 * 8 * 8))
+def build(spec: NetSpec) -> BlockNet:
+    """A freshly initialised BlockNet for `spec` (already checked: a NetSpec can't exist invalid). Modules are
+    made in the order the hand-written builders made them, blocks, then the head, then BlockNet's skip
+    projections, so one seed gives the same initial weights as before."""
+    if not isinstance(spec, NetSpec):
+        raise TypeError(f"build takes a NetSpec, got {type(spec).__name__}; load one with models.load_spec")
+    blocks = [_BLOCK_MODULES[b.kind](c_in, b) for c_in, b in zip(spec.stage_channels, spec.blocks)]
+    c_last, side_px = spec.stage_channels[-1], spec.final_side_px
+    head = FCHead(c_last * side_px * side_px, spec.head.hidden) if spec.head.kind == "fc" else GAPHead(c_last)
+    return BlockNet(blocks, spec.pool_after, head, dict(spec.dense_from))
 
 
-@register_model
-def v2() -> BlockNet:
-    """Base plus one dense skip: the image, projected with stride 2, added to ResBlock 2. 136,500 params."""
-    return BlockNet([ResBlock(3, 10), ResBlock(10, 20)], pool_after=(1, 2), head=FCHead(20 * 8 * 8),
-                    dense_from={2: (0,)})
+def register_spec(name: str, spec: NetSpec) -> NetSpec:
+    """Register `spec` as model `name`: create_model(name) builds it, get_spec(name) returns it (so a search's
+    winner can become a named variant)."""
+    if not isinstance(spec, NetSpec):
+        raise TypeError(f"register_spec takes a NetSpec, got {type(spec).__name__}")
+    add_model(name, partial(build, spec), spec)
+    return spec
 
 
-@register_model
-def v3() -> BlockNet:
-    """Fire blocks (SqueezeNet): two pooled, then three more at 8x8. 136,354 params."""
-    blocks = [FireResBlock(3, 8, 10, 10), *(FireResBlock(20, 8, 10, 10) for _ in range(4))]
-    return BlockNet(blocks, pool_after=(1, 2), head=FCHead(20 * 8 * 8))
+# --- the paper's eight variants ------------------------------------------------------------------------------------
+FC_HEAD = HeadSpec("fc", hidden=100)  # Table 1: Linear(in, 100) -> BN -> ReLU -> Linear(100, 10)
+GAP_HEAD = HeadSpec("gap")  # Table 3
 
 
-@register_model
-def v4() -> BlockNet:
-    """Bottleneck blocks (ResNet-50 style): two pooled, then three more at 8x8. 136,536 params."""
-    blocks = [BottleneckResBlock(3, 10, 20), *(BottleneckResBlock(20, 8, 20) for _ in range(4))]
-    return BlockNet(blocks, pool_after=(1, 2), head=FCHead(20 * 8 * 8))
+def res(*outs: int) -> list[BlockSpec]:
+    return [BlockSpec("res", out) for out in outs]
 
 
-@register_model
-def v5() -> BlockNet:
-    """Depthwise-separable blocks (MobileNet): eight blocks, at most 20 channels. 137,066 params."""
-    blocks = [DepthwiseResBlock(3, 10), DepthwiseResBlock(10, 20), *(DepthwiseResBlock(20, 20) for _ in range(6))]
-    return BlockNet(blocks, pool_after=(1, 2), head=FCHead(20 * 8 * 8))
+def fire(squeeze: int, expand1x1: int, expand3x3: int) -> BlockSpec:
+    return BlockSpec("fire", expand1x1 + expand3x3, squeeze=squeeze, expand1x1=expand1x1, expand3x3=expand3x3)
 
 
-@register_model
-def v6() -> BlockNet:
-    """Table 3: global average pooling frees the FC budget for six wider ResBlocks. 136,960 params."""
-    channels = [3, 10, 20, 30, 40, 50, 50]
-    blocks = [ResBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
-    return BlockNet(blocks, pool_after=(1, 2), head=GAPHead(channels[-1]))
-
-
-@register_model
-def alpha() -> BlockNet:
-    """Table 4: V6's GAP head with dense skips. Block k (k >= 2) receives a projection from the image and
-    from every earlier block except its direct input. 131,970 params."""
-    channels = [3, 10, 20, 30, 40, 40, 50]
-    blocks = [ResBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
-    dense_from = {k: tuple(range(k - 1)) for k in range(2, len(blocks) + 1)}
-    return BlockNet(blocks, pool_after=(1, 2), head=GAPHead(channels[-1]), dense_from=dense_from)
+PAPER_SPECS = {
+    # Table 1: ResBlock(3,10) pool, ResBlock(10,20) pool, FC head. 136,380 params.
+    "base": NetSpec(res(10, 20), pool_after=(1, 2), head=FC_HEAD),
+    # Delayed pooling: five thin ResBlocks at 32x32 before the first pool. 136,430 params.
+    "v1": NetSpec(res(5, 5, 5, 5, 5, 20), pool_after=(5, 6), head=FC_HEAD),
+    # Base plus one dense skip: the image, projected with stride 2, added to ResBlock 2. 136,500 params.
+    "v2": NetSpec(res(10, 20), pool_after=(1, 2), head=FC_HEAD, dense_from={2: (0,)}),
+    # Fire blocks (SqueezeNet): two pooled, then three more at 8x8. 136,354 params.
+    "v3": NetSpec([fire(8, 10, 10)] * 5, pool_after=(1, 2), head=FC_HEAD),
+    # Bottleneck blocks (ResNet-50 style): two pooled, then three more at 8x8. 136,536 params.
+    "v4": NetSpec([BlockSpec("bottleneck", 20, mid=10), *[BlockSpec("bottleneck", 20, mid=8)] * 4],
+                  pool_after=(1, 2), head=FC_HEAD),
+    # Depthwise-separable blocks (MobileNet): eight blocks, at most 20 channels. 137,066 params.
+    "v5": NetSpec([BlockSpec("depthwise", out) for out in (10, 20, 20, 20, 20, 20, 20, 20)],
+                  pool_after=(1, 2), head=FC_HEAD),
+    # Table 3: global average pooling frees the FC budget for six wider ResBlocks. 136,960 params.
+    "v6": NetSpec(res(10, 20, 30, 40, 50, 50), pool_after=(1, 2), head=GAP_HEAD),
+    # Table 4: V6's GAP head with dense skips. Block k (k >= 2) receives a projection from the image and from
+    # every earlier block except its direct input. 131,970 params.
+    "alpha": NetSpec(res(10, 20, 30, 40, 40, 50), pool_after=(1, 2), head=GAP_HEAD,
+                     dense_from={k: tuple(range(k - 1)) for k in range(2, 7)}),
+}
+for _name, _spec in PAPER_SPECS.items():
+    register_spec(_name, _spec)
