@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from orchestrator.cli import ArgumentParser  # noqa: E402  (one-line errors, like every CLI here)
 from orchestrator.sweep.tracking import all_pages  # noqa: E402
-from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
+from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS  # noqa: E402  (the names every trial logs)
 
 ARTIFACTS = ["model/state_dict.pt", "the MLflow model's MLmodel (under the run, or its READY logged model)"]
 

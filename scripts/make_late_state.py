@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(TrainConfig(), epochs=args.epochs, flush_denormal=False, compile=False,
                               data_dir=args.data_dir, export="none")
 
-    def on_epoch_end(epoch: int, metrics: dict, make_state) -> None:
+    def on_epoch_end(seed: int, epoch: int, metrics: dict, make_state) -> None:
         state = make_state()
         params, moments = count_subnormal(state)
         print(f"epoch {epoch}: val_accuracy {metrics['val_accuracy']:.4f}, {metrics['epoch_seconds']:.0f} s, "

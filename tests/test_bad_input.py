@@ -296,7 +296,7 @@ def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
     import torch
     from ray import tune
 
-    from orchestrator.sweep.trainable import STATE_FILE, _load_state
+    from orchestrator.sweep.trainable import STATE_FILE, load_checkpoint
     good, evil = tmp_path / "good", tmp_path / "evil"
     good.mkdir()
     evil.mkdir()
@@ -304,9 +304,9 @@ def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
                good / STATE_FILE)
     torch.save({"epoch": 1, "model": {"w": torch.ones(2)}, "hook": RunsCommand(tmp_path / "pwned")},
                evil / STATE_FILE)
-    assert _load_state(tune.Checkpoint.from_directory(str(good)))["epoch"] == 1  # a real one still loads
+    assert load_checkpoint(tune.Checkpoint.from_directory(str(good)))["epoch"] == 1  # a real one still loads
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        _load_state(tune.Checkpoint.from_directory(str(evil)))
+        load_checkpoint(tune.Checkpoint.from_directory(str(evil)))
     assert not (tmp_path / "pwned").exists()
 
 

@@ -20,8 +20,13 @@ import models
 from orchestrator.training import cuda_graph
 from orchestrator.training.config import TrainConfig
 from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config
-from orchestrator.training.train import (Trainer, build, eval_batch_size, load_trial_data, resolve_device, seed_everything,
-                                train, training_step)
+from orchestrator.training.adam import float32_lr
+from orchestrator.training.device import resolve_device
+from orchestrator.training.fused import FusedSeeds
+from orchestrator.training.protocol import (Seed, TrialData, build, eval_batch_size, load_trial_data, seed_everything,
+                                            snapshot)
+from orchestrator.training.single import SingleSeed, forward_backward_step, make_step
+from orchestrator.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -31,9 +36,14 @@ needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="torch sees a CUDA device he
 CPU = torch.device("cpu")
 
 
-def fresh_trainer(variant: str = "base", device=CPU, **cfg) -> Trainer:
+def fresh_trainer(variant: str = "base", device=CPU, **cfg) -> Seed:
     seed_everything(0)
     return build(TrainConfig(compile=False, **cfg), variant, torch.device(device))
+
+
+def synthetic_trial_data() -> TrialData:
+    x, y = data.synthetic_cifar10(20, seed=0)
+    return TrialData(x, y, x[:40], y[:40])
 
 
 def batches(n: int, device=CPU, batch_size: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -94,19 +104,19 @@ def test_evaluation_batch_depends_on_the_device():
 # --- the graph step's CPU-testable parts ------------------------------------------------------------------------
 def test_graphed_step_refuses_a_cpu_trainer_and_leaves_it_untouched():
     trainer = fresh_trainer()
-    with pytest.raises(ValueError, match=r"graphed_step needs a trainer on a CUDA device, got one on cpu"):
+    with pytest.raises(ValueError, match=r"a CUDA graph needs a trainer on a CUDA device, got one on cpu"):
         cuda_graph.graphed_step(trainer, 4)
     group = trainer.optimizer.param_groups[0]
     assert group["capturable"] is False and group["lr"] == 5e-4
 
 
-def test_on_cpu_train_uses_the_plain_step_whatever_cuda_graph_says():
-    trainer = fresh_trainer()
-    step, setup = training_step(TrainConfig(compile=False, cuda_graph=True), trainer)
-    assert setup is False and not isinstance(step, cuda_graph.GraphedStep)
+def test_on_cpu_the_trainers_use_the_plain_step_whatever_cuda_graph_says():
+    cfg, d = TrainConfig(compile=False, cuda_graph=True), synthetic_trial_data()
+    for trainer in (SingleSeed(cfg, "base", 0, d, CPU), FusedSeeds(cfg, "base", [0, 1], d, CPU)):
+        assert trainer.graphed is False and not isinstance(trainer.step, cuda_graph.CapturedStep)
 
 
-def _state_of(trainer: Trainer) -> list[torch.Tensor]:
+def _state_of(trainer: Seed) -> list[torch.Tensor]:
     opt = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     return [t.detach().clone() for t in (*trainer.model.parameters(), *trainer.model.buffers(), *opt)]
 
@@ -118,15 +128,15 @@ def test_restore_undoes_the_warm_up_in_place(steps_before):
     b = batches(steps_before + 4)
     warmed, reference = fresh_trainer(), fresh_trainer()
     for t in (warmed, reference):
-        step = t.make_step(compiled=False)
+        step = make_step(t, compiled=False)
         for x, y in b[:steps_before]:
             step(x.contiguous(memory_format=t.memory_format), y)
     addresses = [p.data_ptr() for p in warmed.model.parameters()]
-    saved = cuda_graph.snapshot(warmed.model, warmed.optimizer)
+    saved = cuda_graph.snapshot(cuda_graph.seed_tensors(warmed))
     for x, y in b[steps_before:steps_before + 3]:  # the warm-up: three real steps
         warmed.optimizer.zero_grad(set_to_none=True)
-        cuda_graph.train_step(warmed.model, warmed.optimizer, x.contiguous(memory_format=warmed.memory_format), y)
-    cuda_graph.restore(warmed.model, warmed.optimizer, saved)
+        forward_backward_step(warmed.model, warmed.optimizer, x.contiguous(memory_format=warmed.memory_format), y)
+    cuda_graph.restore(cuda_graph.seed_tensors(warmed), saved)
     assert [p.data_ptr() for p in warmed.model.parameters()] == addresses
     if steps_before:
         for a, b_ in zip(_state_of(warmed), _state_of(reference), strict=True):
@@ -134,20 +144,20 @@ def test_restore_undoes_the_warm_up_in_place(steps_before):
     x, y = b[-1]
     for t in (warmed, reference):
         t.optimizer.zero_grad(set_to_none=True)
-        cuda_graph.train_step(t.model, t.optimizer, x.contiguous(memory_format=t.memory_format), y)
+        forward_backward_step(t.model, t.optimizer, x.contiguous(memory_format=t.memory_format), y)
     for a, b_ in zip(_state_of(warmed), _state_of(reference), strict=True):
         assert torch.equal(a, b_)
 
 
 def test_capturable_adam_keeps_the_exact_rate_and_sees_the_schedulers_change():
     trainer = fresh_trainer(lr_patience=0, lr_threshold=10.0)  # every epoch after the first is "no better"
-    lrs = cuda_graph.make_capturable(trainer.optimizer)
+    lrs = trainer.optimizer.make_capturable()
     group, lr, twin = lrs[0]
     assert group["capturable"] is True and group["lr"] is lr and lr.dtype == torch.float64 and trainer.lr() == 5e-4
     trainer.scheduler.step(0.5)
     trainer.scheduler.step(0.5)  # reduces: in place, in the tensor a captured graph reads
     assert group["lr"] is lr and trainer.lr() == pytest.approx(5e-5, rel=1e-12)
-    with cuda_graph.float32_lr(lrs):
+    with float32_lr(lrs):
         assert group["lr"] is twin and twin.dtype == torch.float32 and float(twin) == pytest.approx(5e-5, rel=1e-7)
     assert group["lr"] is lr
 
@@ -156,17 +166,17 @@ def test_a_graph_trainers_checkpoint_resumes_on_cpu():
     """A CUDA-graph trial's checkpoint holds capturable=True and a tensor lr; a trainer resuming it elsewhere keeps
     its own kind (here: a plain CPU one, whose Adam would refuse capturable on CPU)."""
     graphed_like = fresh_trainer()
-    step = graphed_like.make_step(compiled=False)
+    step = make_step(graphed_like, compiled=False)
     for x, y in batches(2):
         step(x.contiguous(memory_format=graphed_like.memory_format), y)
-    cuda_graph.make_capturable(graphed_like.optimizer)
-    state = graphed_like.state(1, [])
+    graphed_like.optimizer.make_capturable()
+    state = snapshot(1, graphed_like, graphed_like.optimizer.state_dict())
     assert state["optimizer"]["param_groups"][0]["capturable"] is True
     resumed = fresh_trainer()
-    resumed.load(state)
+    resumed.optimizer.load_seed_state(state["optimizer"])
     group = resumed.optimizer.param_groups[0]
     assert group["capturable"] is False and group["lr"] == 5e-4 and isinstance(group["lr"], float)
-    step = resumed.make_step(compiled=False)
+    step = make_step(resumed, compiled=False)
     x, y = batches(3)[-1]
     loss, _ = step(x.contiguous(memory_format=resumed.memory_format), y)
     assert torch.isfinite(loss)
@@ -223,7 +233,7 @@ def deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
 
-def run_steps(trainer: Trainer, step, sequence) -> list[float]:
+def run_steps(trainer: Seed, step, sequence) -> list[float]:
     losses = []
     for x, y in sequence:
         loss, _ = step(x.contiguous(memory_format=trainer.memory_format), y)
@@ -239,7 +249,7 @@ def test_graphed_training_matches_eager_cuda_training(variant, deterministic_cud
     dev = torch.device("cuda")
     sequence = batches(50, dev)
     eager, graphed = fresh_trainer(variant, dev), fresh_trainer(variant, dev)
-    eager_losses = run_steps(eager, eager.make_step(compiled=False), sequence)
+    eager_losses = run_steps(eager, make_step(eager, compiled=False), sequence)
     graphed_losses = run_steps(graphed, cuda_graph.graphed_step(graphed, 4), sequence)
     torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
     probe = torch.cat([x for x, _ in batches(16, dev, seed=1)])  # 64 images neither run trained on
@@ -255,7 +265,7 @@ def test_replayed_graph_honours_the_schedulers_lr_change(deterministic_cudnn):
     runs = {}
     for kind in ("eager", "graphed"):
         trainer = fresh_trainer("base", dev, lr_patience=0, lr_threshold=10.0)
-        step = trainer.make_step(compiled=False) if kind == "eager" else cuda_graph.graphed_step(trainer, 4)
+        step = make_step(trainer, compiled=False) if kind == "eager" else cuda_graph.graphed_step(trainer, 4)
         run_steps(trainer, step, sequence[:10])
         trainer.scheduler.step(0.5)
         trainer.scheduler.step(0.5)  # lr 5e-4 -> 5e-5, in place
@@ -279,11 +289,11 @@ def test_a_short_batch_runs_eager_on_the_same_model_optimizer_and_grads(determin
     full = batches(8, dev)
     sequence = full[:4] + [(full[4][0][:3], full[4][1][:3])] + full[5:]  # a 3-image batch in the middle
     eager, graphed = fresh_trainer("base", dev), fresh_trainer("base", dev)
-    eager_losses = run_steps(eager, eager.make_step(compiled=False), sequence[:4])
+    eager_losses = run_steps(eager, make_step(eager, compiled=False), sequence[:4])
     step = cuda_graph.graphed_step(graphed, 4)
     graphed_losses = run_steps(graphed, step, sequence[:4])
     grads = [p.grad.data_ptr() for p in graphed.model.parameters()]
-    eager_losses += run_steps(eager, eager.make_step(compiled=False), sequence[4:])
+    eager_losses += run_steps(eager, make_step(eager, compiled=False), sequence[4:])
     graphed_losses += run_steps(graphed, step, sequence[4:])
     assert step.eager_steps == 1
     assert [p.grad.data_ptr() for p in graphed.model.parameters()] == grads, "the fallback replaced the graph's grads"
@@ -303,7 +313,7 @@ def test_train_on_cuda_with_and_without_the_graph(tiny_cifar, deterministic_cudn
     for graph in (True, False):
         cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False, cuda_graph=graph)
         runs[graph] = train(cfg, "base", 0, trial_data=d, device=torch.device("cuda"), measure=False,
-                            on_epoch_end=lambda e, m, make_state, g=graph: states.setdefault((g, e), make_state()))
+                            on_epoch_end=lambda _, e, m, make_state, g=graph: states.setdefault((g, e), make_state()))
     graphed, eager = runs[True], runs[False]
     assert graphed["final"]["compile_seconds"] > 0 and eager["final"]["compile_seconds"] == 0
     assert [h["lr"] for h in graphed["history"]] == [5e-4, 5e-4]
@@ -313,3 +323,51 @@ def test_train_on_cuda_with_and_without_the_graph(tiny_cifar, deterministic_cudn
     resumed = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False), "base", 0, trial_data=d,
                     device=CPU, state=states[(True, 1)], measure=False)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["history"][1]["lr"] == 5e-4
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("variant", ["base", "v3", "alpha"])
+def test_fused_seeds_graphed_match_fused_seeds_eager_on_cuda(variant, tiny_cifar, deterministic_cudnn):
+    """K = 3 fused seeds captured as one CUDA graph make the eager fused steps (the same StackedAdam maths, made
+    capturable in both): the same per-seed losses over 40 steps, and the same weights."""
+    cfg = TrainConfig(data_dir=str(tiny_cifar), compile=False, cuda_graph=False)
+    d, dev = load_trial_data(cfg), torch.device("cuda")
+    eager, graphed = FusedSeeds(cfg, variant, [0, 1, 2], d, dev), FusedSeeds(cfg, variant, [0, 1, 2], d, dev)
+    eager.adam.make_capturable()
+    graphed.step = graphed.graphed_step(cfg.batch_size)
+    losses = {}
+    for name, fused in (("eager", eager), ("graphed", graphed)):
+        batches_ = zip(*(s.train_set.batches(1) for s in fused.seeds))
+        out = []
+        for _, batch in zip(range(40), batches_):
+            y = torch.stack([yb for _, yb in batch], dim=1)
+            x = torch.cat([xb for xb, _ in batch], dim=1).contiguous(memory_format=fused.memory_format)
+            out.append(fused.step(x, y)[0].clone())
+        losses[name] = torch.stack(out)
+    torch.testing.assert_close(losses["graphed"], losses["eager"], rtol=1e-4, atol=1e-5)
+    for name in eager.params:
+        torch.testing.assert_close(graphed.params[name], eager.params[name], rtol=1e-3, atol=1e-4)
+
+
+@cuda
+@needs_cuda
+def test_a_fused_trial_on_cuda_is_graphed_and_resumes_on_cpu(tiny_cifar, deterministic_cudnn):
+    """train_seeds(fused=True) on CUDA captures the stacked step (its capture is compile_seconds) and trains like
+    the ungraphed fused run; a seed's checkpoint resumes an unfused CPU trial."""
+    from orchestrator.training.train import train_seeds
+    d = load_trial_data(TrainConfig(data_dir=str(tiny_cifar)))
+    runs, states = {}, {}
+    for graph in (True, False):
+        cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False, cuda_graph=graph)
+        runs[graph] = train_seeds(cfg, "base", [0, 1], fused=True, trial_data=d, device=torch.device("cuda"),
+                                  measure=False, on_epoch_end=lambda s, e, m, make_state, g=graph:
+                                  states.setdefault((g, s, e), make_state()))
+    for seed in (0, 1):
+        graphed, eager = runs[True][seed], runs[False][seed]
+        assert graphed["final"]["compile_seconds"] > 0 and eager["final"]["compile_seconds"] == 0
+        for g, e in zip(graphed["history"], eager["history"]):
+            assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-2)
+    resumed = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False), "base", 1, trial_data=d,
+                    device=CPU, state=states[(True, 1, 1)], measure=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]

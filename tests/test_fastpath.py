@@ -3,7 +3,8 @@ import torch
 
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import measure_latency
-from orchestrator.training.train import load_trial_data, train
+from orchestrator.training.protocol import load_trial_data
+from orchestrator.training.train import train
 
 SUBNORMAL = 1e-39  # below float32's smallest normal, 1.18e-38
 
@@ -17,7 +18,7 @@ def test_training_flushes_subnormals_unless_told_not_to(tiny_cifar):
     seen = {}
     for flush in (True, False):
         cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1, flush_denormal=flush, compile=False)
-        train(cfg, "base", 0, measure=False, on_epoch_end=lambda epoch, m, s, flush=flush:
+        train(cfg, "base", 0, measure=False, on_epoch_end=lambda seed, epoch, m, s, flush=flush:
               seen.__setitem__(flush, flushing_now()))
     assert seen == {True: True, False: False}
 
@@ -54,7 +55,7 @@ def test_whole_step_compile_trains_like_eager_and_changes_lr_without_recompiling
     d = load_trial_data(TrainConfig(data_dir=str(tiny_cifar)))
     runs, graphs_after_epoch = {}, {}
 
-    def count_graphs(epoch, metrics, make_state):
+    def count_graphs(seed, epoch, metrics, make_state):
         graphs_after_epoch[epoch] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for compiled in (False, True):
         cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=3, compile=compiled, lr_patience=0, lr_threshold=10.0)
@@ -77,7 +78,7 @@ def test_an_eager_checkpoint_resumes_compiled_and_the_other_way(tiny_cifar):
     for first, then in ((False, True), (True, False)):
         states = {}
         train(TrainConfig(data_dir=str(tiny_cifar), epochs=1, compile=first), "base", 0, trial_data=d,
-              measure=False, on_epoch_end=lambda epoch, m, make_state: states.setdefault(epoch, make_state()))
+              measure=False, on_epoch_end=lambda seed, epoch, m, make_state: states.setdefault(epoch, make_state()))
         resumed = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=then), "base", 0, trial_data=d,
                         measure=False, state=states[1])
         assert [h["epoch"] for h in resumed["history"]] == [1, 2]

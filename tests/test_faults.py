@@ -289,7 +289,7 @@ def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_
     import mlflow
 
     from models import create_model
-    from orchestrator.sweep.trainable import _log_model
+    from orchestrator.sweep.seed_run import log_model
 
     uri, _, _ = tracking_server
     mlflow.set_tracking_uri(uri)
@@ -304,8 +304,8 @@ def test_retried_model_logging_replaces_a_half_logged_model_and_never_doubles_a_
 
     assert statuses() == ["PENDING"]
     model = create_model("base")
-    _log_model(run_id, experiment_id, model)
+    log_model(run_id, experiment_id, model)
     assert statuses() == ["READY"]
-    _log_model(run_id, experiment_id, model)  # a retry after the model was fully logged
+    log_model(run_id, experiment_id, model)  # a retry after the model was fully logged
     assert statuses() == ["READY"]
-    assert client.get_run(run_id).info.status == "RUNNING"  # the trial, not _log_model, ends the run
+    assert client.get_run(run_id).info.status == "RUNNING"  # the trial, not log_model, ends the run

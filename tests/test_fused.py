@@ -7,6 +7,7 @@ near-zero gradients into +-lr steps, and a conv bias before a BatchNorm has a ze
 agreement can only be asked of the maths in float64, where fused and unfused seeds agree to ~1e-10. float32 is
 checked on trained results.
 """
+import copy
 import math
 
 import pytest
@@ -17,11 +18,28 @@ from torch.func import stack_module_state
 import data
 import models
 from orchestrator.training.config import TrainConfig
-from orchestrator.training.fused import FusedSeeds, stacked_loss, stacked_template, train_fused, vmap_forward
-from orchestrator.training.train import (EPOCH_METRICS, FINAL_METRICS, DivergedError, build, load_trial_data, rng_state,
-                                seed_everything, snapshot, train)
+from orchestrator.training.fused import FusedSeeds
+from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS
+from orchestrator.training.protocol import (DivergedError, build, load_trial_data, run_epochs, seed_everything,
+                                            snapshot)
+from orchestrator.training.stacked import stacked_loss, stacked_template
+from orchestrator.training.train import train, train_seeds
 
 CPU = torch.device("cpu")
+
+
+def train_fused(cfg, variant, seeds, **kwargs):
+    return train_seeds(cfg, variant, seeds, fused=True, **kwargs)
+
+
+def vmap_forward(model: torch.nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+    """The K forwards through torch.func.vmap over functional_call (x [B, K, 3, H, W] -> [B, K, classes]): the
+    reference the stacked template is tested against. Train mode updates `buffers` like the stacked network."""
+    base = copy.deepcopy(model).to("meta").train(model.training)
+
+    def one(p, b, xi):
+        return torch.func.functional_call(base, (p, b), (xi,))
+    return torch.func.vmap(one, in_dims=(0, 0, 1), out_dims=1)(params, buffers, x)
 DETERMINISTIC = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
@@ -66,10 +84,10 @@ def noise_driven(variant: str) -> set[str]:
     return {n for n, p in model.named_parameters() if not p.detach().any() and p.grad.abs().max() < 1e-12}
 
 
-def assert_seed_is(fused: FusedSeeds, i: int, model, rtol=1e-4, steps=50) -> None:
+def assert_seed_is(fused: FusedSeeds, variant: str, d, i: int, model, rtol=1e-4, steps=50) -> None:
     """Every parameter and buffer of stacked seed i against `model`: max|a-b| / max|b| <= rtol per tensor (a
     noise-driven one: within its Adam steps), and the same logits in eval mode."""
-    free = noise_driven(fused.variant)
+    free = noise_driven(variant)
     for name, want in model.state_dict().items():
         got = (fused.params[name] if name in fused.params else fused.buffers[name])[i]
         if name in free:
@@ -77,7 +95,7 @@ def assert_seed_is(fused: FusedSeeds, i: int, model, rtol=1e-4, steps=50) -> Non
             continue
         err = ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
         assert err <= rtol, f"seed index {i}, {name}: relative error {err:.2e}"
-    x = data.normalize(fused.d.val_images[:16]).double()
+    x = data.normalize(d.val_images[:16]).double()
     mine = fused.seeds[i].model.double()
     fused.sync_model(i)
     with torch.no_grad():
@@ -117,22 +135,22 @@ def test_each_fused_seed_trains_like_its_unfused_trial(variant, tiny):
     fused = FusedSeeds(cfg, variant, [0, 1, 2], d, CPU).to(torch.float64)
     fused_steps(fused, 1, 50)
     for i, seed in enumerate([0, 1, 2]):
-        assert_seed_is(fused, i, unfused_steps(cfg, variant, seed, d, 1, 50))
+        assert_seed_is(fused, variant, d, i, unfused_steps(cfg, variant, seed, d, 1, 50))
 
 
 @pytest.mark.parametrize("fused_adam", [True, False])
 def test_per_seed_learning_rate_in_the_step(fused_adam, tiny):
     """Seed 1 at a tenth of the lr (as its scheduler would set it): torch's fused Adam kernel per seed, or
-    stacked_adam_ with the lr tensor (what the compiled step runs); seeds 0 and 2 keep theirs."""
+    stacked_adam_ with the lr tensor (what a CUDA graph replays); seeds 0 and 2 keep theirs."""
     cfg, d = tiny
     cfg = TrainConfig(**{**cfg.to_dict(), "fused_adam": fused_adam})
     fused = FusedSeeds(cfg, "base", [0, 1, 2], d, CPU).to(torch.float64)
-    fused.seeds[1].opt.param_groups[0]["lr"] = cfg.lr / 10
-    fused._refresh()
-    assert fused.lr.tolist() == [cfg.lr, cfg.lr / 10, cfg.lr]
+    fused.seeds[1].optimizer.param_groups[0]["lr"] = cfg.lr / 10
+    fused.after_schedulers()
+    assert fused.adam.lr_tensor.tolist() == [cfg.lr, cfg.lr / 10, cfg.lr]
     fused_steps(fused, 1, 50)
     for i, seed in enumerate([0, 1, 2]):
-        assert_seed_is(fused, i, unfused_steps(cfg, "base", seed, d, 1, 50, lr=cfg.lr / 10 if i == 1 else None))
+        assert_seed_is(fused, "base", d, i, unfused_steps(cfg, "base", seed, d, 1, 50, lr=cfg.lr / 10 if i == 1 else None))
 
 
 def epoch0_state(cfg, variant, seed, *, plateau=False, poison=False):
@@ -140,14 +158,14 @@ def epoch0_state(cfg, variant, seed, *, plateau=False, poison=False):
     plateau: its scheduler has seen no improvement for `patience` epochs, so its next epoch cuts the lr.
     poison: an inf in the last layer's weights, so the seed diverges in its first epoch."""
     seed_everything(seed)
-    trainer = build(cfg, variant, CPU)
-    model, opt, sched = trainer.model, trainer.optimizer, trainer.scheduler
+    s = build(cfg, variant, CPU, seed)
+    model, sched = s.model, s.scheduler
     if plateau:
         sched.best, sched.num_bad_epochs = 1.0, cfg.lr_patience
     if poison:
         with torch.no_grad():
             model.head[-1].weight[0, 0] = math.inf
-    return snapshot(0, model, opt, sched, rng_state(), [])
+    return snapshot(0, s, s.optimizer.state_dict())
 
 
 def test_per_seed_scheduler(tiny):
@@ -194,16 +212,17 @@ def test_a_diverged_seed_is_frozen(tiny):
     cfg, d = tiny
     states = {0: epoch0_state(cfg, "base", 0), 1: epoch0_state(cfg, "base", 1, poison=True)}
     fused = FusedSeeds(cfg, "base", [0, 1], d, CPU, states=states)
-    fused.finish_epoch(1, *fused.train_epoch(1), 0.0)
+    run_epochs(cfg, "base", fused, d)  # epochs=1: the epoch seed 1 diverges in
     assert fused.seeds[1].reason is not None and fused.active.tolist() == [True, False]
-    assert fused.lr.tolist() == [cfg.lr, 0.0]
-    frozen = {n: t[1].clone() for group in (fused.params, fused.exp_avgs, fused.exp_avg_sqs) for n, t in group.items()}
-    steps, seed0 = fused.steps.tolist(), fused.params["head.4.weight"][0].clone()
+    assert fused.adam.lr_tensor.tolist() == [cfg.lr, 0.0]
+    adam = fused.adam
+    frozen = {n: t[1].clone() for group in (fused.params, adam.exp_avgs, adam.exp_avg_sqs) for n, t in group.items()}
+    steps, seed0 = adam.steps.tolist(), fused.params["head.4.weight"][0].clone()
     fused.train_epoch(2)
-    for group in (fused.params, fused.exp_avgs, fused.exp_avg_sqs):
+    for group in (fused.params, adam.exp_avgs, adam.exp_avg_sqs):
         for name, t in group.items():
             torch.testing.assert_close(t[1], frozen[name], rtol=0, atol=0, equal_nan=True)
-    assert fused.steps.tolist() == [steps[0] + 56, steps[1]]
+    assert adam.steps.tolist() == [steps[0] + 56, steps[1]]
     assert not torch.equal(fused.params["head.4.weight"][0], seed0)
 
 
@@ -264,7 +283,7 @@ def test_unfused_and_fused_checkpoints_are_interchangeable(tiny):
     unfused_states, fused_states, unfused = {}, {}, {}
     for seed in (0, 1):
         unfused[seed] = train(cfg, "base", seed, trial_data=d, measure=False,
-                              on_epoch_end=lambda epoch, m, make_state, seed=seed:
+                              on_epoch_end=lambda _, epoch, m, make_state, seed=seed:
                               unfused_states.setdefault((seed, epoch), make_state()))
     resumed = train_fused(cfg, "base", [0, 1], trial_data=d, measure=False,
                           states={seed: unfused_states[(seed, 1)] for seed in (0, 1)},
@@ -327,31 +346,44 @@ def test_fused_seeds_match_unfused_trials_on_real_cifar(real_cifar):
         assert got > 0.3
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["base", "v6"])
-def test_compiled_step_equals_eager(variant, tiny):
-    """compile=True: one torch.compile'd function per step (forward, grad, Adam) gives the eager result (float64,
-    a whole epoch in batches of 3, whose last short batch runs eager), and an lr change does not recompile."""
-    from torch._dynamo.utils import counters
+def test_the_graph_step_maths_equals_the_eager_kernels_and_reads_its_lr_tensor(variant, tiny):
+    """What a CUDA graph of fused seeds replays, checked on CPU up to the capture: StackedAdam made capturable
+    (tensor lrs and steps, no Python floats) gives the eager per-seed kernels' result (float64, a whole epoch in
+    batches of 3, the last short batch included), and a rate changed by a scheduler reaches the lr tensor that a
+    replay would read."""
     cfg, d = tiny
     cfg = TrainConfig(**{**cfg.to_dict(), "batch_size": 3})  # 224 images: 74 batches of 3, then one of 2
     eager = FusedSeeds(cfg, variant, [0, 1], d, CPU).to(torch.float64)
-    compiled = FusedSeeds(cfg, variant, [0, 1], d, CPU, compile=True).to(torch.float64)
-    for fused in (eager, compiled):
+    graphable = FusedSeeds(cfg, variant, [0, 1], d, CPU).to(torch.float64)
+    graphable.adam.make_capturable()
+    for fused in (eager, graphable):
         fused_steps(fused, 1, 10**6)
     for i in (0, 1):
-        for name in compiled.params:
-            torch.testing.assert_close(compiled.params[name][i], eager.params[name][i], rtol=1e-6, atol=1e-9)
-        for name in compiled.buffers:
-            torch.testing.assert_close(compiled.buffers[name][i], eager.buffers[name][i], rtol=1e-6, atol=1e-9)
-    graphs = counters["stats"]["unique_graphs"]
-    for fused in (eager, compiled):
-        fused.seeds[1].opt.param_groups[0]["lr"] = cfg.lr / 10
-        fused._refresh()
-        fused_steps(fused, 2, 20)
-    assert counters["stats"]["unique_graphs"] == graphs  # the new lr is a tensor value, not a recompile
-    for name in compiled.params:
-        torch.testing.assert_close(compiled.params[name], eager.params[name], rtol=1e-6, atol=1e-9)
+        for name in graphable.params:
+            torch.testing.assert_close(graphable.params[name][i], eager.params[name][i], rtol=1e-6, atol=1e-9)
+    lr_tensor = graphable.adam.lr_tensor
+    graphable.seeds[1].optimizer.param_groups[0]["lr"] = cfg.lr / 10
+    graphable.after_schedulers()
+    assert graphable.adam.lr_tensor is lr_tensor and lr_tensor.tolist() == [cfg.lr, cfg.lr / 10]
+
+
+def test_a_fused_graph_is_refused_off_cuda_and_its_state_covers_what_a_step_changes(tiny):
+    """On CPU `graphed_step` refuses before changing anything; the state a capture snapshots (every stacked
+    parameter, buffer and Adam tensor) is everything a step changes, so `restore` undoes warm-up steps exactly."""
+    from orchestrator.training import cuda_graph
+    cfg, d = tiny
+    fused = FusedSeeds(cfg, "base", [0, 1], d, CPU)
+    with pytest.raises(ValueError, match="needs a trainer on a CUDA device"):
+        fused.graphed_step(4)
+    assert not fused.adam.captured
+    state = {**{f"param.{n}": p for n, p in fused.params.items()}, **{f"buffer.{n}": b for n, b in fused.buffers.items()},
+             **{f"adam.{n}": t for n, t in fused.adam.tensors().items()}}
+    saved = cuda_graph.snapshot(state)
+    fused_steps(fused, 1, 3, dtype=torch.float32)
+    assert any(not torch.equal(t, saved[n]) for n, t in state.items())
+    cuda_graph.restore(state, saved)
+    assert all(torch.equal(t, saved[n]) for n, t in state.items())
 
 
 # --- fused trials in a real sweep (local Ray, MLflow SQLite) ---------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from models import create_model
-from orchestrator.sweep.trainable import _log_model
+from orchestrator.sweep.seed_run import log_model
 
 BATCH_SIZES = (1, 4, 7)
 
@@ -38,7 +38,7 @@ def test_logged_model_predicts_every_batch_size_like_the_model(variant, tmp_path
     run_id = client.create_run(experiment_id).info.run_id
     model = _with_trained_batchnorm(variant)
 
-    _log_model(run_id, experiment_id, model)
+    log_model(run_id, experiment_id, model)
     loaded = mlflow.pyfunc.load_model(_logged_model_uri(client, experiment_id, run_id))
 
     schema = loaded.metadata.signature

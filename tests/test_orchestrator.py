@@ -17,7 +17,9 @@ import models
 from orchestrator.sweep import driver as orun
 from orchestrator.training.config import TrainConfig
 from orchestrator.sweep.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, build_parser, parse_config
-from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS, load_trial_data, train
+from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS
+from orchestrator.training.protocol import load_trial_data
+from orchestrator.training.train import train
 from orchestrator.training.export import EXPORT_METRICS
 from orchestrator.sweep.trainable import FAULT_ENV
 
@@ -78,7 +80,7 @@ def test_train_is_deterministic_and_resumes_exactly(tiny_cifar):
     d = load_trial_data(cfg)
     states = {}
 
-    def keep(epoch, metrics, make_state):
+    def keep(seed, epoch, metrics, make_state):
         states[epoch] = make_state()
 
     full = train(cfg, "base", 0, trial_data=d, on_epoch_end=keep, measure=False)
@@ -215,10 +217,10 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray, capsys):
         assert not set(EXPORT_METRICS) & set(r.data.metrics) and not client.list_artifacts(r.info.run_id, "onnx")
         assert all(r.data.tags[k] == v for k, v in source.items()), "a trial's source tags are its sweep's"
     assert list(out["summary"]["status"]) == ["done"] * 4
-    # Each trial's checkpoint holds its MLflow run id, so a restart continues the same run.
+    # Each trial's checkpoint names its seeds' MLflow runs, the runs a restart continues.
     ckpts = list(Path(out["storage_path"]).glob("base-seed0/checkpoint_*/state.pt"))
     state = torch.load(ckpts[-1], weights_only=True)
-    assert state["mlflow_run_id"] in {r.info.run_id for r in runs if r.info.run_name == "base-seed0"}
+    assert state["mlflow_run_ids"][0] in {r.info.run_id for r in runs if r.info.run_name == "base-seed0"}
 
 
 def test_killed_trial_resumes_from_checkpoint_and_logs_each_epoch_once(tiny_cifar, tmp_path, local_ray,
@@ -294,7 +296,7 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
 
 def test_a_long_epoch_shows_signs_of_life_without_new_steps(tiny_cifar, tmp_path, monkeypatch, capsys):
     """Inside an epoch: a console line and the run's `progress` tag, at most once a minute (here: always)."""
-    from orchestrator.training import train as train_module
+    from orchestrator.training import protocol as train_module
     from orchestrator.sweep.trainable import SignOfLife
     from orchestrator.sweep.tracking import TrialRun
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -305,7 +307,7 @@ def test_a_long_epoch_shows_signs_of_life_without_new_steps(tiny_cifar, tmp_path
     monkeypatch.setattr(train_module, "PROGRESS_EVERY_STEPS", 10)
     monkeypatch.setattr(SignOfLife, "EVERY_SECONDS", 0.0)
     cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1, compile=False)
-    train(cfg, "base", 0, measure=False, on_progress=SignOfLife(run, "base-seed0", cfg.epochs))
+    train(cfg, "base", 0, measure=False, on_progress=SignOfLife([run], "base-seed0", cfg.epochs))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("base-seed0: epoch 1/1")]
     assert lines and "step 10/56 (18%)" in lines[0]
     assert client.get_run(run.run_id).data.tags["progress"].startswith("epoch 1/1, step 50/56")

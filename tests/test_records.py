@@ -14,8 +14,8 @@ from orchestrator.sweep import records
 from orchestrator.analysis import report
 from orchestrator.sweep import driver as orun
 from orchestrator.training.config import TrainConfig
-from orchestrator.training.export import EXPORT_METRICS
-from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS
+from orchestrator.training.metrics import EXPORT_METRICS
+from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS
 
 
 def sweep_args(tmp_path, data_dir, results, *extra):

@@ -279,7 +279,7 @@ def test_ranking_ours_vs_paper(store):
 
 
 def test_report_reads_only_metrics_every_trial_logs():
-    from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS
+    from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS
     assert set(study.CURVE_METRICS) <= set(EPOCH_METRICS) and set(study.TABLE_METRICS) <= set(FINAL_METRICS)
 
 

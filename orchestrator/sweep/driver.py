@@ -148,10 +148,8 @@ def build_tuner(sweep: Sweep):
     from ray import tune
     from orchestrator.sweep.callbacks import RecordWriter, SweepReporter
     from orchestrator.sweep.trainable import run_trial
-    from orchestrator.sweep.trainable_fused import run_fused_trial
     cfg = sweep.cfg
-    trainable = tune.with_resources(run_fused_trial if cfg.fuse_seeds else run_trial,
-                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \

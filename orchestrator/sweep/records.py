@@ -157,8 +157,7 @@ def check_one_protocol(records: list[dict], where: str, protocol: dict | None = 
 
 def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict:
     """The record of a finished trial, read back from its MLflow child run: the numbers it logged, exactly."""
-    from orchestrator.training.export import EXPORT_METRICS
-    from orchestrator.training.train import EPOCH_METRICS, FINAL_METRICS
+    from orchestrator.training.metrics import EPOCH_METRICS, EXPORT_METRICS, FINAL_METRICS
     run = client.get_run(run_id)
     tags, metrics = run.data.tags, run.data.metrics
     by_epoch: dict[int, dict] = {}

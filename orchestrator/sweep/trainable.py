@@ -1,51 +1,42 @@
-"""The Ray Tune trainable: wraps the plain `train` function with Ray checkpoints and MLflow logging.
+"""The Ray Tune trainable: one trial trains one variant's seeds, one on its own or K fused into one network
+(orchestrator.training.train.train_seeds), and every seed keeps its own MLflow child run (orchestrator.sweep.seed_run).
 
-Order per epoch: checkpoint persisted through `tune.report` first, then the epoch is logged to MLflow. After a
-crash Ray restarts the trial from that checkpoint, and the run back-fills any checkpointed epoch it lacks.
+One Tune iteration per epoch: once every seed has finished epoch e, one checkpoint holding every seed's state is
+persisted through `tune.report` first, then each seed's epoch is logged to its run. After a crash Ray restarts the
+trial from that checkpoint; every seed still training resumes from it, and each run back-fills the epochs it lacks,
+so each epoch is logged once per seed. A seed that diverges is recorded in its run (FAILED, with the reason) and in
+the checkpoint, and stays out; the others go on. (Deterministic: a retry would diverge again.)
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
-import numpy as np
 import ray
 import torch
-from mlflow.entities import LoggedModelStatus
-from mlflow.models import ModelSignature
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.types import Schema, TensorSpec
 from ray import tune
 
-from orchestrator.training.config import TrainConfig
-from orchestrator.training.latency import flush_denormal, latency_context
 from orchestrator.names import trial_name
-from orchestrator.sweep.tracking import TrialRun
-from orchestrator.training.train import DivergedError, resolve_device, speed_in_effect, train
+from orchestrator.sweep.seed_run import SeedRun
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.device import flush_denormal, resolve_device
+from orchestrator.training.metrics import EPOCH_METRICS
+from orchestrator.training.protocol import load_trial_data
+from orchestrator.training.train import speed_in_effect, train_seeds
 
 STATE_FILE = "state.pt"
 # Test hook: "<variant>-seed<k>:<epoch>" makes that trial SIGKILL itself once, right after the checkpoint of
 # <epoch> is persisted and before the epoch is logged: the worst moment for exactly-once logging. The driver
 # reads it and passes it in the trial config (a running Ray's workers don't see the driver's later env).
 FAULT_ENV = "RESNET_REVISITED_KILL_AFTER_EPOCH"
-# The logged MLflow model takes float32 CIFAR images [batch, 3, 32, 32] and returns logits [batch, 10].
-MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
-# MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example and
-# fixes every size-1 dimension to a constant, so the example has a batch of 2: the batch dimension stays symbolic
-# and the model serves any batch size, 1 included (tests/test_logged_model.py).
-EXAMPLE_BATCH = 2
+REPORTED = ("val_accuracy", "best_val_accuracy", "latency_ms_per_image", "latency_ms_batch1")  # the summary's
 
 
-def _load_state(checkpoint) -> dict | None:
+def load_checkpoint(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
@@ -53,18 +44,13 @@ def _load_state(checkpoint) -> dict | None:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def _maybe_kill(target: str, name: str, epoch: int, restored: bool) -> None:
-    if not restored and target == f"{name}:{epoch}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class SignOfLife:
     """At most once a minute inside a long epoch: a line on the driver's console (Ray forwards the trial's stdout)
-    and the run's `progress` tag. Neither Tune's iterations nor MLflow's metric steps change."""
+    and the runs' `progress` tag. Neither Tune's iterations nor MLflow's metric steps change."""
     EVERY_SECONDS = 60.0
 
-    def __init__(self, run: TrialRun, name: str, epochs: int):
-        self.run, self.name, self.epochs, self.last = run, name, epochs, time.monotonic()
+    def __init__(self, runs: list, name: str, epochs: int):  # the seeds' TrialRuns
+        self.runs, self.name, self.epochs, self.last = runs, name, epochs, time.monotonic()
 
     def __call__(self, epoch: int, steps: int, steps_in_epoch: int) -> None:
         if time.monotonic() - self.last < self.EVERY_SECONDS:
@@ -72,103 +58,97 @@ class SignOfLife:
         self.last = time.monotonic()
         where = f"epoch {epoch}/{self.epochs}, step {steps:,}/{steps_in_epoch:,} ({steps / steps_in_epoch:.0%})"
         print(f"{self.name}: {where}", flush=True)
-        self.run.set_tags({"progress": where})
+        for run in self.runs:
+            run.set_tags({"progress": where})
 
 
-def _start_run(cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, flushing: bool,
-               fused_seeds: list[int] | None = None) -> TrialRun:
-    """The trial's MLflow child run (found again after a restart), with its tags and exactly its params:
-    variant, seed and the TrainConfig it trains with. The tags say what really ran: fused or not (and with which
-    seeds), and the speed options in effect (`speed_json`), which the params (what was asked for) may not."""
-    run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
-                   variant, seed, tags=sweep.get("source_tags"))
-    if run.previous is not None and run.previous.info.status == "FINISHED":
-        return run  # logged whole by an earlier attempt: leave it as it is
-    speed = speed_in_effect(cfg, variant, device, flushing, fused_seeds)
-    run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
-                  "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes sharing a host
-                  "device": str(device), "flush_denormal": str(flushing).lower(),
-                  "python_version": platform.python_version(), **latency_context(device),
-                  "fused": str(speed["fused"]).lower(), "fused_seeds": ",".join(map(str, speed["fused_seeds"])),
-                  "speed_json": json.dumps(speed, sort_keys=True)})
-    run.log_params({"variant": variant, "seed": seed, **cfg.to_dict()})
-    return run
+class Trial:
+    """A trial's seeds and what it knows of them: each one's run, who diverged, the states it resumes from."""
+
+    def __init__(self, cfg: TrainConfig, sweep: dict, variant: str, seeds: list[int], fused: bool, device,
+                 checkpoint: dict | None):
+        speed = speed_in_effect(cfg, variant, device, flush_denormal(cfg.flush_denormal), seeds if fused else None)
+        self.cfg, self.sweep, self.variant = cfg, sweep, variant
+        self.runs = {seed: SeedRun(cfg, sweep, variant, seed, device, speed) for seed in seeds}
+        self.diverged: dict[int, str] = {int(k): v for k, v in (checkpoint or {}).get("diverged", {}).items()}
+        self.states = {int(k): v for k, v in checkpoint["states"].items()} if checkpoint else None
+        self.finished: dict[int, tuple] = {}  # this epoch's (metrics, make_state) per seed, until after_epoch
+
+    def to_train(self) -> list[int]:
+        """Seeds neither diverged nor finished and logged whole by an earlier attempt."""
+        return [s for s, run in self.runs.items() if s not in self.diverged and not run.finished_before]
+
+    def on_epoch_end(self, seed: int, epoch: int, metrics: dict, make_state) -> None:
+        self.finished[seed] = (metrics, make_state)
+
+    def after_epoch(self, epoch: int, diverged: dict) -> None:
+        """Checkpoint every seed's state, report the epoch to Tune once, then log it to each seed's run."""
+        finished, self.finished = self.finished, {}
+        for seed, reason in diverged.items():
+            if seed not in self.diverged:
+                self.diverged[seed] = reason
+                self.runs[seed].fail(reason)
+        if not finished:
+            return  # every seed diverged this epoch: nothing left to checkpoint
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"states": {seed: make_state() for seed, (_, make_state) in finished.items()},
+                        "diverged": self.diverged,
+                        "mlflow_run_ids": {seed: run.run.run_id for seed, run in self.runs.items()}},
+                       Path(tmp) / STATE_FILE)
+            # Means over the seeds (the values themselves for one): epoch_seconds, the fused epoch's wall time, is
+            # the same for every seed, and the sweep's ETA reads it.
+            mean = {k: sum(m[k] for m, _ in finished.values()) / len(finished) for k in EPOCH_METRICS}
+            tune.report({"epoch": epoch, "progress": f"{epoch}/{self.cfg.epochs}", **mean},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        for seed in finished:
+            if self.states is None and self.sweep.get("fault", "") == f"{trial_name(self.variant, seed)}:{epoch}":
+                os.kill(os.getpid(), signal.SIGKILL)
+        for seed, (metrics, _) in finished.items():
+            self.runs[seed].log_epoch(metrics, epoch)
+
+    def summary(self, results: dict[int, dict]) -> dict:
+        """What the driver's summary table shows of each seed (Tune keeps one result per trial)."""
+        out = {}
+        for seed, run in self.runs.items():
+            result = results.get(seed)
+            if seed in self.diverged or (result is not None and result["diverged"]):
+                out[str(seed)] = {"status": "diverged"}
+            elif result is None:  # logged whole by an earlier attempt
+                out[str(seed)] = {"status": "done", **{k: run.previous_metrics().get(k) for k in REPORTED}}
+            else:
+                last = result["history"][-1]
+                out[str(seed)] = {"status": "done", "epoch": last["epoch"],
+                                  **{k: {**last, **result["final"]}.get(k) for k in REPORTED}}
+        return out
 
 
 def run_trial(config: dict) -> None:
-    cfg, sweep = TrainConfig(**config["train"]), config["sweep"]
-    variant, seed = config["trial"]["variant"], int(config["trial"]["seed"])
+    cfg, sweep, spec = TrainConfig(**config["train"]), config["sweep"], config["trial"]
+    fused = "seeds" in spec
+    variant, seeds = spec["variant"], [int(s) for s in spec.get("seeds", [spec.get("seed")])]
     torch.set_num_threads(sweep["cpus_per_trial"])
-    flushing = flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
+    flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
     device = resolve_device(cfg.device, gpu_assigned=bool(ray.get_gpu_ids()))  # auto: CUDA iff Ray gave a GPU
-    state = _load_state(tune.get_checkpoint())
     mlflow.set_tracking_uri(sweep["tracking_uri"])
-    run = _start_run(cfg, sweep, variant, seed, device, flushing)
-    if run.previous is not None and run.previous.info.status == "FINISHED":
-        # Finished and fully logged before the driver died, but Ray had not recorded it: don't train it again.
-        tune.report({**run.previous.data.metrics, "epoch": cfg.epochs, "progress": f"{cfg.epochs}/{cfg.epochs}",
-                     "done": 1})
-        return
-    if state is not None:
-        run.log_history(state["history"])
-    monitor = SystemMetricsMonitor(run.run_id, resume_logging=state is not None, tracking_uri=sweep["tracking_uri"])
-    monitor.start()
-
-    def on_epoch_end(epoch: int, metrics: dict, make_state) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({**make_state(), "mlflow_run_id": run.run_id}, Path(tmp) / STATE_FILE)
-            tune.report({"epoch": epoch, "progress": f"{epoch}/{cfg.epochs}", **metrics},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
-        _maybe_kill(sweep.get("fault", ""), trial_name(variant, seed), epoch, restored=state is not None)
-        run.log_metrics(metrics, step=epoch)
-
-    export_dir = tempfile.TemporaryDirectory(prefix="export-")
-    try:
-        result = train(cfg, variant, seed, device=device, state=state, on_epoch_end=on_epoch_end,
-                       export_dir=export_dir.name, on_progress=SignOfLife(run, trial_name(variant, seed), cfg.epochs))
-    except DivergedError as e:
-        # Deterministic: a retry would diverge again, so record it and end the trial without an error.
-        monitor.finish()
-        run.finish("FAILED", reason=str(e))
-        tune.report({"diverged": 1})
-        return
-    except BaseException as e:
-        monitor.finish()
-        run.finish("FAILED", reason=f"{type(e).__name__}: {e}")
-        raise
-    run.log_metrics(result["final"], step=0)
-    for path in result["exported"].values():  # model.onnx and model.int8.onnx
-        run.client.log_artifact(run.run_id, str(path), artifact_path="onnx")
-    export_dir.cleanup()
-    _log_model(run.run_id, sweep["experiment_id"], result["model"])
-    monitor.finish()
-    run.finish("FINISHED")
-    last = result["history"][-1]
-    tune.report({"epoch": last["epoch"], "progress": f"{last['epoch']}/{cfg.epochs}", **last, **result["final"],
-                 "done": 1})
-
-
-def _log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
-    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model (a
-    LoggedModel linked to the run, `mlflow_model`)."""
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    client = mlflow.MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
-        client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
-    # A retried trial may find the model of an earlier attempt: READY means it is already logged; PENDING (or
-    # FAILED) means that attempt died mid-upload, and the half-logged model must not linger beside the new one.
-    earlier = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    if any(m.status == LoggedModelStatus.READY for m in earlier):
-        return
-    for m in earlier:
-        client.delete_logged_model(m.model_id)
-    mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
-    try:
-        mlflow.pytorch.log_model(model, name="mlflow_model", signature=MODEL_SIGNATURE,
-                                 input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.float32),
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    finally:
-        # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged, so a resumed
-        # sweep never sees a run change after it looked finished.
-        mlflow.end_run(status="RUNNING")
+    trial = Trial(cfg, sweep, variant, seeds, fused, device, load_checkpoint(tune.get_checkpoint()))
+    training = trial.to_train()
+    results = {}
+    if training:
+        for seed in training:
+            trial.runs[seed].start(trial.states[seed]["history"] if trial.states else None)
+        name = trial_name(variant, seeds[0]) if len(seeds) == 1 else f"{variant} seeds {','.join(map(str, seeds))}"
+        with tempfile.TemporaryDirectory(prefix="export-") as export_dir:
+            try:
+                results = train_seeds(cfg, variant, training, fused=fused, trial_data=load_trial_data(cfg),
+                                      device=device, states=trial.states, on_epoch_end=trial.on_epoch_end,
+                                      after_epoch=trial.after_epoch, export_dir=export_dir,
+                                      on_progress=SignOfLife([trial.runs[s].run for s in training], name, cfg.epochs))
+            except BaseException as e:
+                for seed in trial.to_train():
+                    trial.runs[seed].fail(f"{type(e).__name__}: {e}")
+                raise
+            for seed, result in results.items():
+                if not result["diverged"] and seed not in trial.diverged:
+                    trial.runs[seed].finish(result)
+    epochs = max((r["history"][-1]["epoch"] for r in results.values() if r["history"]), default=cfg.epochs)
+    tune.report({"epoch": epochs, "progress": f"{epochs}/{cfg.epochs}", "done": 1, "per_seed": trial.summary(results)})

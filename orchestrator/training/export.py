@@ -23,6 +23,7 @@ from onnxruntime import quantization as ortq
 
 import data
 from orchestrator.training.latency import LATENCY_THREADS, node_lock
+from orchestrator.training.metrics import EXPORT_METRICS  # what export_model returns
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -35,13 +36,6 @@ CALIBRATION_BATCH = 32
 # ONNX Runtime's per-image latency is timed on the first 2,000 validation images: the median of the repeats is as
 # steady there as on all 10,000, and the whole export costs ~5x less time (accuracy still uses every image).
 LATENCY_IMAGES = 2000
-
-# What export_model returns, hence what a trial logs; sizes in bytes, accuracies as fractions.
-EXPORT_METRICS = ("onnx_bytes", "int8_bytes", "onnx_val_accuracy", "int8_val_accuracy",
-                  "ort_latency_ms_batch1_fp32", "ort_latency_ms_per_image_fp32",
-                  "ort_latency_ms_batch1_int8", "ort_latency_ms_per_image_int8",
-                  "onnx_parity_max_abs_diff", "export_seconds")
-
 
 class ExportError(RuntimeError):
     """The exported model does not compute what the PyTorch model computes."""

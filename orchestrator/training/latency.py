@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -12,6 +11,7 @@ import time
 import torch
 
 import data
+from orchestrator.training.device import cpu_model, flush_denormal, sync, torch_threads
 
 LOCK_PATH = os.path.join(tempfile.gettempdir(), "resnet-revisited-latency.lock")
 LATENCY_THREADS = 1  # the same for every trial, so latencies compare across variants and sweeps
@@ -26,40 +26,6 @@ def node_lock(path: str = LOCK_PATH):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def flush_denormal(enabled: bool = True) -> bool:
-    """Flush subnormal floats to zero on this thread (and the threads it starts later); True when the CPU
-    supports it. Subnormal weights and Adam moments appear after ~5 epochs of V6 and make every op that
-    touches them several times slower; values below 1.2e-38 change no prediction."""
-    return torch.set_flush_denormal(enabled) and enabled
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (psutil and platform give none on Linux: /proc/cpuinfo has it)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def latency_context(device: torch.device) -> dict:

@@ -1,0 +1,113 @@
+"""One seed's MLflow child run inside a trial: found again after a restart (never duplicated), its tags and params,
+its system-metrics monitor, the back-fill of epochs a crashed attempt checkpointed but did not log, and its end:
+final metrics, the ONNX files, the model, the status."""
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import tempfile
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import ray
+import torch
+from mlflow.entities import LoggedModelStatus
+from mlflow.models import ModelSignature
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.types import Schema, TensorSpec
+
+from orchestrator.sweep.tracking import TrialRun
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.latency import latency_context
+
+# The logged MLflow model takes float32 CIFAR images [batch, 3, 32, 32] and returns logits [batch, 10].
+MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+# MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example and
+# fixes every size-1 dimension to a constant, so the example has a batch of 2: the batch dimension stays symbolic
+# and the model serves any batch size, 1 included (tests/test_logged_model.py).
+EXAMPLE_BATCH = 2
+
+
+class SeedRun:
+    """The MLflow child run of one (variant, seed), with exactly its params (variant, seed and the TrainConfig it
+    trains with) and tags that say where and how it ran: node, device, and what really ran (`fused`,
+    `fused_seeds`, and the speed options in effect as `speed_json`; the params are what was asked for)."""
+
+    def __init__(self, cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, speed: dict):
+        self.sweep, self.seed = sweep, seed
+        self.run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
+                            variant, seed, tags=sweep.get("source_tags"))
+        previous = self.run.previous
+        self.finished_before = previous is not None and previous.info.status == "FINISHED"
+        self.monitor = None
+        if self.finished_before:
+            return  # logged whole by an earlier attempt: leave it as it is
+        self.run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                           "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells nodes sharing a host apart
+                           "device": str(device), "flush_denormal": str(speed["flush_denormal"]).lower(),
+                           "python_version": platform.python_version(), **latency_context(device),
+                           "fused": str(speed["fused"]).lower(), "fused_seeds": ",".join(map(str, speed["fused_seeds"])),
+                           "speed_json": json.dumps(speed, sort_keys=True)})
+        self.run.log_params({"variant": variant, "seed": seed, **cfg.to_dict()})
+
+    def previous_metrics(self) -> dict:
+        return dict(self.run.previous.data.metrics) if self.run.previous is not None else {}
+
+    def start(self, history: list[dict] | None) -> None:
+        """Back-fill the epochs a checkpoint holds, then monitor the system (resuming its steps on a restart)."""
+        if history:
+            self.run.log_history(history)
+        self.monitor = SystemMetricsMonitor(self.run.run_id, resume_logging=history is not None,
+                                            tracking_uri=self.sweep["tracking_uri"])
+        self.monitor.start()
+
+    def log_epoch(self, metrics: dict, epoch: int) -> None:
+        self.run.log_metrics(metrics, step=epoch)
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
+    def fail(self, reason: str) -> None:
+        self.stop_monitor()
+        self.run.finish("FAILED", reason=reason)
+
+    def finish(self, result: dict) -> None:
+        """Final metrics, both ONNX files, the model; then FINISHED, once, after everything is logged."""
+        self.run.log_metrics(result["final"], step=0)
+        for path in result["exported"].values():  # model.onnx and model.int8.onnx
+            self.run.client.log_artifact(self.run.run_id, str(path), artifact_path="onnx")
+        log_model(self.run.run_id, self.sweep["experiment_id"], result["model"])
+        self.stop_monitor()
+        self.run.finish("FINISHED")
+
+
+def log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
+    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model (a
+    LoggedModel linked to the run, `mlflow_model`)."""
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+        client.log_artifact(run_id, str(Path(tmp) / "state_dict.pt"), artifact_path="model")
+    # A retried trial may find the model of an earlier attempt: READY means it is already logged; PENDING (or
+    # FAILED) means that attempt died mid-upload, and the half-logged model must not linger beside the new one.
+    earlier = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    if any(m.status == LoggedModelStatus.READY for m in earlier):
+        return
+    for m in earlier:
+        client.delete_logged_model(m.model_id)
+    mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
+    try:
+        mlflow.pytorch.log_model(model, name="mlflow_model", signature=MODEL_SIGNATURE,
+                                 input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.float32),
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    finally:
+        # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged, so a resumed
+        # sweep never sees a run change after it looked finished.
+        mlflow.end_run(status="RUNNING")
