@@ -75,8 +75,8 @@ def claims(study: Study):
                        columns=[c for c in CLAIM_COLUMNS if c not in ("p_holm", "significant_holm", "verdict")])
     num["p_holm"] = stats.holm_adjust(num["p_value"]) if len(num) else []
     num["significant_holm"] = [math.nan if pd.isna(p) else bool(p < ALPHA) for p in num["p_holm"]]
-    num["verdict"] = [verdict(p, d, pd_, study.comparable)
-                      for p, d, pd_ in zip(num.p_holm, num.difference_pp, num.paper_difference_pp)]
+    num["verdict"] = [verdict(p, d, paper_d, study.comparable)
+                      for p, d, paper_d in zip(num.p_holm, num.difference_pp, num.paper_difference_pp)]
     num = num[CLAIM_COLUMNS]
     signed = lambda x, d=2: fmt.DASH if pd.isna(x) else f"{x:+.{d}f}"  # noqa: E731
     p_cell = lambda x: fmt.DASH if pd.isna(x) else f"{x:.3g}"  # noqa: E731
