@@ -68,3 +68,23 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     if x.size < 3 or np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         return math.nan
     return float(sps.spearmanr(x, y).statistic)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the order given.
+
+    The i-th smallest of m p-values is multiplied by (m - i + 1), capped at 1, and made non-decreasing in that
+    order; comparing the adjusted values with α is Holm's procedure at level α. nan (a comparison that could not
+    be tested) stays nan and is not counted in m: the family is the tests actually made. (scipy has no Holm;
+    this equals statsmodels' multipletests(method="holm").)
+    """
+    p = _floats(p_values)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = order.size
+    adjusted = np.full(p.size, math.nan)
+    running = 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[k]))
+        adjusted[k] = running
+    return adjusted.tolist()

@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from models import reference
+from orchestrator.analysis import latency_table
 from orchestrator.sweep import records
 from orchestrator.names import sqlite_path, trial_name
 from orchestrator.sweep.tracking import all_pages
@@ -46,6 +47,9 @@ class Study:
     trials: pd.DataFrame            # TRIAL_COLUMNS, one row per trial run
     history: pd.DataFrame           # HISTORY_COLUMNS, the finished trials' per-epoch metrics
     protocol: dict | None = None    # records.PROTOCOL_FIELDS as run (None: unknown, e.g. an old sweep)
+    # How the latencies were measured, when not by each trial itself: the one-pass table's description
+    latency_source: str | None = None
+    latency_dir: Path | None = None  # the folder holding that table (latency_table.CSV_NAME, MD_NAME)
     paper: pd.DataFrame = field(default_factory=reference.load)
     # derived in __post_init__
     variants: list[str] = field(init=False)
@@ -264,7 +268,27 @@ def load_records(results_dir: str | Path) -> Study:
     history = pd.DataFrame([(r["variant"], r["seed"], r["mlflow"]["run_id"], key, h["epoch"], h[key])
                             for r in found for h in r["history"] for key in CURVE_METRICS if key in h],
                            columns=HISTORY_COLUMNS)
+    trials, latency_source = _one_pass_latencies(results_dir, found, trials)
     protocol = found[0]
     provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{protocol['protocol_hash']}`."]
     seeds = sorted({r["seed"] for r in found})
-    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history, protocol=protocol["protocol"])
+    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history, protocol=protocol["protocol"],
+                 latency_source=latency_source, latency_dir=Path(results_dir) if latency_source else None)
+
+
+def _one_pass_latencies(results_dir, found: list[dict], trials: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The trials with the folder's one-pass latency table (latency_table) in place of their own latencies, and
+    a sentence saying so; the trials as they are, and None, when the folder has no such table."""
+    try:
+        table = latency_table.read(results_dir)
+    except latency_table.LatencyTableError as e:
+        raise ReportError(str(e)) from None
+    if table is None:
+        return trials, None
+    weights = {(r["variant"], r["seed"]): r.get("weights", {}).get("sha256") for r in found}
+    trials, missing = latency_table.apply(trials, table, weights)
+    source = table.describe()
+    if missing:
+        source += (f". Not in it (or timed with other weights), so shown without latency: {', '.join(missing)}; "
+                   f"rerun python -m bench.published --results {results_dir}")
+    return trials, source

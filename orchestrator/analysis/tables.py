@@ -19,7 +19,7 @@ def yes_no(x) -> str:
 
 
 # Numbers, "mean ± std", intervals and dashes are right-aligned; everything else left.
-_NUMERIC_CELL = re.compile(r"[-+−]?[\d.,]+(e[-+]\d+)?( ± ([\d.,]+|—))?|—|\[[-\d., ]+\]")
+_NUMERIC_CELL = re.compile(r"[-+−]?[\d.,]+(e[-+]\d+)?( ± ([\d.,]+|—))?|—|\[[-\d., ]+\]|\d+/\d+")
 
 
 def _right_aligned(col: pd.Series) -> bool:
@@ -62,3 +62,21 @@ def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     return cells.style.hide(axis="index").to_latex(column_format=spec, hrules=True, position="ht",
                                                    position_float="centering", caption=_latex_cell(caption),
                                                    label=f"tab:{label}")
+
+
+# -------------------------------------------------------------------------------- flags shared by the tables
+NOT_COMPARABLE = "not comparable"
+
+
+def yes_no_or_not_comparable(x) -> str:
+    return x if x == NOT_COMPARABLE else yes_no(x)
+
+
+def seeds_text(row) -> str:
+    """"n/N seeds" of a summary row (study.summarize)."""
+    return f"{row['n']}" + ("" if pd.isna(row["n_requested"]) else f"/{row['n_requested']}") + " seeds"
+
+
+def incomplete_flag(row) -> str:
+    """The flag every table gives a variant with fewer finished seeds than requested."""
+    return f"⚠ incomplete ({seeds_text(row)})" if row["incomplete"] else ""
