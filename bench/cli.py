@@ -13,9 +13,9 @@ import torch
 
 import data
 import models
-from bench.epochs import bench_epoch, bench_latency, bench_throughput
+from bench.epochs import bench_epoch, bench_latency, bench_pipeline, bench_throughput
 from bench.inputs import resolve_data
-from bench.project import project
+from bench.project import bench_projection
 from bench.routes import TrainConfig, cpu_model
 from bench.sharing import bench_concurrency, bench_orchestration, bench_parallel
 from bench.sizes import FULL, GPU, QUICK, Sizes
@@ -24,39 +24,18 @@ from bench.table import render
 from orchestrator.cli import ArgumentParser
 
 
-def base_rate(res: dict) -> float:
-    """Part 1's rate of base: part 4 sizes its trials to train about sizes.grid_train_seconds at it."""
-    return (res.get("throughput") or {}).get("variants", {}).get("base", {}).get("trainer_median_images_per_second", 0)
-
-
-# Each part: (what it measures, for --dry-run; how it runs). In the order they run: part 4 sizes its trials from
-# part 1's rate, and the projection uses every figure before it.
-PARTS = {
-    "throughput": ("1-2 trainer vs plain epochs per variant, FLOP rate vs the matmul peak",
-                   lambda args, sizes, cfg, log, res: bench_throughput(args, sizes, cfg, log)),
-    "parallel": ("3 K one-thread trials at once vs one alone",
-                 lambda args, sizes, cfg, log, res: bench_parallel(args, sizes, cfg, log)),
-    "orchestration": ("4 the same grid through run_sweep (Ray Tune + MLflow) and through plain processes",
-                      lambda args, sizes, cfg, log, res: bench_orchestration(args, sizes, cfg, log, base_rate(res))),
-    "latency": ("6 measure_latency per variant, both definitions",
-                lambda args, sizes, cfg, log, res: bench_latency(args, sizes, cfg, log)),
-    "steps": ("7 ms per model-step per variant, routes interleaved: plain, eager, the default (compiled on CPU, "
-              "CUDA graph on CUDA), fused seeds", lambda args, sizes, cfg, log, res: bench_steps(args, sizes, cfg, log)),
-    "late": ("8 the late-epoch V6 state, denormals flushed and not",
-             lambda args, sizes, cfg, log, res: bench_late(args, sizes, cfg, log)),
-    "epoch": ("one real full-protocol epoch of base through train()",
-              lambda args, sizes, cfg, log, res: bench_epoch(args, sizes, cfg, log)),
-    "concurrency": ("K processes training base on the device at once",
-                    lambda args, sizes, cfg, log, res: bench_concurrency(args, sizes, cfg, log)),
-    "projection": ("5 the paper's grid from the figures above: old and new sweep default, plain route, floor",
-                   lambda args, sizes, cfg, log, res: project(res, args.parallel_k)),
-}
+# Every part is part(args, sizes, cfg, log, earlier) -> its figures; `earlier` holds the figures of the parts before
+# it. In the order they run: part 4 sizes its trials from part 1's rate, the projection uses every figure before it.
+PARTS = {"throughput": bench_throughput, "parallel": bench_parallel, "orchestration": bench_orchestration,
+         "latency": bench_latency, "steps": bench_steps, "late": bench_late, "epoch": bench_epoch,
+         "concurrency": bench_concurrency, "pipeline": bench_pipeline, "projection": bench_projection}
+NEED_NO_DATA = {"concurrency", "projection"}  # concurrency makes its own synthetic images
 DEFAULT_PARTS = {"cpu": ("throughput", "parallel", "orchestration", "latency", "steps", "late", "projection"),
                  "cuda": ("throughput", "orchestration", "latency", "steps", "epoch", "concurrency", "projection")}
 # flag -> the Sizes field it sets (argparse's dest names)
 SIZE_FLAGS = {"rounds": "rounds", "steps": "step_calls", "per_class": "step_per_class", "fused_k": "fused_k",
               "epoch_per_class": "epoch_per_class", "val_images": "epoch_val_images", "k_list": "k_list",
-              "concurrency_seconds": "concurrency_seconds"}
+              "concurrency_seconds": "concurrency_seconds", "seconds": "pipeline_seconds"}
 
 
 def parse_args(argv):
@@ -64,9 +43,9 @@ def parse_args(argv):
                         "machine, what orchestration costs, against the plain PyTorch route and the hardware limit.")
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny epochs, short trials, fewer repeats")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when present")
-    ap.add_argument("--parts", default="", help=f"comma-separated parts (default: {','.join(DEFAULT_PARTS['cpu'])} "
-                    f"on CPU, {','.join(DEFAULT_PARTS['cuda'])} on CUDA); results of --parts runs merge into "
-                    "OUT-DIR/bench-parts.{json,md}")
+    ap.add_argument("--parts", default="", help=f"comma-separated parts of {','.join(PARTS)} (default on CPU: "
+                    f"{','.join(DEFAULT_PARTS['cpu'])}; on CUDA: {','.join(DEFAULT_PARTS['cuda'])}); the figures "
+                    "of --parts runs on one device merge into OUT-DIR/bench-parts.{json,md}")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out")
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else "
                     "~/.cache/resnet-revisited/cifar10, else synthetic images of its size)")
@@ -86,6 +65,7 @@ def parse_args(argv):
     sized.add_argument("--val-images", type=int, help="validation images in the epoch part")
     sized.add_argument("--k-list", help="processes at once for the concurrency part, comma-separated")
     sized.add_argument("--concurrency-seconds", type=float, help="timed seconds per K (concurrency part)")
+    sized.add_argument("--seconds", type=float, help="seconds per measurement of the pipeline part")
     args = ap.parse_args(argv)
     check_args(args)
     return args
@@ -128,7 +108,10 @@ def resolve(args) -> Sizes:
     args.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     args.parallel_k = args.parallel_k or (2 if args.device.type == "cuda" else args.cores)
     args.mps = args.device.type == "cuda" and mps_running()
-    args.data_dir, args.data_label = resolve_data(args.data_dir)
+    if set(args.parts) - NEED_NO_DATA:
+        args.data_dir, args.data_label = resolve_data(args.data_dir)
+    else:
+        args.data_label = "none read"
     return sizes_of(args)
 
 
@@ -158,13 +141,11 @@ def environment(args, sizes: Sizes, argv) -> dict:
 
 def plan(args) -> str:
     sizes = sizes_of(args)
-    lines = [f"python -m bench on {args.device}, variants {','.join(args.variants)}, data "
-             f"{args.data_dir or '$CIFAR10_DIR, else the default cache, else synthetic'}, out {args.out_dir}"]
-    lines += [f"  {part}: {PARTS[part][0]}" for part in args.parts]
-    if "steps" in args.parts:
-        lines.append(f"  steps: routes plain, eager, {default_route(args.device, sizes)}, fused (K={sizes.fused_k}); "
-                     f"{sizes.rounds} rounds x {sizes.step_calls} calls per route")
-    return "\n".join(lines + [f"  sizes: {sizes}"])
+    return "\n".join([f"python -m bench on {args.device}, variants {','.join(args.variants)}, data "
+                      f"{args.data_dir or '$CIFAR10_DIR, else the default cache, else synthetic'}, out {args.out_dir}",
+                      f"  parts: {','.join(args.parts)} (what each measures: bench/__init__.py)",
+                      f"  steps routes: plain, eager, {default_route(args.device, sizes)}, fused (K={sizes.fused_k})",
+                      f"  sizes: {sizes}"])
 
 
 def main(argv=None) -> int:
@@ -188,7 +169,7 @@ def main(argv=None) -> int:
     res = {**(earlier_parts(stem, env) if args.merge else {}), "environment": env}
     cfg = TrainConfig(data_dir=args.data_dir)
     for part in args.parts:  # written after each part: a part that fails or is cut off keeps the ones before
-        res[part] = PARTS[part][1](args, sizes, cfg, log, res)
+        res[part] = PARTS[part](args, sizes, cfg, log, res)
         env["bench_seconds"] = time.perf_counter() - t_start
         write_results(res, stem)
     print("\n" + render(res) + f"\nwrote {stem}.md and {stem}.json ({env['bench_seconds']:.0f} s)")
@@ -203,6 +184,14 @@ def earlier_parts(stem: Path, env: dict) -> dict:
     except (OSError, ValueError):
         return {}
     return earlier if earlier.get("environment", {}).get("device_label") == env["device_label"] else {}
+
+
+def main_with_parts(parts: str):
+    """A main() that runs `parts` unless its command line names --parts: the entry point of an older command."""
+    def run(argv=None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        return main(argv if any(a.startswith("--parts") for a in argv) else ["--parts", parts, *argv])
+    return run
 
 
 def write_results(res: dict, stem: Path) -> None:

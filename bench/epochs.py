@@ -1,4 +1,5 @@
-"""Whole epochs and whole models: throughput and FLOP rate (1, 2), one full-protocol epoch, latency (6)."""
+"""Whole epochs and whole models: throughput and FLOP rate (1, 2), one full-protocol epoch, latency (6), and the
+data pipeline alone (TrainSet's batches against the plain route's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,14 +11,14 @@ import torch
 import data
 import models
 from bench.inputs import even_per_class, load
-from bench.measure import matmul_peak_gflops, paired, rotated, step_components
-from bench.plain import plain_epoch
-from bench.routes import TrainConfig, fresh_model, measure_latency, train, trainer_format
+from bench.measure import matmul_peak_gflops, paired, per_second, rotated, step_components
+from bench.plain import paper_adam, plain_epoch, plain_loader, tutorial_step
+from bench.routes import TrainConfig, cycle, fresh_model, measure_latency, train, trainer_format
 from bench.sizes import BATCH
 from bench.workers import Load
 
 
-def bench_throughput(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_throughput(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """Trainer vs plain route on the same focused-augmentation epoch, per variant, rounds interleaved (ABBA);
     per round also where a step's time goes and the matmul peak on one thread and on all cores."""
     per_class = even_per_class(sizes.train_per_class, args.data_dir)
@@ -73,7 +74,7 @@ def throughput_summary(row: dict, cfg: TrainConfig, variant: str, device, peak_g
         "plain_peak_fraction": 6 * macs * plain / 1e9 / peak_gflops}
 
 
-def bench_epoch(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_epoch(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """One epoch of base exactly as a trial trains it (train(): its default step on this device, its validation
     pass), no latency or export; wall time of the whole call and what train() reports."""
     d = load(args.data_dir, sizes.epoch_per_class, sizes.epoch_val_images)
@@ -97,7 +98,7 @@ def bench_epoch(args, sizes, cfg: TrainConfig, log) -> dict:
             "val_accuracy": h["val_accuracy"], "data": args.data_label}
 
 
-def bench_latency(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_latency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """`measure_latency` per variant, both definitions, variants interleaved within each repeat."""
     d = load(args.data_dir, val_images=sizes.latency_images)
     log(f"latency: {len(d.val_labels)} validation images, {sizes.batch1_calls} batch-1 calls, "
@@ -112,3 +113,39 @@ def bench_latency(args, sizes, cfg: TrainConfig, log) -> dict:
             for key in rows[v]:
                 rows[v][key].append(m[key])
     return {"images": len(d.val_labels), "batch1_calls": sizes.batch1_calls, "variants": rows, "load": load_.stop()}
+
+
+def bench_pipeline(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
+    """How fast `data.TrainSet` builds the paper's training batches (the focused epoch: all originals plus an
+    augmented copy of every bird/cat/deer/dog image, shuffled, normalized, batches of 4) against the plain route
+    building the same, with a Base training step (default Adam) for scale; rounds interleaved, medians. Each of
+    TrainSet's epochs begins with its augmentation pass, so the pass is in its rate."""
+    d = load(args.data_dir)
+    focus = data.parse_focus_classes(cfg.focus_classes)
+    ours = data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, batch_size=BATCH, seed=0)
+    ours_batches = cycle(ours.batches)
+    plain_batches = cycle(lambda epoch: plain_loader(d.train_images, d.train_labels, focus))
+    net = models.create_model("base").train()
+    step = (net, paper_adam(net.parameters()), torch.nn.CrossEntropyLoss(), torch.randn(BATCH, 3, 32, 32),
+            torch.randint(0, 10, (BATCH,)), torch.device("cpu"))
+
+    def base_step() -> int:
+        tutorial_step(*step)
+        return 1
+    work = {"ours": lambda: len(next(ours_batches)[1]), "plain": lambda: len(next(plain_batches)[1]),
+            "step": base_step}  # each returns what it did: images, or one step
+    for _ in range(10):
+        base_step()
+    log(f"pipeline: {len(d.train_labels):,} training images, focused epoch of {ours.num_samples():,} samples, "
+        f"{sizes.rounds} rounds of ~{sizes.pipeline_seconds:g} s each")
+    rates = {name: [] for name in work}
+    for r in range(sizes.rounds):
+        for name in rotated(list(work), r):
+            rates[name].append(per_second(work[name], sizes.pipeline_seconds))
+    ours_rate, plain_rate = statistics.median(rates["ours"]), statistics.median(rates["plain"])
+    step_ms = 1e3 / statistics.median(rates["step"])
+    return {"train_images": len(d.train_labels), "samples_per_epoch": ours.num_samples(), "rounds": sizes.rounds,
+            "seconds": sizes.pipeline_seconds, "ours_images_per_second": rates["ours"],
+            "plain_images_per_second": rates["plain"], "base_steps_per_second": rates["step"],
+            "ours_median": ours_rate, "plain_median": plain_rate, "speedup": ours_rate / plain_rate,
+            "base_step_ms": step_ms, "data_share": BATCH / ours_rate * 1e3 / step_ms}

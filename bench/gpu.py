@@ -2,15 +2,9 @@
 --parts names others. Kept so that older commands still run."""
 import sys
 
-from bench.cli import main as bench_main
+from bench.cli import main_with_parts
 
-GPU_PARTS = "steps,epoch,concurrency,projection"
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return bench_main(argv if any(a.startswith("--parts") for a in argv) else ["--parts", GPU_PARTS, *argv])
-
+main = main_with_parts("steps,epoch,concurrency,projection")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,6 +44,15 @@ def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> di
     return times
 
 
+def per_second(fn, seconds: float) -> float:
+    """What fn() returns (images, steps), per second over calls for at least `seconds` (at least one call)."""
+    total, t0 = 0, time.perf_counter()
+    while True:
+        total += fn()
+        if (elapsed := time.perf_counter() - t0) >= seconds:
+            return total / elapsed
+
+
 def first_call_seconds(route: Route, device) -> float:
     """The first call alone: what compiling (or capturing a CUDA graph) costs a trial once."""
     torch.set_flush_denormal(route.flush)

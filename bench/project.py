@@ -120,3 +120,12 @@ def sharing_rows(res: dict, serial_trainer: float) -> list[dict]:
     rows = (res.get("concurrency") or {}).get("k", {})
     return [{"k": int(n), "speedup": r["speedup"], "wall_seconds": serial_trainer / r["speedup"]}
             for n, r in rows.items() if r.get("speedup")]
+
+
+def bench_projection(args, sizes, cfg, log, earlier: dict) -> dict:
+    """The part: the projection from the figures of the parts run before it (and earlier --parts runs)."""
+    out = project(earlier, args.parallel_k)
+    if "error" not in out:
+        log(f"projection: make run {out['trainer_wall_seconds'] / 3600:.2f} h under the old default, "
+            f"{(out['default_wall_seconds'] or float('nan')) / 3600:.2f} h under --fuse-seeds auto")
+    return out

@@ -7,7 +7,8 @@ import statistics
 
 import pandas as pd
 
-from bench.sizes import BATCH, TARGET_EFFICIENCY, TARGET_OVERHEAD, TARGET_SPEEDUP
+from bench.sizes import (BATCH, TARGET_DATA_SHARE, TARGET_EFFICIENCY, TARGET_OVERHEAD, TARGET_PIPELINE_SPEEDUP,
+                         TARGET_SPEEDUP)
 from orchestrator.analysis.tables import to_markdown
 
 
@@ -343,3 +344,19 @@ def concurrency_section(r: dict, env: dict) -> list[str]:
     return [f"## K processes training {r['variant']} at once on the device ({env['device_label']}, MPS "
             f"{'on' if r['mps'] else 'off'})",
             table(rows, ["K", "aggregate model-steps/s", "speed-up vs K=1", "steps per process"])]
+
+
+def pipeline_section(r: dict, env: dict) -> list[str]:
+    rows = [[label, f"{statistics.median(r[key]):,.0f}", f"{BATCH / statistics.median(r[key]) * 1e6:.0f}",
+             ", ".join(f"{x:,.0f}" for x in r[key])]
+            for label, key in (("this pipeline (TrainSet, its epochs incl. augmentation)", "ours_images_per_second"),
+                               ("plain route (PIL transforms, DataLoader, 0 workers)", "plain_images_per_second"))]
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    return [f"## Data pipeline: the paper's training batches ({env['device_label']}, {env['threads']} thread(s))",
+            f"{r['train_images']:,} training images; the focused epoch of {r['samples_per_epoch']:,} samples in "
+            f"batches of {BATCH}; {r['rounds']} interleaved rounds of ~{r['seconds']:g} s each, medians.",
+            table(rows, ["route", "images/s", "us per batch", "rounds"]),
+            f"speed-up: {r['speedup']:.1f}x (target >= {TARGET_PIPELINE_SPEEDUP:g}x: "
+            f"{met(r['speedup'] >= TARGET_PIPELINE_SPEEDUP)}). Base training step, batch {BATCH} (forward, "
+            f"backward, default Adam): {r['base_step_ms']:.2f} ms; data per batch is {r['data_share']:.1%} of it "
+            f"(target < {TARGET_DATA_SHARE:.0%}: {met(r['data_share'] < TARGET_DATA_SHARE)})."]

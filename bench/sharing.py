@@ -17,7 +17,7 @@ from bench.workers import RAY_WORKER, Load, Workers, ray_trial_stats
 CONCURRENCY_PER_CLASS = 100  # each concurrency worker's synthetic training set: 1,400 samples an epoch
 
 
-def bench_parallel(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_parallel(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """K one-thread processes each training an epoch at once, against one of them alone, interleaved."""
     k, variant = args.parallel_k, "base"
     per_class = even_per_class(sizes.parallel_per_class, args.data_dir)
@@ -67,12 +67,13 @@ class GridPhase:
     fit_seconds: float = 0.0
 
 
-def bench_orchestration(args, sizes, cfg: TrainConfig, log, images_per_second: float = 0) -> dict:
+def bench_orchestration(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
     same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs.
-    With a measured single-process rate, trials are sized to train for sizes.grid_train_seconds each."""
+    With part 1's rate of base, trials are sized to train for sizes.grid_train_seconds each."""
     k, variant = args.parallel_k, "base"
-    sweep = orchestration_grid(args, sizes, cfg, variant, images_per_second)
+    rate = earlier.get("throughput", {}).get("variants", {}).get(variant, {}).get("trainer_median_images_per_second", 0)
+    sweep = orchestration_grid(args, sizes, cfg, variant, rate)
     per_class = sweep.train.subset_per_class
     log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
         f"{k} at once")
@@ -170,7 +171,7 @@ def structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_start
             "structural_overhead": (fixed + late + outside) / plain_wall + daemons / k}
 
 
-def bench_concurrency(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_concurrency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """Aggregate model-steps/s of K processes training base at once on the device with train()'s step, and the
     speed-up over one process. A K that fails (out of memory, say) is reported, and the next K runs."""
     out = {"variant": "base", "mps": args.mps, "k": {}}

@@ -7,6 +7,8 @@ BATCH = 4
 TARGET_SPEEDUP, TARGET_EFFICIENCY, TARGET_OVERHEAD = 1.5, 0.85, 0.05
 # part 7/8: the default trainer step vs the plain route, fresh and late; K=5 fused seeds vs the trainer
 TARGET_STEP_SPEEDUP, TARGET_FUSED_SPEEDUP = 1.6, 1.1
+# the data pipeline: TrainSet's batches vs the plain route's, and their share of a Base step
+TARGET_PIPELINE_SPEEDUP, TARGET_DATA_SHARE = 5.0, 0.10
 PAPER_GRID = {"variants": 8, "seeds": 5, "epochs": 10, "train_images_per_epoch": 70_000, "val_images": 10_000}
 STEPS_PER_EPOCH = PAPER_GRID["train_images_per_epoch"] // BATCH  # 17,500: no short last batch
 
@@ -36,6 +38,7 @@ class Sizes:
     epoch_val_images: int = 10_000    # its validation pass (--val-images)
     k_list: tuple = (1, 4, 8)         # processes at once on the device (--k-list)
     concurrency_seconds: float = 10.0  # timed seconds per K (--concurrency-seconds)
+    pipeline_seconds: float = 5.0     # each pipeline measurement (--seconds)
 
 
 FULL = Sizes()
@@ -43,7 +46,7 @@ QUICK = dataclasses.replace(
     FULL, rounds=2, train_per_class=10, val_images=100, component_seconds=0.15, peak_n=1024, peak_seconds=0.3,
     parallel_per_class=10, grid_per_class=10, grid_train_seconds=0, grid_epochs=1, latency_images=200,
     latency_repeats=2, batch1_calls=20, step_calls=5, step_per_class=10, fused_k=2, step_compile=False,
-    epoch_per_class=10, epoch_val_images=100, k_list=(1, 2), concurrency_seconds=2.0)
+    epoch_per_class=10, epoch_val_images=100, k_list=(1, 2), concurrency_seconds=2.0, pipeline_seconds=1.0)
 # On a GPU a step is ~1 ms: many more calls, from the whole training set (its augmentation pass is then outside
 # the timed steps, as in a real 17,500-step epoch).
 GPU = dataclasses.replace(FULL, rounds=3, step_calls=200, step_per_class=0)

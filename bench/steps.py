@@ -35,6 +35,13 @@ def default_route(device, sizes) -> str:
     return "graph" if device.type == "cuda" else "compiled" if sizes.step_compile else "eager"
 
 
+def step_data(args, sizes, cfg: TrainConfig) -> tuple:
+    """The images 7 and 8 train on, the trainer's TrainSet of them on the device, the focus classes."""
+    d = load(args.data_dir, sizes.step_per_class)
+    focus = data.parse_focus_classes(cfg.focus_classes)
+    return d, data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, device=args.device), focus
+
+
 def step_routes(args, sizes, cfg: TrainConfig, variant: str, d, train_set, focus) -> tuple[dict, dict]:
     """{route: Route} of fresh `variant` models on this device, and why any route is not timed here."""
     eager = dataclasses.replace(cfg, compile=False)
@@ -56,10 +63,8 @@ def step_routes(args, sizes, cfg: TrainConfig, variant: str, d, train_set, focus
     return routes, not_timed
 
 
-def bench_steps(args, sizes, cfg: TrainConfig, log) -> dict:
-    d = load(args.data_dir, sizes.step_per_class)
-    focus = data.parse_focus_classes(cfg.focus_classes)
-    train_set = data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, device=args.device)
+def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
+    d, train_set, focus = step_data(args, sizes, cfg)
     trainer = default_route(args.device, sizes)
     log(f"steps: {','.join(args.variants)}, {sizes.rounds} rounds x {sizes.step_calls} calls per route, "
         f"fused K={sizes.fused_k}, default route {trainer}")
@@ -76,19 +81,17 @@ def bench_steps(args, sizes, cfg: TrainConfig, log) -> dict:
                     "eager_speedup": paired(times, "eager", trainer), "fused_speedup": paired(times, trainer, "fused")})
         out["variants"][v] = row
         log(f"  {v}: " + ", ".join(f"{name} {row[f'{name}_ms_per_step']:.2f}" for name in times) +
-            f" ms/step; {trainer} vs plain {row['trainer_speedup']:.2f}x, fused vs {trainer} {row['fused_speedup']:.2f}x")
+            f" ms/step; {trainer} vs plain {row['trainer_speedup']:.2f}x, fused {row['fused_speedup']:.2f}x")
         if args.device.type == "cuda":
             torch.cuda.empty_cache()
     return out
 
 
-def bench_late(args, sizes, cfg: TrainConfig, log) -> dict:
+def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The late-epoch state: training steps and inference with subnormals flushed and not."""
     state = load_late_state(LATE_VARIANT)
     subnormal_params, subnormal_moments = count_subnormal(state)
-    d = load(args.data_dir, sizes.step_per_class)
-    focus = data.parse_focus_classes(cfg.focus_classes)
-    train_set = data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, device=args.device)
+    d, train_set, focus = step_data(args, sizes, cfg)
     trainer = default_route(args.device, sizes)
     cfg = dataclasses.replace(cfg, compile=trainer == "compiled")
     log(f"late state: {late_state_path(LATE_VARIANT).name}, epoch {state['epoch']}, {subnormal_params} subnormal "

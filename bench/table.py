@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from bench.sections import (concurrency_section, epoch_section, flop_rate_section, late_section, latency_section,
                             orchestration_cause, orchestration_judged, orchestration_section, parallel_cause,
-                            parallel_section, projection_section, steps_section, table, throughput_section, verdict)
+                            parallel_section, pipeline_section, projection_section, steps_section, table,
+                            throughput_section, verdict)
 from bench.sizes import (TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
                          TARGET_STEP_SPEEDUP)
 
 SECTIONS = {"throughput": lambda r, env: throughput_section(r, env) + flop_rate_section(r, env),
             "parallel": parallel_section, "orchestration": orchestration_section, "projection": projection_section,
             "latency": latency_section, "steps": steps_section, "late": late_section, "epoch": epoch_section,
-            "concurrency": concurrency_section}  # in the order of the report
+            "concurrency": concurrency_section, "pipeline": pipeline_section}  # in the order of the report
 
 
 def render(res: dict) -> str:

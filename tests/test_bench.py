@@ -123,8 +123,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_data_pipeline_bench_runs_and_reports_ratio(tiny_cifar, tmp_path, capsys):
-    from bench import pipeline
-    assert pipeline.main(["--data-dir", str(tiny_cifar), "--seconds", "0.05", "--rounds", "1"]) == 0
+    from bench import pipeline  # python -m bench.pipeline: the pipeline part alone
+    assert pipeline.main(["--data-dir", str(tiny_cifar), "--seconds", "0.05", "--rounds", "1",
+                          "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "speed-up:" in out and "Base training step" in out
+    res = json.loads((tmp_path / "bench-parts.json").read_text())["pipeline"]
+    assert res["samples_per_epoch"] == 160 + 4 * 16  # all 160 tiny images + a copy of the four focus classes'
+    assert positive(res["speedup"]) and positive(res["base_step_ms"]) and positive(res["data_share"])
     assert pipeline.main(["--data-dir", str(tmp_path / "none")]) == 2
