@@ -16,6 +16,7 @@ Parts (`--parts`, `--skip`; the defaults depend on the device):
 8. late         V6 from a real late-epoch checkpoint holding subnormals, denormals flushed and not (steps.py)
    epoch        one real full-protocol epoch of base through `train()` (epochs.py)
    concurrency  K processes training base on the device at once (sharing.py)
+   pipeline     data.TrainSet building the paper's batches against the plain route (epochs.py; not run by default)
 
 The rest: cli (command line, environment, result writer), routes (the routes timed; the one module that imports
 the trainer), plain (the yardstick route), measure (the interleaved-rounds timer, peak, step components), workers

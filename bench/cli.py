@@ -32,10 +32,6 @@ PARTS = {"throughput": bench_throughput, "parallel": bench_parallel, "orchestrat
 NEED_NO_DATA = {"concurrency", "projection"}  # concurrency makes its own synthetic images
 DEFAULT_PARTS = {"cpu": ("throughput", "parallel", "orchestration", "latency", "steps", "late", "projection"),
                  "cuda": ("throughput", "orchestration", "latency", "steps", "epoch", "concurrency", "projection")}
-# flag -> the Sizes field it sets (argparse's dest names)
-SIZE_FLAGS = {"rounds": "rounds", "steps": "step_calls", "per_class": "step_per_class", "fused_k": "fused_k",
-              "epoch_per_class": "epoch_per_class", "val_images": "epoch_val_images", "k_list": "k_list",
-              "concurrency_seconds": "concurrency_seconds", "seconds": "pipeline_seconds"}
 
 
 def parse_args(argv):
@@ -55,17 +51,11 @@ def parse_args(argv):
                     "(default: CPU cores; 2 on CUDA)")
     ap.add_argument("--out-dir", default="bench/results", help="where the .md and .json go")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-    sized = ap.add_argument_group("sizes (default: the full or --quick run's, see bench/sizes.py)")
-    sized.add_argument("--rounds", type=int, help="interleaved rounds of every part; medians reported")
-    sized.add_argument("--steps", type=int, help="timed calls per route per round (7, 8)")
-    sized.add_argument("--per-class", type=int, help="training images per class for 7 and 8 (0 = all)")
-    sized.add_argument("--fused-k", type=int, help="seeds per fused network (7)")
-    sized.add_argument("--epoch-per-class", type=int, help="training images per class for the epoch part "
-                       "(0 = all 5,000: the full protocol)")
-    sized.add_argument("--val-images", type=int, help="validation images in the epoch part")
-    sized.add_argument("--k-list", help="processes at once for the concurrency part, comma-separated")
-    sized.add_argument("--concurrency-seconds", type=float, help="timed seconds per K (concurrency part)")
-    sized.add_argument("--seconds", type=float, help="seconds per measurement of the pipeline part")
+    sized = ap.add_argument_group("sizes (default: the full, GPU or --quick run's: bench/sizes.py)")
+    for field in dataclasses.fields(Sizes):
+        if "flag" in field.metadata:
+            sized.add_argument(field.metadata["flag"], dest=field.name, type=FLAG_TYPES[field.type],
+                               help=field.metadata["help"])
     args = ap.parse_args(argv)
     check_args(args)
     return args
@@ -73,6 +63,13 @@ def parse_args(argv):
 
 def names(csv: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in csv.split(",") if x.strip())
+
+
+def comma_separated_ints(csv: str) -> tuple[int, ...]:
+    return tuple(int(k) for k in names(csv))
+
+
+FLAG_TYPES = {"int": int, "float": float, "tuple": comma_separated_ints}  # a Sizes field's annotation -> its parser
 
 
 def check_args(args) -> None:
@@ -83,16 +80,11 @@ def check_args(args) -> None:
         raise ValueError(f"unknown variant {','.join(bad)}: choose from {','.join(models.list_models())}")
     if (set(names(args.parts)) | set(names(args.skip))) - set(PARTS):
         raise ValueError(f"--parts and --skip take {','.join(PARTS)} (got {args.parts} / {args.skip})")
-    if args.k_list is not None:
-        try:
-            args.k_list = tuple(int(k) for k in names(args.k_list))
-        except ValueError:
-            raise ValueError(f"--k-list takes comma-separated integers (got {args.k_list!r})") from None
-    given = [x for x in (args.rounds, args.steps, args.fused_k, args.val_images, *(args.k_list or ())) if x is not None]
-    if min([args.threads, *given]) < 1 or args.parallel_k < 0:
+    given = [args.rounds, args.step_calls, args.fused_k, args.epoch_val_images, *(args.k_list or ())]
+    if min([args.threads, *(x for x in given if x is not None)]) < 1 or args.parallel_k < 0:
         raise ValueError("--threads, --rounds, --steps, --fused-k, --val-images and --k-list values must be >= 1, "
                          "--parallel-k >= 0")
-    if any((getattr(args, f) or 0) < 0 or (getattr(args, f) or 0) % 2 for f in ("per_class", "epoch_per_class")):
+    if any((n or 0) < 0 or (n or 0) % 2 for n in (args.step_per_class, args.epoch_per_class)):
         raise ValueError("--per-class and --epoch-per-class must be even and >= 0 (an odd one leaves 1-image batches)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch sees no CUDA device: drop --device or use --device cpu")
@@ -117,8 +109,8 @@ def resolve(args) -> Sizes:
 
 def sizes_of(args) -> Sizes:
     sizes = QUICK if args.quick else GPU if args.device.type == "cuda" else FULL
-    return dataclasses.replace(sizes, **{field: getattr(args, flag) for flag, field in SIZE_FLAGS.items()
-                                         if getattr(args, flag) is not None})
+    return dataclasses.replace(sizes, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
+                                         if "flag" in f.metadata and getattr(args, f.name) is not None})
 
 
 def mps_running() -> bool:

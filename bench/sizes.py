@@ -13,11 +13,16 @@ PAPER_GRID = {"variants": 8, "seeds": 5, "epochs": 10, "train_images_per_epoch":
 STEPS_PER_EPOCH = PAPER_GRID["train_images_per_epoch"] // BATCH  # 17,500: no short last batch
 
 
+def flag(default, name: str, help: str):
+    """A size the command line can set, with `name` (python -m bench's sizes flags are these)."""
+    return dataclasses.field(default=default, metadata={"flag": name, "help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """How much to run; the defaults are the full run on a CPU. Per-class counts are even (no 1-image batch);
     throughput epochs hold 14 x per_class samples (originals + a copy of the four focus classes)."""
-    rounds: int = 5                   # interleaved rounds of every part that interleaves; medians reported
+    rounds: int = flag(5, "--rounds", "interleaved rounds of every part; medians reported")
     train_per_class: int = 24         # throughput epoch (1, 2)
     val_images: int = 500             # validation pass after each throughput epoch (the eval rate for 5)
     component_seconds: float = 0.5    # each step-component micro-timing (cause of a missed target)
@@ -30,15 +35,16 @@ class Sizes:
     latency_images: int = 2000        # validation images for the paper's latency definition (6)
     latency_repeats: int = 3
     batch1_calls: int = 100
-    step_calls: int = 40              # 7 and 8: calls per route per round (--steps)
-    step_per_class: int = 24          # their training subset, 0 = all (--per-class)
-    fused_k: int = 5                  # seeds fused into one network in 7 (--fused-k)
+    step_calls: int = flag(40, "--steps", "timed calls per route per round (7, 8)")
+    step_per_class: int = flag(24, "--per-class", "training images per class for 7 and 8 (0 = all)")
+    fused_k: int = flag(5, "--fused-k", "seeds per fused network (7)")
     step_compile: bool = True         # time the compiled route on CPU (a minute or so of compiling each)
-    epoch_per_class: int = 0          # the full-protocol epoch, 0 = all 5,000 (--epoch-per-class)
-    epoch_val_images: int = 10_000    # its validation pass (--val-images)
-    k_list: tuple = (1, 4, 8)         # processes at once on the device (--k-list)
-    concurrency_seconds: float = 10.0  # timed seconds per K (--concurrency-seconds)
-    pipeline_seconds: float = 5.0     # each pipeline measurement (--seconds)
+    epoch_per_class: int = flag(0, "--epoch-per-class", "training images per class for the epoch part "
+                                "(0 = all 5,000: the full protocol)")
+    epoch_val_images: int = flag(10_000, "--val-images", "validation images in the epoch part")
+    k_list: tuple = flag((1, 4, 8), "--k-list", "processes at once for the concurrency part, comma-separated")
+    concurrency_seconds: float = flag(10.0, "--concurrency-seconds", "timed seconds per K (concurrency part)")
+    pipeline_seconds: float = flag(5.0, "--seconds", "seconds per measurement of the pipeline part")
 
 
 FULL = Sizes()

@@ -100,7 +100,7 @@ def test_orchestration_overhead_runs_the_same_grid_through_ray_and_plain_process
     from bench.sharing import bench_orchestration
     from bench.table import render
     args = cli.parse_args(["--quick", "--data-dir", str(tiny_cifar), "--parallel-k", "1", "--device", "cpu"])  # 1 trial
-    orch = bench_orchestration(args, cli.resolve(args), TrainConfig(data_dir=str(tiny_cifar)), print)
+    orch = bench_orchestration(args, cli.resolve(args), TrainConfig(data_dir=str(tiny_cifar)), print, earlier={})
     assert positive(orch["plain_wall_seconds"]) and positive(orch["ray_wall_seconds"])
     assert len(orch["plain_trial_seconds"]) == 1 and positive(orch["plain_trial_seconds"][0])
     assert 0 < orch["ray_fit_seconds"] <= orch["ray_wall_seconds"]
@@ -112,6 +112,21 @@ def test_orchestration_overhead_runs_the_same_grid_through_ray_and_plain_process
            "threads": 1, "data": "d"}
     table = render({"environment": env, "orchestration": orch})
     assert "## 4. Orchestration overhead (cpu (test))" in table and "orchestration overhead <= 5%" in table
+
+
+def test_only_routes_imports_the_trainer_and_the_sweep():
+    """bench/routes.py is the benchmark's one door to orchestrator.training and orchestrator.sweep: a change of the
+    trainer's API is adapted in that file alone."""
+    import ast
+    from pathlib import Path
+    doors = set()
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(m.startswith(("orchestrator.training", "orchestrator.sweep")) for m in modules):
+                doors.add(path.name)
+    assert doors == {"routes.py"}
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
