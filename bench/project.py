@@ -55,7 +55,8 @@ def trial_tail_seconds(v: str, lat: dict | None) -> float:
 def trials_at_once(res: dict, k: int) -> tuple[int, float, bool]:
     """(trials at once, their speed-up over one alone, whether it was measured)."""
     if res.get("parallel"):
-        return k, k * res["parallel"]["efficiency"], True
+        par = res["parallel"]
+        return par["k"], par["k"] * par["efficiency"], True
     rows = {int(n): r["speedup"] for n, r in (res.get("concurrency") or {}).get("k", {}).items() if r.get("speedup")}
     if rows:
         best = max(rows, key=rows.get)
@@ -104,6 +105,7 @@ def project(res: dict, k: int) -> dict:
     return {"k": k, "efficiency": speedup / k, "sharing_measured": measured, "variants_measured": len(variants),
             "trials": trials, "pairs": pairs, "slots": k, "trainer_route": trainer_route,
             "trainer_wall_seconds": trainer_s + orchestration_s, "orchestration_seconds": orchestration_s,
+            "orchestration_measured": bool(orch),
             "orchestration_fraction": orchestration_s / (trainer_s + orchestration_s),
             "plain_wall_seconds": serial["plain"] / speedup, "serial_trainer_seconds": serial["trainer"],
             "compile_seconds": compile_seconds, "fused_wall_seconds": fused_s,

@@ -7,8 +7,7 @@ import statistics
 
 import pandas as pd
 
-from bench.sizes import (BATCH, TARGET_DATA_SHARE, TARGET_EFFICIENCY, TARGET_OVERHEAD, TARGET_PIPELINE_SPEEDUP,
-                         TARGET_SPEEDUP)
+from bench.sizes import BATCH, TARGET_DATA_SHARE, TARGET_EFFICIENCY, TARGET_PIPELINE_SPEEDUP, TARGET_SPEEDUP
 from orchestrator.analysis.tables import to_markdown
 
 
@@ -193,8 +192,10 @@ def projection_section(projection: dict, env: dict) -> list[str]:
               f"{projection['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
               f"of 10,000 + the latency measurement; {k} trials at once (speed-up {k * projection['efficiency']:.2f}"
               f"{'' if projection['sharing_measured'] else ', not measured'}). Ray/MLflow: "
-              f"{hours(projection['orchestration_seconds'])}, {projection['orchestration_fraction']:.1%} of the old "
-              f"default's wall time. Floor = total FLOPs / the best measured matmul rate of the machine.{partial}",
+              + (f"{hours(projection['orchestration_seconds'])}, {projection['orchestration_fraction']:.1%} of the "
+                 "old default's wall time" if projection.get("orchestration_measured", True) else "not measured "
+                 "(part 4 did not run), counted as nothing")
+              + f". Floor = total FLOPs / the best measured matmul rate of the machine.{partial}",
               table(rows, ["route", "projected wall", "compute floor", "projected / floor"]),
               default_line(projection),
               f"Total {projection['total_flops'] / 1e15:.3f} PFLOP (training 6 x MACs per image, evaluation 2 x)."]
@@ -207,14 +208,14 @@ def projection_section(projection: dict, env: dict) -> list[str]:
 
 def default_line(projection: dict) -> str:
     """`make run` (all 8 variants x 5 seeds) under the sweep's new default against its old one."""
-    old, new = projection["trainer_wall_seconds"], projection["default_wall_seconds"]
+    old, new, ratio = (projection[k] for k in ("trainer_wall_seconds", "default_wall_seconds", "default_speedup"))
+    head = f"**`make run` ({projection['pairs']} (variant, seed) pairs, {projection['k']} trial slots)**: "
+    if not projection["auto_fuses"]:
+        return head + f"the new default (`--fuse-seeds auto`) keeps one trial per pair here: the same {hours(old)}."
     if new is None:
-        return ("`make run` under the new default (`--fuse-seeds auto`, fused here): not projected without part 7's "
-                "fused step.")
-    how = "fused" if projection["auto_fuses"] else "one trial per pair, as before"
-    return (f"**`make run` ({projection['pairs']} (variant, seed) pairs, {projection['k']} trial slots)**: old "
-            f"default {hours(old)}, new default (`--fuse-seeds auto`: {how}) {hours(new)}: "
-            f"**{projection['default_speedup']:.2f}x** faster.")
+        return head + "the new default (`--fuse-seeds auto`) fuses here; not projected without part 7's fused step."
+    return (head + f"old default {hours(old)}, new default (`--fuse-seeds auto`: fused) {hours(new)}: "
+            + (f"**{ratio:.2f}x** faster." if ratio >= 1 else f"**{1 / ratio:.2f}x** slower."))
 
 
 def latency_section(latency: dict, env: dict) -> list[str]:

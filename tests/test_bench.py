@@ -49,7 +49,9 @@ def test_quick_bench_writes_markdown_and_json_with_positive_figures(tiny_cifar, 
     # make run's 40 pairs outnumber this box's trial slots: the new default (--fuse-seeds auto) is the fused grid
     assert proj["auto_fuses"] and proj["default_wall_seconds"] == proj["fused_wall_seconds"]
     assert proj["default_speedup"] == pytest.approx(proj["trainer_wall_seconds"] / proj["fused_wall_seconds"])
-    assert f"**{proj['default_speedup']:.2f}x** faster" in table and "(old default: one trial per" in table
+    ratio = proj["default_speedup"]  # which way it goes on a loaded box's quick run is not asserted
+    assert f"**{ratio:.2f}x** faster" in table or f"**{1 / ratio:.2f}x** slower" in table
+    assert "**`make run` (40 (variant, seed) pairs" in table and "(old default: one trial per" in table
     for v in ("base", "v2"):  # part 7: every route timed, per model-step
         row = res["steps"]["variants"][v]
         for key in ("plain_ms_per_step", "eager_ms_per_step", "fused_ms_per_step", "trainer_speedup", "fused_speedup"):
