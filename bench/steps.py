@@ -68,8 +68,9 @@ def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     trainer = default_route(args.device, sizes)
     log(f"steps: {','.join(args.variants)}, {sizes.rounds} rounds x {sizes.step_calls} calls per route, "
         f"fused K={sizes.fused_k}, default route {trainer}")
-    out = {"rounds": sizes.rounds, "calls": sizes.step_calls, "fused_k": sizes.fused_k, "compiled": trainer == "compiled",
-           "samples_per_epoch": train_set.num_samples(), "trainer_route": trainer, "variants": {},
+    out = {"rounds": sizes.rounds, "calls": sizes.step_calls, "fused_k": sizes.fused_k,
+           "compiled": trainer == "compiled", "samples_per_epoch": train_set.num_samples(), "trainer_route": trainer,
+           "variants": {},
            "routes": ["plain", "eager", "graph" if args.device.type == "cuda" else "compiled", "fused"]}
     for v in args.variants:
         routes, not_timed = step_routes(args, sizes, cfg, v, d, train_set, focus)
