@@ -1,6 +1,7 @@
-"""Small timing helpers: device sync, median step time, peak matmul rate, and where a step's time goes."""
+"""The benchmark's timers: the interleaved rounds every part uses, the peak matmul rate, where a step's time goes."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -9,21 +10,61 @@ import torch.nn.functional as F
 import data
 import models
 from bench.plain import paper_adam, plain_loader
-from orchestrator.training.config import TrainConfig
-from orchestrator.training.latency import sync, torch_threads
-from orchestrator.training.train import build
+from bench.routes import Route, TrainConfig, cycle, sync, torch_threads, trainer_format
 
 
-def median_ms(fn, seconds: float, device, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
+def rotated(names: list, r: int) -> list:
+    """Round r's order: the names rotated by r, so drift in the machine's load hits every route alike (for two
+    routes: ABBA)."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
+def ms_per_call(fn, n: int, device) -> float:
     sync(device)
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
+    t0 = time.perf_counter()
+    for _ in range(n):
         fn()
-        n += 1
     sync(device)
     return (time.perf_counter() - t0) / n * 1e3
+
+
+def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> dict[str, list[float]]:
+    """ms per model-step of each route, per round, the routes interleaved in rotated order in one process; a few
+    warm-up calls first (on CUDA more: the first captures the graph, then allocations settle)."""
+    for route in routes.values():
+        torch.set_flush_denormal(route.flush)
+        for _ in range(10 if device.type == "cuda" else 3):
+            route.step()
+    times = {name: [] for name in routes}
+    for r in range(rounds):
+        for name in rotated(list(routes), r):
+            torch.set_flush_denormal(routes[name].flush)
+            times[name].append(ms_per_call(routes[name].step, calls, device) / routes[name].per_call)
+    torch.set_flush_denormal(True)
+    return times
+
+
+def per_second(fn, seconds: float) -> float:
+    """What fn() returns (images, steps), per second over calls for at least `seconds` (at least one call)."""
+    total, t0 = 0, time.perf_counter()
+    while True:
+        total += fn()
+        if (elapsed := time.perf_counter() - t0) >= seconds:
+            return total / elapsed
+
+
+def first_call_seconds(route: Route, device) -> float:
+    """The first call alone: what compiling (or capturing a CUDA graph) costs a trial once."""
+    torch.set_flush_denormal(route.flush)
+    t0 = time.perf_counter()
+    route.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def paired(times: dict, a: str, b: str) -> float:
+    """Median over rounds of a's figure / b's (each round's pair ran back to back): robust to load drifting."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def matmul_peak_gflops(device, threads: int, n: int, seconds: float) -> float:
@@ -50,54 +91,38 @@ def step_components(cfg: TrainConfig, variant: str, device, seconds: float, imag
     """Where a step's time goes, ms per step: batch fetch, zero_grad+forward+loss+backward, optimizer step, for a
     plain step and a trainer-style step run alternately with a timer per part, so machine load hits all six
     parts alike. Mean over the window. (The headline rates come from whole epochs of the real trainer.)"""
-    fmt = trainer_format(cfg, variant, device)
-    plain_loader_it = _cycle(lambda epoch: plain_loader(images, labels, focus))
     train_set = data.TrainSet(images, labels, augment=cfg.augment, focus_classes=focus, device=device)
-    ours_it = _cycle(train_set.batches)
     routes = {}
-    for name, route_fmt, fused in (("plain", torch.contiguous_format, None), ("trainer", fmt, cfg.fused_adam)):
+    for name, fmt, fused, batches in (
+            ("plain", torch.contiguous_format, None, cycle(lambda epoch: plain_loader(images, labels, focus))),
+            ("trainer", trainer_format(cfg, variant, device), cfg.fused_adam, cycle(train_set.batches))):
         torch.manual_seed(0)
-        model = models.create_model(variant).to(device=device, memory_format=route_fmt).train()
-        opt = paper_adam(model.parameters(), fused=fused)
-        routes[name] = (model, opt, route_fmt)
+        model = models.create_model(variant).to(device=device, memory_format=fmt).train()
+        routes[name] = (model, paper_adam(model.parameters(), fused=fused), fmt, batches)
     totals = {f"{r}_{part}_ms": 0.0 for r in routes for part in ("data", "fwd_bwd", "adam")}
 
-    def step(name, it, n_steps):
-        model, opt, route_fmt = routes[name]
+    def step(name, timed: bool):
+        model, opt, fmt, batches = routes[name]
         t0 = time.perf_counter()
-        x, y = next(it)
-        x, y = x.to(device).contiguous(memory_format=route_fmt), y.to(device)
+        x, y = next(batches)
+        x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
         sync(device)
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        F.cross_entropy(model(x), y).backward()
         sync(device)
         t2 = time.perf_counter()
         opt.step()
         sync(device)
-        t3 = time.perf_counter()
-        if n_steps is not None:
+        if timed:
             totals[f"{name}_data_ms"] += t1 - t0
             totals[f"{name}_fwd_bwd_ms"] += t2 - t1
-            totals[f"{name}_adam_ms"] += t3 - t2
+            totals[f"{name}_adam_ms"] += time.perf_counter() - t2
     for _ in range(3):  # warm-up
-        step("plain", plain_loader_it, None), step("trainer", ours_it, None)
+        step("plain", False), step("trainer", False)
     n, t_end = 0, time.perf_counter() + seconds
     while n < 5 or time.perf_counter() < t_end:
-        step("plain", plain_loader_it, n)
-        step("trainer", ours_it, n)
+        step("plain", True)
+        step("trainer", True)
         n += 1
     return {k: v / n * 1e3 for k, v in totals.items()}
-
-
-def _cycle(make_epoch):
-    epoch = 0
-    while True:
-        yield from make_epoch(epoch)
-        epoch += 1
-
-
-def trainer_format(cfg: TrainConfig, variant: str, device) -> torch.memory_format:
-    """The memory format the trainer really uses (train.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
-    return build(cfg, variant, device).memory_format

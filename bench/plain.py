@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+import models
+from bench.routes import TrainConfig, cycle
 from bench.sizes import BATCH
-from orchestrator.training.config import TrainConfig
+
 
 class PlainCIFAR10(Dataset):
     """What torchvision.datasets.CIFAR10 does per item (HWC uint8 array -> PIL image -> transform), but over
@@ -50,25 +52,47 @@ def paper_adam(params, fused: bool | None = None) -> torch.optim.Adam:
                             weight_decay=PAPER.weight_decay, fused=fused)
 
 
+def tutorial_step(model, optimizer, criterion, inputs, targets, device) -> float:
+    """One step of PyTorch's "Training a Classifier" tutorial loop: the batch moved to the device, contiguous
+    tensors, the loss read with .item() (a host sync every step). Nothing is slowed on purpose."""
+    inputs, targets = inputs.to(device), targets.to(device)
+    optimizer.zero_grad()
+    loss = criterion(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def plain_epoch(model, images, labels, focus_classes, device, seed: int) -> float:
-    """One epoch the way PyTorch's "Training a Classifier" tutorial writes it, with the paper's optimizer:
-    a torchvision-CIFAR10-style dataset (PIL image per item, torchvision transforms; `plain_loader`),
-    DataLoader(batch_size=4, shuffle=True, num_workers=0: the trial has one core), contiguous tensors,
-    torch.optim.Adam with its default implementation (for-loop on CPU, foreach on CUDA), the loss read with
-    .item() each step. Nothing is slowed on purpose. Returns images/s."""
+    """One epoch the tutorial's way with the paper's optimizer: `plain_loader` (a torchvision-CIFAR10-style
+    dataset, DataLoader(batch_size=4, shuffle=True, num_workers=0: the trial has one core)), `tutorial_step`,
+    torch.optim.Adam with its default implementation (for-loop on CPU, foreach on CUDA). Returns images/s."""
     torch.manual_seed(seed)
-    loader = plain_loader(images, labels, focus_classes)
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = paper_adam(model.parameters())
+    criterion, optimizer = torch.nn.CrossEntropyLoss(), paper_adam(model.parameters())
     model.train()
-    running_loss, seen = 0.0, 0
-    t0 = time.perf_counter()
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        optimizer.zero_grad()
-        loss = criterion(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
+    seen, t0 = 0, time.perf_counter()
+    for inputs, targets in plain_loader(images, labels, focus_classes):
+        tutorial_step(model, optimizer, criterion, inputs, targets, device)
         seen += len(targets)
     return seen / (time.perf_counter() - t0)
+
+
+def plain_step(variant: str, images, labels, focus_classes, device, state: dict | None = None):
+    """The plain route as a step callable (`plain_loader` batches, `tutorial_step`), from the checkpoint `state`
+    when given (its weights, Adam moments and lr; torch's default Adam kept). `.model`, `.optimizer` its own."""
+    torch.manual_seed(0)
+    model = models.create_model(variant).to(device).train()
+    optimizer = paper_adam(model.parameters())
+    if state is not None:
+        model.load_state_dict(state["model"])
+        saved = state["optimizer"]
+        for p, i in zip(model.parameters(), saved["param_groups"][0]["params"]):
+            optimizer.state[p] = {key: value.to(device).clone() for key, value in saved["state"][i].items()}
+        optimizer.param_groups[0]["lr"] = float(saved["param_groups"][0]["lr"])
+    criterion = torch.nn.CrossEntropyLoss()
+    batches = cycle(lambda epoch: plain_loader(images, labels, focus_classes))
+
+    def one() -> None:
+        tutorial_step(model, optimizer, criterion, *next(batches), device)
+    one.model, one.optimizer = model, optimizer
+    return one

@@ -1,126 +1,111 @@
-"""Parts 7 and 8 of `python -m bench`: ms per model-step on the CPU, route by route, on fresh models
-and on a late-epoch state that holds subnormal floats. Routes interleave round by round in one process on the
-bench's thread count (the order rotates, so drift in the machine's load hits them alike); medians over rounds.
+"""Parts 7 and 8: ms per model-step, route by route, on fresh models and on a late-epoch state that holds
+subnormal floats. The routes interleave round by round in one process on one device (`measure.time_rounds`).
 
 7. steps   per variant, from a fresh model:
            plain      bench/plain.py's route (PIL + DataLoader batches, torch's default Adam, loss.item())
-           eager      the trainer's step uncompiled (--no-compile)
-           compiled   the default full-run trainer: forward, loss, backward and Adam in one torch.compile
+           eager      the trainer's step uncompiled (--no-compile; what --no-cuda-graph runs on CUDA)
+           compiled   CPU: the default full-run trainer, forward, loss, backward and Adam in one torch.compile
+           graph      CUDA: the default, the whole step as one CUDA graph (orchestrator.training.cuda_graph)
            fused      --fuse-seeds: K seeds as one stacked network (uncompiled, as it trains); its call time / K
-           and what the compiled route's first call took (compiling: a trial pays it once).
-8. late    V6 from a real checkpoint trained without flushing (late_state.py), the plain and the compiled route
-           each with denormals flushed and not, and inference latency (orchestrator.training.latency) both ways.
-           Flushing matters only from such a state: a fresh model holds no subnormals.
+           and what the default route's first call took (compiling or capturing: a trial pays it once).
+8. late    V6 from a real checkpoint trained without flushing (late_state.py), the plain and the default route
+           each with denormals flushed and not, and inference latency both ways. Flushing matters only from such a
+           state, and only on a CPU (a part of the CPU benchmark).
 """
 from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 
 import torch
 
 import data
-import models
-from bench.gpu import fused_route, plain_route, time_ms_per_call, trainer_route
+from bench.inputs import load
 from bench.late_state import count_subnormal, late_state_path, load_late_state
-from bench.measure import trainer_format
-from bench.sizes import Sizes
-from orchestrator.training.config import TrainConfig
-from orchestrator.training.latency import measure_latency
-from orchestrator.training.train import TrialData
+from bench.measure import first_call_seconds, paired, time_rounds
+from bench.plain import plain_step
+from bench.routes import Route, TrainConfig, fresh_model, fused_step, measure_latency, trainer_step
 
 LATE_VARIANT = "v6"  # the variant whose late epochs hold subnormals (base, v3 and v5 end with none)
 
 
-@dataclasses.dataclass
-class Route:
-    step: object          # one call: `per_call` model-steps
-    per_call: int = 1
-    flush: bool = True    # torch.set_flush_denormal while this route runs
+def default_route(device, sizes) -> str:
+    """What a trial trains with by default here: the CUDA graph on CUDA, the compiled step on CPU (eager in a quick
+    run, which does not time the compile)."""
+    return "graph" if device.type == "cuda" else "compiled" if sizes.step_compile else "eager"
 
 
-def step_data(args, sizes: Sizes, cfg: TrainConfig) -> tuple[TrialData, data.TrainSet, list[int]]:
-    root = data.resolve_data_dir(args.data_dir)
-    x, y = data.stratified_subset(*data.load_cifar10(root, "train"), sizes.train_per_class, seed=0)
-    vx, vy = data.load_cifar10(root, "test")
+def step_data(args, sizes, cfg: TrainConfig) -> tuple:
+    """The images 7 and 8 train on, the trainer's TrainSet of them on the device, the focus classes."""
+    d = load(args.data_dir, sizes.step_per_class)
     focus = data.parse_focus_classes(cfg.focus_classes)
-    return TrialData(x, y, vx, vy), data.TrainSet(x, y, focus_classes=focus), focus
+    return d, data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, device=args.device), focus
 
 
-def first_call_seconds(route: Route) -> float:
-    torch.set_flush_denormal(route.flush)
-    t0 = time.perf_counter()
-    route.step()
-    return time.perf_counter() - t0
+def step_routes(args, sizes, cfg: TrainConfig, variant: str, d, train_set, focus) -> tuple[dict, dict]:
+    """{route: Route} of fresh `variant` models on this device, and why any route is not timed here."""
+    eager = dataclasses.replace(cfg, compile=False)
+    routes = {"plain": Route(plain_step(variant, d.train_images, d.train_labels, focus, args.device), flush=False),
+              "eager": Route(trainer_step(eager, variant, train_set, args.device))}
+    not_timed = {}
+    if args.device.type == "cuda":
+        routes["graph"] = Route(trainer_step(eager, variant, train_set, args.device, graphed=True))
+        not_timed["compiled"] = "CUDA: the CUDA graph takes --compile's place"
+    else:
+        not_timed["graph"] = "CPU: no CUDA graphs"
+        if sizes.step_compile:
+            routes["compiled"] = Route(trainer_step(dataclasses.replace(cfg, compile=True), variant, train_set,
+                                                    args.device))
+        else:
+            not_timed["compiled"] = "quick run: not compiled"
+    # --fuse-seeds trains uncompiled (compiling the fused step cost minutes for 0.91-1.14x): time what it runs.
+    routes["fused"] = Route(fused_step(eager, variant, sizes.fused_k, d, args.device), per_call=sizes.fused_k)
+    return routes, not_timed
 
 
-def time_routes(routes: dict[str, Route], rounds: int, steps: int) -> dict[str, list[float]]:
-    """ms per model-step of each route, per round; a few warm-up calls first."""
-    for route in routes.values():
-        torch.set_flush_denormal(route.flush)
-        for _ in range(3):
-            route.step()
-    names, times = list(routes), {name: [] for name in routes}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            torch.set_flush_denormal(routes[name].flush)
-            times[name].append(time_ms_per_call(routes[name].step, steps, torch.device("cpu")) / routes[name].per_call)
-    torch.set_flush_denormal(True)
-    return times
-
-
-def paired(times: dict, a: str, b: str) -> float:
-    """Median over rounds of a's time / b's (each round's pair ran back to back): how much faster b is."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
-
-
-def bench_steps(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
-    d, train_set, focus = step_data(args, sizes, base_cfg)
-    eager_cfg, compiled_cfg = (dataclasses.replace(base_cfg, compile=c) for c in (False, True))
-    log(f"steps: {args.variants}, {sizes.step_rounds} rounds x {sizes.step_calls} calls per route, "
-        f"fused K={sizes.fused_k}, compiled route {'on' if sizes.step_compile else 'off (quick)'}")
-    out = {"rounds": sizes.step_rounds, "calls": sizes.step_calls, "fused_k": sizes.fused_k,
-           "compiled": sizes.step_compile, "variants": {}}
+def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
+    d, train_set, focus = step_data(args, sizes, cfg)
+    trainer = default_route(args.device, sizes)
+    log(f"steps: {','.join(args.variants)}, {sizes.rounds} rounds x {sizes.step_calls} calls per route, "
+        f"fused K={sizes.fused_k}, default route {trainer}")
+    out = {"rounds": sizes.rounds, "calls": sizes.step_calls, "fused_k": sizes.fused_k,
+           "compiled": trainer == "compiled", "samples_per_epoch": train_set.num_samples(), "trainer_route": trainer,
+           "variants": {},
+           "routes": ["plain", "eager", "graph" if args.device.type == "cuda" else "compiled", "fused"]}
     for v in args.variants:
-        routes = {"plain": Route(plain_route(v, d, focus, device), flush=False),
-                  "eager": Route(trainer_route(eager_cfg, v, train_set, device, graphed=False))}
-        compile_seconds = {}
-        if sizes.step_compile:
-            routes["compiled"] = Route(trainer_route(compiled_cfg, v, train_set, device, graphed=False))
-        # --fuse-seeds trains uncompiled (compiling the fused step cost minutes for 0.91-1.14x): time what it runs.
-        fused_step, k, _ = fused_route(eager_cfg, v, sizes.fused_k, d, device)
-        routes["fused"] = Route(fused_step, per_call=k)
-        if sizes.step_compile:
-            compile_seconds["compiled"] = first_call_seconds(routes["compiled"])
-        times = time_routes(routes, sizes.step_rounds, sizes.step_calls)
-        trainer = "compiled" if sizes.step_compile else "eager"
+        routes, not_timed = step_routes(args, sizes, cfg, v, d, train_set, focus)
+        compile_seconds = {trainer: first_call_seconds(routes[trainer], args.device)} if trainer != "eager" else {}
+        times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
         row = {f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()}
         row.update({"ms_per_round": times, "compile_seconds": compile_seconds, "trainer_route": trainer,
-                    "trainer_speedup": paired(times, "plain", trainer),
-                    "fused_speedup": paired(times, trainer, "fused")})
+                    "not_timed": not_timed, "trainer_speedup": paired(times, "plain", trainer),
+                    "eager_speedup": paired(times, "eager", trainer), "fused_speedup": paired(times, trainer, "fused")})
         out["variants"][v] = row
         log(f"  {v}: " + ", ".join(f"{name} {row[f'{name}_ms_per_step']:.2f}" for name in times) +
-            f" ms/step; {trainer} vs plain {row['trainer_speedup']:.2f}x, fused vs {trainer} {row['fused_speedup']:.2f}x")
+            f" ms/step; {trainer} vs plain {row['trainer_speedup']:.2f}x, fused {row['fused_speedup']:.2f}x")
+        if args.device.type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
-def bench_late(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
+def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The late-epoch state: training steps and inference with subnormals flushed and not."""
     state = load_late_state(LATE_VARIANT)
     subnormal_params, subnormal_moments = count_subnormal(state)
-    d, train_set, focus = step_data(args, sizes, base_cfg)
-    cfg = dataclasses.replace(base_cfg, compile=sizes.step_compile)
-    trainer = "compiled" if sizes.step_compile else "eager"
+    d, train_set, focus = step_data(args, sizes, cfg)
+    trainer = default_route(args.device, sizes)
+    cfg = dataclasses.replace(cfg, compile=trainer == "compiled")
     log(f"late state: {late_state_path(LATE_VARIANT).name}, epoch {state['epoch']}, {subnormal_params} subnormal "
         f"parameters, {subnormal_moments} subnormal exp_avg entries; {trainer} trainer and plain, flushed and not")
-    # Each route trains its own copy: a flushed step writes the subnormals back as zeros.
-    routes = {"plain": Route(plain_route(LATE_VARIANT, d, focus, device, state), flush=False),
-              "plain, flushed": Route(plain_route(LATE_VARIANT, d, focus, device, state)),
-              trainer: Route(trainer_route(cfg, LATE_VARIANT, train_set, device, graphed=False, state=state)),
-              f"{trainer}, not flushed": Route(trainer_route(cfg, LATE_VARIANT, train_set, device, graphed=False,
-                                                            state=state), flush=False)}
-    times = time_routes(routes, sizes.step_rounds, sizes.step_calls)
+
+    def plain(flush):  # each route trains its own copy: a flushed step writes the subnormals back as zeros
+        return Route(plain_step(LATE_VARIANT, d.train_images, d.train_labels, focus, args.device, state), flush=flush)
+
+    def ours(flush):
+        return Route(trainer_step(cfg, LATE_VARIANT, train_set, args.device, trainer == "graph", state), flush=flush)
+    routes = {"plain": plain(False), "plain, flushed": plain(True), trainer: ours(True),
+              f"{trainer}, not flushed": ours(False)}
+    times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
     left = {name: count_subnormal({"model": r.step.model.state_dict(), "optimizer": r.step.optimizer.state_dict()})
             for name, r in routes.items()}
     out = {"state": late_state_path(LATE_VARIANT).name, "epoch": state["epoch"], "trainer_route": trainer,
@@ -130,19 +115,16 @@ def bench_late(args, sizes: Sizes, base_cfg: TrainConfig, device, log) -> dict:
            "trainer_speedup": paired(times, "plain", trainer),
            "flush_speedup": paired(times, f"{trainer}, not flushed", trainer),
            "plain_flush_speedup": paired(times, "plain", "plain, flushed"),
-           "latency": late_latency(state, d, sizes, device)}
+           "latency": late_latency(state, d, sizes, args.device)}
     log(f"  {trainer} vs plain {out['trainer_speedup']:.2f}x; without flushing the {trainer} step is "
-        f"{out['flush_speedup']:.2f}x slower; inference per image "
-        f"{out['latency']['per_image_slowdown']:.2f}x slower")
+        f"{out['flush_speedup']:.2f}x slower; inference per image {out['latency']['per_image_slowdown']:.2f}x slower")
     return out
 
 
-def late_latency(state: dict, d: TrialData, sizes: Sizes, device) -> dict:
-    """orchestrator.training.latency's two definitions on the late state, flushed and not, interleaved over repeats."""
-    fmt = trainer_format(TrainConfig(), LATE_VARIANT, device)
-    model = models.create_model(LATE_VARIANT)
+def late_latency(state: dict, d, sizes, device) -> dict:
+    """measure_latency's two definitions on the late state, flushed and not, interleaved over repeats."""
+    model, fmt = fresh_model(TrainConfig(), LATE_VARIANT, device)
     model.load_state_dict(state["model"])
-    model = model.to(device=device, memory_format=fmt)
     vx, vy = d.val_images[:sizes.latency_images], d.val_labels[:sizes.latency_images]
     rows = {flush: {"latency_ms_per_image": [], "latency_ms_batch1": []} for flush in (True, False)}
     for _ in range(sizes.latency_repeats):

@@ -1,74 +1,35 @@
-"""The Markdown report: the tables, the verdicts against the targets, and the cause of each missed one.
-
-One renderer per measurement; each returns its blocks (heading, paragraphs, tables), which `render` joins with a
-blank line between them. Tables are DataFrames of formatted cells, written by `orchestrator.analysis.tables.to_markdown`.
-"""
+"""The Markdown report: the header, the targets with their verdicts, then each measured part's section
+(bench/sections.py), blocks joined with a blank line."""
 from __future__ import annotations
 
-import statistics
+from bench.sections import (concurrency_section, epoch_section, flop_rate_section, late_section, latency_section,
+                            orchestration_cause, orchestration_judged, orchestration_section, parallel_cause,
+                            parallel_section, pipeline_section, projection_section, steps_section, table,
+                            throughput_section, verdict)
+from bench.sizes import (TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
+                         TARGET_STEP_SPEEDUP)
 
-import pandas as pd
-
-from bench.sizes import (BATCH, TARGET_EFFICIENCY, TARGET_FUSED_SPEEDUP, TARGET_OVERHEAD, TARGET_SPEEDUP,
-                                      TARGET_STEP_SPEEDUP)
-from orchestrator.analysis.tables import to_markdown
-
-
-def verdict(met: bool, shortfall: str, cause: str) -> str:
-    return "met" if met else f"**missed** by {shortfall}: {cause}"
-
-
-def step_sum_ms(components: dict, route: str) -> float:
-    return sum(components[f"{route}_{part}_ms"] for part in ("data", "fwd_bwd", "adam"))
-
-
-def fwd_bwd_cap(components: dict) -> float:
-    """The speed-up if data and optimizer cost nothing and fwd+bwd took the faster memory format."""
-    return step_sum_ms(components, "plain") / min(components["trainer_fwd_bwd_ms"], components["plain_fwd_bwd_ms"])
-
-
-def throughput_cause(row: dict) -> str:
-    parts = row["components"]
-    plain, trainer = step_sum_ms(parts, "plain"), step_sum_ms(parts, "trainer")
-    format_gain = parts["trainer_fwd_bwd_ms"] / parts["plain_fwd_bwd_ms"] - 1
-    memory_format = " (contiguous, see *)" if not row["channels_last"] else (
-        f" (channels_last {format_gain:+.0%} vs contiguous)" if abs(format_gain) > 0.05 else "")
-    return (f"forward+backward, the same convolutions in both routes, is {parts['trainer_fwd_bwd_ms']:.1f} of the "
-            f"trainer's {trainer:.1f} ms step{memory_format}; the trainer cut data+Adam from "
-            f"{plain - parts['plain_fwd_bwd_ms']:.1f} to {trainer - parts['trainer_fwd_bwd_ms']:.1f} ms; even at "
-            f"zero data+Adam the cap is {fwd_bwd_cap(parts):.2f}x")
-
-
-def spread(xs) -> str:
-    return f"{statistics.median(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
-
-
-def hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
-def table(rows: list[list[str]], columns: list[str]) -> str:
-    return to_markdown(pd.DataFrame(rows, columns=columns))
+SECTIONS = {"throughput": lambda r, env: throughput_section(r, env) + flop_rate_section(r, env),
+            "parallel": parallel_section, "orchestration": orchestration_section, "projection": projection_section,
+            "latency": latency_section, "steps": steps_section, "late": late_section, "epoch": epoch_section,
+            "concurrency": concurrency_section, "pipeline": pipeline_section}  # in the order of the report
 
 
 def render(res: dict) -> str:
-    env = res["environment"]
-    blocks = (header_section(env) + targets_section(*(res.get(k) for k in ("throughput", "parallel", "orchestration",
-                                                                              "projection")))
+    blocks = (header_section(res["environment"])
+              + targets_section(*(res.get(k) for k in ("throughput", "parallel", "orchestration", "projection")))
               + step_targets_section(res.get("steps"), res.get("late")))
-    sections = {"throughput": lambda r, env: throughput_section(r, env) + flop_rate_section(r, env),
-                "parallel": parallel_section, "orchestration": orchestration_section,
-                "projection": projection_section, "latency": latency_section, "steps": steps_section,
-                "late": late_section}
-    for key, section in sections.items():  # in the order of the report, each only when measured
+    for key, section in SECTIONS.items():  # each only when measured
         if res.get(key):
-            blocks += section(res[key], env)
+            blocks += section(res[key], res["environment"])
     return "\n\n".join(blocks) + "\n"
 
 
 def header_section(env: dict) -> list[str]:
+    cuda = (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}, MPS daemon {'running' if env['mps'] else 'not running'}"
+            if env["device"] == "cuda" else "")
     blocks = [f"# Benchmark ({'quick' if env['quick'] else 'full'}) - {env['time']}",
-              f"Device: {env['device_label']}. torch {env['torch']}, {env['cores']} CPU cores, {env['threads']} "
+              f"Device: {env['device_label']}. torch {env['torch']}{cuda}, {env['cores']} CPU cores, {env['threads']} "
               f"thread(s) per trial. Data: {env['data']}. Every ratio is taken within this run, measurements "
               "interleaved; other processes on the machine are not controlled (their load is reported where it "
               "matters)."]
@@ -81,11 +42,8 @@ def header_section(env: dict) -> list[str]:
 def targets_section(throughput, parallel, orchestration, projection) -> list[str]:
     rows = []
     if throughput:
-        worst, worst_row = min(throughput["variants"].items(), key=lambda kv: kv[1]["speedup"])
-        missed = [v for v, row in throughput["variants"].items() if row["speedup"] < TARGET_SPEEDUP]
-        said = "met" if not missed else f"**missed** for {', '.join(missed)}: shortfall and cause in table 1"
-        rows.append([f"trainer >= {TARGET_SPEEDUP}x plain route, every variant",
-                     f"min {worst_row['speedup']:.2f}x ({worst})", said])
+        rows.append(every_variant(f"trainer >= {TARGET_SPEEDUP}x plain route, every variant", throughput, "speedup",
+                                  TARGET_SPEEDUP, ": shortfall and cause in table 1"))
     if parallel:
         efficiency = parallel["efficiency"]
         rows.append([f"parallel efficiency >= {TARGET_EFFICIENCY} at K={parallel['k']}", f"{efficiency:.3f}",
@@ -94,279 +52,34 @@ def targets_section(throughput, parallel, orchestration, projection) -> list[str
     if orchestration:
         wall, judged, how = orchestration_judged(orchestration)
         projected = (f"; projected for the paper's grid: {projection['orchestration_fraction']:.1%}"
-                     if projection else "")
+                     if projection and "error" not in projection else "")
         rows.append([f"orchestration overhead <= {TARGET_OVERHEAD:.0%}",
                      f"wall {wall:+.1%} on this grid, structural {orchestration['structural_overhead']:.1%}{projected}",
                      how + verdict(judged <= TARGET_OVERHEAD, f"{judged - TARGET_OVERHEAD:.1%}",
                                    orchestration_cause(orchestration))])
-    return ["## Targets", table(rows, ["target", "measured", "verdict"])]
+    return ["## Targets", table(rows, ["target", "measured", "verdict"])] if rows else []
 
 
-def throughput_section(throughput: dict, env: dict) -> list[str]:
-    variants = throughput["variants"]
-    rounds = len(next(iter(variants.values()))["trainer_images_per_second"])
-    rows = [[f"{v}{'' if row['channels_last'] else ' *'}", f"{row['trainer_median_images_per_second']:.0f}",
-             f"{row['trainer_ms_per_step']:.2f}", f"{row['plain_median_images_per_second']:.0f}",
-             f"{row['plain_ms_per_step']:.2f}", f"{row['speedup']:.2f}x",
-             verdict(row["speedup"] >= TARGET_SPEEDUP, f"{TARGET_SPEEDUP - row['speedup']:.2f}x",
-                     throughput_cause(row))]
-            for v, row in variants.items()]
-    blocks = [f"## 1. Training throughput, batch {BATCH}, train mode, focused augmentation ({env['device_label']})",
-              f"One epoch of {throughput['samples_per_epoch']} samples ({throughput['per_class']}/class + focus-class "
-              f"copies) per measurement, {rounds} rounds interleaved trainer/plain (ABBA); img/s are medians, the "
-              "speed-up is the median of the per-round ratios. Trainer: `orchestrator.training.train.train` uncompiled "
-              "(part 7 times the compiled step), otherwise the default config (channels_last, fused Adam, in-memory "
-              "batched augmentation). Plain: torchvision-style PIL "
-              "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous. Other processes kept "
-              f"{throughput['load']['other_cores']:.2f} of {env['cores']} cores busy on average meanwhile.",
-              table(rows, ["variant", "trainer img/s", "trainer ms/step", "plain img/s", "plain ms/step", "speed-up",
-                           f"target >= {TARGET_SPEEDUP}x"]),
-              *step_components_blocks(variants)]
-    if any(not row["channels_last"] for row in variants.values()):
-        blocks.append("\\* the trainer keeps this variant contiguous on CPU (`train.build`): torch's oneDNN "
-                      "backward of a strided 1x1 conv with 2-7 input channels in channels_last corrupts the heap "
-                      "(the dense skip from the image in v2/alpha).")
-    return blocks
-
-
-def step_components_blocks(variants: dict) -> list[str]:
-    rows = []
-    for v, row in variants.items():
-        parts = row["components"]
-        rows.append([v, *(f"{parts[f'{route}_{part}_ms']:.2f}" for route in ("plain", "trainer")
-                          for part in ("data", "fwd_bwd", "adam")),
-                     f"{step_sum_ms(parts, 'plain') / step_sum_ms(parts, 'trainer'):.2f}x",
-                     f"{fwd_bwd_cap(parts):.2f}x"])
-    return ["Where the step time goes (ms per step; a plain and a trainer-style step run alternately on the same data "
-            "with a timer per part, so load hits all parts alike; cap = plain step / the faster fwd+bwd, the speed-up "
-            "if data and optimizer cost nothing):",
-            table(rows, ["variant", "plain data", "plain fwd+bwd", "plain Adam (for-loop)", "trainer data",
-                         "trainer fwd+bwd", "trainer Adam (fused)", "speed-up of these steps", "cap"])]
-
-
-def flop_rate_section(throughput: dict, env: dict) -> list[str]:
-    rows = [[v, f"{row['macs_per_image']:,}", f"{row['trainer_gflops']:.2f}", f"{row['trainer_peak_fraction']:.1%}",
-             f"{row['plain_gflops']:.2f}", f"{row['plain_peak_fraction']:.1%}"]
-            for v, row in throughput["variants"].items()]
-    rounds = ", ".join(f"{x:.1f}" for x in throughput["peak_gflops_per_round"])
-    return [f"## 2. Achieved FLOP rate vs measured peak ({env['device_label']})",
-            f"Peak: best fp32 {env['peak_n']}x{env['peak_n']} matmul, {env['threads']} thread(s): "
-            f"{throughput['peak_gflops']:.1f} GFLOP/s (rounds: {rounds}); all {env['cores']} cores: "
-            f"{throughput['peak_all_cores_gflops']:.1f} GFLOP/s. Achieved = 6 x MACs/image (convs + linears, "
-            "FlopCounterMode) x images/s.",
-            table(rows, ["variant", "MACs/image", "trainer GFLOP/s", "fraction of peak", "plain GFLOP/s",
-                         "fraction of peak"])]
-
-
-def parallel_section(parallel: dict, env: dict) -> list[str]:
-    efficiency = parallel["efficiency"]
-    row = [str(parallel["k"]), f"{parallel['single_median']:.0f}", f"{parallel['aggregate_median']:.0f}",
-           f"{efficiency:.3f}", f"{min(parallel['overlap_fraction']):.0%}",
-           f"{statistics.median(parallel['other_processes_cores']):.2f}",
-           verdict(efficiency >= TARGET_EFFICIENCY, f"{TARGET_EFFICIENCY - efficiency:.3f}", parallel_cause(parallel))]
-    return [f"## 3. Parallel efficiency ({env['device_label']})",
-            f"{parallel['variant']}, trainer epochs of {parallel['samples_per_epoch']} samples, {parallel['k']} "
-            "spawned processes x 1 thread started together vs one alone, interleaved; efficiency = median over "
-            "rounds of aggregate / (K x single).",
-            table([row], ["K", "single img/s", "aggregate img/s", "efficiency", "overlap of the K epochs",
-                          "other processes' load (cores)", f"target >= {TARGET_EFFICIENCY}"])]
-
-
-def orchestration_section(orchestration: dict, env: dict) -> list[str]:
-    k = orchestration["k"]
-    return [f"## 4. Orchestration overhead ({env['device_label']})",
-            f"Grid: {orchestration['variant']} x {k} seeds, {orchestration['epochs']} epoch(s) on "
-            f"{orchestration['per_class']}/class, {k} trials at once, 1 thread each, full trial (validation, "
-            f"latency) both ways. Plain: `train()` looped in {k} spawned processes (process start included). Ray: "
-            "`ray.init` + `orchestrator.run.run_sweep` (Tune, per-epoch checkpoints, MLflow SQLite in a temp dir, "
-            "model logging, system metrics; report off). One run each.",
-            orchestration_walls_table(orchestration),
-            "Structural = (start-up once + later trial start + extra trial time outside the epochs) / plain wall "
-            "+ the CPU of Ray's daemons and driver / K: the parts that outside load hardly moves. The wall ratio "
-            "is judged when both phases saw about the same outside load, the structural one otherwise.",
-            "Where it goes (medians over the trials; Ray's from each trial's MLflow run, start to end):",
-            orchestration_routes_table(orchestration),
-            *orchestration_cpu_blocks(orchestration)]
-
-
-def orchestration_walls_table(orchestration: dict) -> str:
-    row = [f"{orchestration['plain_wall_seconds']:.1f}", f"{orchestration['ray_wall_seconds']:.1f}",
-           f"{orchestration['ray_init_seconds']:.1f}", f"{orchestration['ray_fit_seconds']:.1f}",
-           f"{orchestration['overhead']:+.1%}", f"{orchestration['structural_overhead']:.1%}",
-           f"{orchestration['min_trial_seconds']:.0f}"]
-    return table([row], ["plain wall s", "Ray+MLflow wall s", "of which ray.init s", "tuner.fit s", "wall overhead",
-                         "structural overhead", "shortest trial s"])
-
-
-def orchestration_routes_table(orchestration: dict) -> str:
-    rows = []
-    for route, label in (("plain", "plain processes"), ("ray", "Ray + MLflow")):
-        trials, load = orchestration[f"{route}_trials"], orchestration[f"{route}_load"]
-        rows.append([label, f"{orchestration[f'{route}_first_trial_start_seconds']:.1f}",
-                     f"{statistics.median(t['seconds'] for t in trials):.1f}",
-                     f"{statistics.median(t['epoch_seconds'] for t in trials):.1f}",
-                     f"{statistics.median(t['train_images_per_second'] for t in trials):.0f}",
-                     f"{load['machine_cores']:.2f}", f"{load['ours_cores']:.2f}", f"{load['other_cores']:.2f}"])
-    return table(rows, ["route", "first trial began after s", "trial s", "of which epochs (train + validation) s",
-                        "train img/s per trial", "machine busy (cores)", "ours (cores)", "other processes (cores)"])
-
-
-def orchestration_cpu_blocks(orchestration: dict) -> list[str]:
-    """Our processes by CPU in each phase, the busiest eight."""
-    blocks = []
-    for label, by_process in (("Plain phase", orchestration["plain_load"]["ours_by_process_cores"]),
-                              ("Ray phase", orchestration["ray_load"]["ours_by_process_cores"]),
-                              ("Ray phase while all trials trained",
-                               orchestration["ray_load"]["steady_by_process_cores"])):
-        busiest = sorted(by_process.items(), key=lambda kv: -kv[1])[:8]
-        blocks.append(f"{label}, our processes by CPU (cores): "
-                      + ", ".join(f"{name} {cores:.2f}" for name, cores in busiest))
-    return blocks
-
-
-def projection_section(projection: dict, env: dict) -> list[str]:
-    k, floor = projection["k"], projection["floor_seconds"]
-    partial = (f" Only {projection['variants_measured']} variant(s) measured: the figures cover those only."
-               if projection["partial_grid"] else "")
-    rows = [["trainer + Ray/MLflow", hours(projection["trainer_wall_seconds"]), hours(floor),
-             f"{projection['trainer_wall_seconds'] / floor:.1f}x"],
-            *([["trainer with --fuse-seeds (part 7's speed-up) + Ray/MLflow",
-                hours(projection["fused_wall_seconds"]), hours(floor),
-                f"{projection['fused_wall_seconds'] / floor:.1f}x"]] if projection.get("fused_wall_seconds") else []),
-            ["plain route, same parallelism, no orchestration", hours(projection["plain_wall_seconds"]), hours(floor),
-             f"{projection['plain_wall_seconds'] / floor:.1f}x"]]
-    return [f"## 5. Projected wall time of the paper's grid ({env['device_label']})",
-            f"{projection['trials']} trials (5 seeds per variant) x 10 epochs x 70,000 images + 10 validation passes "
-            f"of 10,000 + the latency measurement, from the rates above"
-            f"{' (part 1 rates scaled to the compiled and the fused step by part 7)' if projection.get('trainer_scaled_by_steps') else ''}; {k} trials at once at efficiency "
-            f"{projection['efficiency']:.2f}. Ray/MLflow: the measured start-up once, the later start and extra time "
-            f"outside the epochs per wave of {k} trials, and its daemons' CPU share "
-            f"({hours(projection['orchestration_seconds'])}, {projection['orchestration_fraction']:.1%} of the wall "
-            f"time). Floor = total FLOPs / the best measured matmul rate of the machine.{partial}",
-            table(rows, ["route", "projected wall", "compute floor", "projected / floor"]),
-            f"Total {projection['total_flops'] / 1e15:.3f} PFLOP (training 6 x MACs per image, evaluation 2 x)."]
-
-
-def latency_section(latency: dict, env: dict) -> list[str]:
-    paper = reference_latency()
-    repeats = len(next(iter(latency["variants"].values()))["latency_ms_per_image"])
-    rows = [[v, spread(row["latency_ms_per_image"]), spread(row["latency_ms_batch1"]),
-             f"{paper.get(v, float('nan')):.3f}"] for v, row in latency["variants"].items()]
-    return [f"## 6. Inference latency ({env['latency_device']}, 1 thread, memory format as the trainer)",
-            f"`measure_latency`: per image = forward + argmax on batches of 4 over {latency['images']} validation "
-            f"images (paper's definition); batch-1 = median of {latency['batch1_calls']} single-image calls. "
-            f"median [min-max] over {repeats} repeats, variants interleaved. Other processes kept "
-            f"{latency['load']['other_cores']:.2f} of {env['cores']} cores busy on average meanwhile.",
-            table(rows, ["variant", "ms/image (batches of 4)", "ms batch 1", "paper ms/image (their hardware)"])]
-
-
-def parallel_cause(parallel: dict) -> str:
-    other = statistics.median(parallel["other_processes_cores"])
-    if other > 0.2:
-        return (f"other processes kept {other:.2f} cores busy during the runs, so the {parallel['k']} trials did not "
-                f"have {parallel['k']} free cores")
-    return (f"other load was low ({other:.2f} cores), so the K trials slow each other: they share the L3 cache and "
-            "memory bandwidth (and, on a VM, possibly one physical core)")
-
-
-def orchestration_judged(orchestration: dict) -> tuple[float, float, str]:
-    """(wall overhead, the figure judged against the target, a note saying which one and why)."""
-    wall = orchestration["overhead"]
-    gap = orchestration["ray_load"]["other_cores"] - orchestration["plain_load"]["other_cores"]
-    if abs(gap) > 0.25:
-        return wall, orchestration["structural_overhead"], (
-            f"judged on the structural figure: outside load differed by {gap:+.2f} cores between the phases, "
-            "which the wall ratio cannot separate from Ray's cost; ")
-    return wall, wall, ""
-
-
-def orchestration_cause(orchestration: dict) -> str:
-    plain_other, ray_other = (orchestration[f"{phase}_load"]["other_cores"] for phase in ("plain", "ray"))
-    parts = [f"Ray start-up and driver checks {orchestration['fixed_seconds']:.1f} s (once per sweep)",
-             f"trials began {orchestration['late_start_seconds']:.1f} s later (actor start, imports)",
-             f"{orchestration['outside_epochs_extra_seconds']:.1f} s more per trial outside the epochs (checkpoints, "
-             "MLflow logging, model upload)",
-             f"Ray's daemons and driver used {orchestration['daemon_cores']:.2f} cores while the trials trained"]
-    if max(plain_other, ray_other) > 0.2:
-        parts.append(f"other processes kept {plain_other:.2f} / {ray_other:.2f} cores busy (plain / Ray phase)")
-    if orchestration["min_trial_seconds"] < 60:
-        parts.append(f"the trials lasted {orchestration['min_trial_seconds']:.0f} s, under the 1 minute the target "
-                     "assumes, so start-up weighs more than it would")
-    return "; ".join(parts)
-
-
-def reference_latency() -> dict:
-    try:
-        from models import reference
-        return reference.load()["latency_ms_per_image"].to_dict()
-    except Exception:  # the paper's column is context, never a reason to fail
-        return {}
+def every_variant(target: str, part: dict, key: str, at_least: float, where: str) -> list[str]:
+    """A target every variant must meet: the worst variant's figure, and which missed it."""
+    worst, row = min(part["variants"].items(), key=lambda kv: kv[1][key])
+    missed = [v for v, r in part["variants"].items() if r[key] < at_least]
+    return [target, f"min {row[key]:.2f}x ({worst})", "met" if not missed else f"**missed** for {', '.join(missed)}"
+            + where]
 
 
 def step_targets_section(steps: dict | None, late: dict | None) -> list[str]:
     """Part 7 and 8's targets: the default trainer vs plain (fresh and late state), fused seeds vs the trainer."""
     rows = []
     if steps:
-        trainer = next(iter(steps["variants"].values()))["trainer_route"]
-        worst, row = min(steps["variants"].items(), key=lambda kv: kv[1]["trainer_speedup"])
-        missed = [v for v, r in steps["variants"].items() if r["trainer_speedup"] < TARGET_STEP_SPEEDUP]
-        rows.append([f"{trainer} trainer step >= {TARGET_STEP_SPEEDUP}x plain, fresh model, every variant",
-                     f"min {row['trainer_speedup']:.2f}x ({worst})",
-                     "met" if not missed else f"**missed** for {', '.join(missed)} (table 7)"])
-        worst, row = min(steps["variants"].items(), key=lambda kv: kv[1]["fused_speedup"])
-        missed = [v for v, r in steps["variants"].items() if r["fused_speedup"] < TARGET_FUSED_SPEEDUP]
-        rows.append([f"fused seeds (K={steps['fused_k']}) >= {TARGET_FUSED_SPEEDUP}x per model-step vs the "
-                     f"{trainer} trainer", f"min {row['fused_speedup']:.2f}x ({worst})",
-                     "met" if not missed else f"**missed** for {', '.join(missed)} (table 7)"])
+        trainer = steps["trainer_route"]
+        rows.append(every_variant(f"{trainer} trainer step >= {TARGET_STEP_SPEEDUP}x plain, fresh model, every "
+                                  "variant", steps, "trainer_speedup", TARGET_STEP_SPEEDUP, " (table 7)"))
+        rows.append(every_variant(f"fused seeds (K={steps['fused_k']}) >= {TARGET_FUSED_SPEEDUP}x per model-step vs "
+                                  f"the {trainer} trainer", steps, "fused_speedup", TARGET_FUSED_SPEEDUP, " (table 7)"))
     if late:
         rows.append([f"{late['trainer_route']} trainer step >= {TARGET_STEP_SPEEDUP}x plain, late-epoch V6 state",
                      f"{late['trainer_speedup']:.2f}x",
                      verdict(late["trainer_speedup"] >= TARGET_STEP_SPEEDUP,
                              f"{TARGET_STEP_SPEEDUP - late['trainer_speedup']:.2f}x", "table 8")])
     return ["## Targets of the fast path (parts 7 and 8)", table(rows, ["target", "measured", "verdict"])] if rows else []
-
-
-def steps_section(steps: dict, env: dict) -> list[str]:
-    routes = ("plain", "eager", "compiled", "fused")
-    rows = []
-    for v, row in steps["variants"].items():
-        cells = [f"{row[f'{r}_ms_per_step']:.2f}" if f"{r}_ms_per_step" in row else "not timed" for r in routes]
-        compiled = row["compile_seconds"].get("compiled")
-        rows.append([v, *cells, f"{row['trainer_speedup']:.2f}x", f"{row['fused_speedup']:.2f}x",
-                     f"{compiled:.0f}" if compiled is not None else "-"])
-    trainer = next(iter(steps["variants"].values()))["trainer_route"]
-    return [f"## 7. ms per model-step, fresh models, batch {BATCH} ({env['device_label']}, {env['threads']} thread(s))",
-            f"Median over {steps['rounds']} rounds of {steps['calls']} calls per route, the routes interleaved (the "
-            "order rotates each round). plain: PIL + DataLoader + tutorial loop + default Adam. eager: the trainer's "
-            "step (`--no-compile`). compiled: the default full-run trainer, the whole step in one `torch.compile`. "
-            f"fused: `--fuse-seeds`, K={steps['fused_k']} seeds as one stacked network (uncompiled, as it trains), "
-            "its call time / K. Speed-ups are medians of the per-round ratios. Compile s: the compiled route's "
-            "first call, paid once per trial (Inductor's on-disk cache makes a variant's later trials cheaper)."
-            + ("" if steps["compiled"] else " Quick run: the compiled route is not timed."),
-            table(rows, ["variant", "plain ms", "eager ms", "compiled ms", "fused ms/model", f"{trainer} vs plain",
-                         f"fused vs {trainer}", "compile s"])]
-
-
-def late_section(late: dict, env: dict) -> list[str]:
-    trainer = late["trainer_route"]
-    names = ("plain", "plain, flushed", trainer, f"{trainer}, not flushed")
-    rows = [[name, f"{late[f'{name}_ms_per_step']:.2f}", spread(late["ms_per_round"][name]),
-             "{} / {}".format(*late["subnormal_after_timing"][name])] for name in names]
-    lat = late["latency"]
-    lat_rows = [[label, spread(lat[key]["latency_ms_per_image"]), spread(lat[key]["latency_ms_batch1"])]
-                for label, key in (("flushed (every trial)", "flushed"), ("not flushed", "not_flushed"))]
-    return [f"## 8. The late-epoch V6 state: subnormals flushed and not ({env['device_label']}, "
-            f"{env['threads']} thread(s))",
-            f"`{late['state']}`: a real V6 checkpoint after epoch {late['epoch']} of the default protocol, trained "
-            f"with flushing off (scripts/make_late_state.py); it holds {late['subnormal_parameters']:,} subnormal "
-            f"parameters and {late['subnormal_exp_avg']:,} subnormal Adam exp_avg entries. Each route trains its own "
-            "copy from it (a flushed step writes the subnormals back as zeros; the last column counts what is left "
-            "after the timing: parameters / exp_avg). Without flushing the "
-            f"{trainer} step takes **{late['flush_speedup']:.2f}x** the time of the flushed one, the plain route's "
-            f"{late['plain_flush_speedup']:.2f}x; the default trainer (flushed) is "
-            f"**{late['trainer_speedup']:.2f}x** faster than the plain route (not flushed) here.",
-            table(rows, ["route", "ms per step (median)", "median [min-max] over rounds", "subnormal left"]),
-            f"Inference on the same state (`orchestrator.training.latency.measure_latency`, {lat['images']} validation images): "
-            f"without flushing {lat['per_image_slowdown']:.2f}x the time per image (batches of 4), "
-            f"{lat['batch1_slowdown']:.2f}x at batch 1.",
-            table(lat_rows, ["denormals", "ms/image (batches of 4)", "ms batch 1"])]

@@ -1,4 +1,5 @@
-"""Machine-load accounting (`Load`) and the spawned worker processes that train epochs and trials for 3 and 4."""
+"""Machine-load accounting (`Load`) and the one pool of spawned worker processes: they train epochs (3), whole
+trials (the plain side of 4) and timed steps on the device (concurrency)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -10,8 +11,7 @@ import time
 import torch
 
 import data
-from orchestrator.training.config import TrainConfig
-from orchestrator.training.train import TrialData, train
+from bench.routes import TrainConfig, TrialData, sync, train, trainer_step
 
 
 def machine_busy_seconds() -> float:
@@ -104,7 +104,7 @@ def process_label(p) -> str:
     return scripts[0] if scripts else os.path.basename(cmd[0])
 
 
-# --- worker processes (3 and the plain side of 4) ------------------------------------------------------------
+# --- worker processes -------------------------------------------------------------------------------------------
 def _worker(conn, threads: int, device: str) -> None:
     torch.set_num_threads(threads)
     cache = {}
@@ -160,11 +160,32 @@ def ray_trial_stats(uri: str, out: dict) -> list[dict]:
             for r in runs]
 
 
-_WORK = {"epoch": _work_epoch, "trial": _work_trial}
+def _work_steps(msg, cache, device) -> dict:
+    """`variant` trained with train()'s step on the device (one CUDA graph there) for msg['seconds'] from
+    msg['start_at']: the model-steps made. The first request builds and warms the route, so that the K workers'
+    timed requests start together."""
+    if "steps" not in cache:
+        x, y = data.synthetic_cifar10(msg["per_class"], seed=0)  # a step's time does not depend on the images
+        cache["steps"] = trainer_step(TrainConfig(compile=False), msg["variant"], data.TrainSet(x, y, device=device),
+                                      device, graphed=device.type == "cuda")
+        for _ in range(10):
+            cache["steps"]()
+        sync(device)
+    time.sleep(max(0.0, msg["start_at"] - time.time()))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < msg["seconds"]:
+        cache["steps"]()
+        n += 1
+    sync(device)
+    return {"steps": n, "seconds": time.perf_counter() - t0}
+
+
+_WORK = {"epoch": _work_epoch, "trial": _work_trial, "steps": _work_steps}
 
 
 class Workers:
-    """K spawned processes, each with `threads` torch threads, serving _WORK requests over pipes."""
+    """K spawned processes, each with `threads` torch threads, serving _WORK requests over pipes. A request that
+    fails raises RuntimeError in `run` (the worker keeps serving)."""
 
     def __init__(self, k: int, threads: int, device):
         ctx = mp.get_context("spawn")

@@ -8,17 +8,17 @@
 #
 # Figures go to $OUT when it is set (a device machine's output folder), else to ./device-check/:
 #   device-check.log (everything printed), summary.txt (each step: ok / FAILED / TIMED OUT, seconds),
-#   gpu-bench.md and gpu-bench.json (python -m bench.gpu), pytest-cuda.xml.
+#   bench-parts.md and bench-parts.json (python -m bench --parts ...), pytest-cuda.xml.
 #
 # Steps, each under its own timeout; a step that fails or times out is noted and the next one runs:
 #   1. nvidia-smi; torch, CUDA and cuDNN versions and the device torch sees
 #   2. pytest -m cuda: the CUDA tests (tests/test_cuda.py: graphed vs eager training, lr changes, short batches)
-#   3. bench steps: ms per model-step for every variant, eager trainer vs CUDA graph vs plain route (vs the fused
-#      seeds hook when orchestrator.training.fused exists), interleaved on the same GPU in the same run
+#   3. bench steps: ms per model-step for every variant, plain route vs eager trainer vs CUDA graph vs K=5 fused
+#      seeds, interleaved on the same GPU in the same run
 #   4. bench epoch: one real full-protocol epoch of base (70,000 images) through orchestrator.training.train.train
 #   5. bench concurrency: K = 1, 4, 8 processes training base on the GPU at once (MPS is used when its daemon
 #      runs; this script does not start it: see README, GPU)
-#   6. bench project: the paper's grid (8 variants x 5 seeds x 10 epochs) from 3-5, assumptions stated
+#   6. bench projection: the paper's grid (8 variants x 5 seeds x 10 epochs) from 3-5, assumptions stated
 # Exit status: 0 when every step passed, 1 otherwise (summary.txt says which).
 set -euo pipefail
 
@@ -29,7 +29,7 @@ LOG="$OUT_DIR/device-check.log"
 SUMMARY="$OUT_DIR/summary.txt"
 : > "$LOG"
 : > "$SUMMARY"
-rm -f "$OUT_DIR/gpu-bench.json" "$OUT_DIR/gpu-bench.md"  # the parts below merge into these: start afresh
+rm -f "$OUT_DIR/bench-parts.json" "$OUT_DIR/bench-parts.md"  # the parts below merge into these: start afresh
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -80,10 +80,10 @@ if torch.cuda.is_available():
 EOF
 }
 
-bench() {  # bench PART [FLAGS...]: one part of the GPU benchmark; every part merges into $OUT_DIR/gpu-bench.json
+bench() {  # bench PART [FLAGS...]: one part of the benchmark on the GPU; each merges into $OUT_DIR/bench-parts.json
   local part=$1
   shift
-  "$PYTHON" -m bench.gpu --device cuda --parts "$part" --out "$OUT_DIR" "$@"
+  "$PYTHON" -m bench --device cuda --parts "$part" --out-dir "$OUT_DIR" "$@"
 }
 
 export -f versions bench
@@ -97,12 +97,12 @@ step "pytest -m cuda" 120 "$PYTHON" -m pytest -m cuda tests -q -p no:cacheprovid
 step "bench steps" 130 bench steps --steps 200 --rounds 3
 step "bench epoch" 90 bench epoch
 step "bench concurrency" 90 bench concurrency --k-list 1,4,8 --concurrency-seconds 8
-step "bench project" 20 bench project
+step "bench projection" 20 bench projection
 
 echo | tee -a "$LOG"
 echo "device check finished in $((SECONDS - START)) s; $FAILED step(s) not ok" | tee -a "$LOG"
 cat "$SUMMARY" | tee -a "$LOG"
-if [[ -f "$OUT_DIR/gpu-bench.md" ]]; then
-  echo "figures: $OUT_DIR/gpu-bench.md" | tee -a "$LOG"
+if [[ -f "$OUT_DIR/bench-parts.md" ]]; then
+  echo "figures: $OUT_DIR/bench-parts.md" | tee -a "$LOG"
 fi
 if ((FAILED > 0)); then exit 1; fi

@@ -1,5 +1,5 @@
-"""The GPU path: --device, the CUDA-graph training step (orchestrator.training.cuda_graph), the GPU benchmark and the
-device check script.
+"""The GPU path: --device, the CUDA-graph training step (orchestrator.training.cuda_graph), the benchmark's GPU parts
+and the device check script.
 
 Tests marked `cuda` need a CUDA device and skip without one (`pytest -m cuda` runs just them, as
 scripts/device_check.sh does on a GPU machine). The others run anywhere: the refusals, the pieces of the graph
@@ -191,10 +191,11 @@ def test_device_check_script_is_valid_bash():
 
 
 def test_gpu_bench_dry_run_lists_the_plan(tmp_path, capsys):
-    from bench import gpu
-    assert gpu.main(["--dry-run", "--device", "cpu", "--variants", "base,v6", "--out", str(tmp_path)]) == 0
+    from bench import gpu  # the alias: python -m bench with the GPU parts
+    assert gpu.main(["--dry-run", "--device", "cpu", "--variants", "base,v6", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "base" in out and "v6" in out and "eager" in out and "graph" in out and "plain" in out
+    assert "base,v6" in out and "routes: plain, eager, compiled, fused" in out  # compiled: CPU's default step
+    assert "parts: steps,epoch,concurrency,projection " in out
 
 
 def test_gpu_bench_refuses_bad_arguments(capsys):
@@ -203,24 +204,32 @@ def test_gpu_bench_refuses_bad_arguments(capsys):
     assert gpu.main(["--steps", "0", "--dry-run"]) == 2
     assert gpu.main(["--parts", "steps,nonsense", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("bench.gpu: ") for line in err), err
+    assert len(err) == 3 and all(line.startswith("bench: ") for line in err), err
 
 
-def test_gpu_bench_runs_on_cpu(tmp_path, capsys):
-    """Every part's code path, on CPU and tiny: the graph column says n/a (no CUDA), the projection is made."""
-    from bench import gpu
-    args = ["--device", "cpu", "--steps", "3", "--rounds", "1", "--variants", "base", "--per-class", "10",
+def test_gpu_bench_runs_on_cpu_part_by_part(tiny_cifar, tmp_path, capsys):
+    """Every GPU part's code path, on CPU and tiny, one part per run as scripts/device_check.sh runs them: the
+    runs merge into one result; the graph route says why it is not timed (no CUDA); the projection is made."""
+    import bench
+    args = ["--quick", "--device", "cpu", "--steps", "3", "--rounds", "1", "--variants", "base", "--per-class", "10",
             "--epoch-per-class", "10", "--val-images", "100", "--k-list", "1", "--concurrency-seconds", "1",
-            "--out", str(tmp_path)]
-    assert gpu.main(args) == 0
+            "--data-dir", str(tiny_cifar), "--out-dir", str(tmp_path)]
+    for part in ("steps", "epoch", "concurrency", "projection"):
+        assert bench.main(args + ["--parts", part]) == 0
     out = capsys.readouterr().out
-    result = json.loads((tmp_path / "gpu-bench.json").read_text())
+    result = json.loads((tmp_path / "bench-parts.json").read_text())
     base = result["steps"]["variants"]["base"]
-    assert base["eager_ms_per_step"] > 0 and base["plain_ms_per_step"] > 0 and base["graph_ms_per_step"] is None
+    assert base["eager_ms_per_step"] > 0 and base["plain_ms_per_step"] > 0 and base["fused_ms_per_step"] > 0
+    assert "graph_ms_per_step" not in base and "no CUDA graphs" in base["not_timed"]["graph"]
     assert result["epoch"]["epoch_seconds"] > 0 and result["epoch"]["train_images"] == 140
     assert result["concurrency"]["k"]["1"]["model_steps_per_second"] > 0
-    assert result["project"]["grid_trials"] == 40 and result["project"]["rows"]
-    assert "| variant |" in out and "n/a" in out and (tmp_path / "gpu-bench.md").is_file()
+    proj = result["projection"]
+    assert proj["pairs"] == 40 and proj["sharing"][0]["k"] == 1 and proj["trainer_wall_seconds"] > 0
+    md = (tmp_path / "bench-parts.md").read_text()
+    for heading in ("## 7. ms per model-step", "## One full-protocol epoch", "## K processes training base",
+                    "## 5. Projected wall time"):
+        assert heading in md and heading in out
+    assert "| base" in md and "compiled: quick run: not compiled" in md
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""The images every part reads: CIFAR-10 when there is a copy, else synthetic images of its size."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+import data
+from bench.routes import TrialData
+
+SYNTHETIC = Path(tempfile.gettempdir()) / "bench-synthetic-cifar10"  # made once, reused by later runs
+
+def resolve_data(data_dir: str | None) -> tuple[str, str]:
+    """(the CIFAR-10 directory every part and worker reads, what it holds): --data-dir, else $CIFAR10_DIR, else the
+    default cache. When none was named and the cache holds none (a bare GPU machine), synthetic images of
+    CIFAR-10's size and count, written once to the temp directory and reused by later runs: a step's time does not
+    depend on what the images show. A named directory that does not load raises data.DataError."""
+    root = data.resolve_data_dir(data_dir)
+    try:
+        return str(root), f"{root} ({len(data.load_cifar10(root, 'train')[1]):,} training images)"
+    except data.DataError:
+        if data_dir or os.environ.get("CIFAR10_DIR"):
+            raise
+    if not (SYNTHETIC / "test_batch.bin").is_file():
+        write_synthetic()
+    return str(SYNTHETIC), f"synthetic ({SYNTHETIC}: 50,000 training images of CIFAR-10's size, no CIFAR-10 found)"
+
+
+def write_synthetic() -> None:
+    """50,000 training and 10,000 validation images (data.synthetic_cifar10), written whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(prefix=SYNTHETIC.name + "-"))
+    data.write_cifar10_binary(tmp, *data.synthetic_cifar10(5000, seed=0), *data.synthetic_cifar10(1000, seed=1))
+    try:
+        tmp.rename(SYNTHETIC)
+    except OSError:  # another run wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(root: str, per_class: int = 0, val_images: int | None = None) -> TrialData:
+    """`per_class` training images of each class (0 = all) and the first `val_images` validation images."""
+    x, y = data.load_cifar10(root, "train")
+    if per_class:
+        x, y = data.stratified_subset(x, y, per_class, seed=0)
+    vx, vy = data.load_cifar10(root, "test")
+    return TrialData(x, y, vx[:val_images], vy[:val_images])
+
+
+def even_per_class(want: int, root: str) -> int:
+    """`want` per class, at most what the smallest class holds, rounded down to even (no 1-image batch)."""
+    _, labels = data.load_cifar10(root, "train")
+    have = int(torch.bincount(labels, minlength=10).min())
+    n = min(want, have) // 2 * 2
+    if n < 2:
+        raise ValueError(f"the training set has {have} images in its smallest class; the benchmark needs >= 2")
+    return n

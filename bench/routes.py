@@ -1,0 +1,99 @@
+"""The routes the benchmark times, and its one door to the project's trainer: every name the benchmark takes from
+`orchestrator.training` (and from the sweep, for part 4) is imported here, so a change of the trainer's API is
+adapted in this file alone. The plain route (bench/plain.py) is the yardstick and runs none of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+import data
+from orchestrator.sweep.config import SweepConfig
+from orchestrator.training.config import TrainConfig
+from orchestrator.training.fused import FusedSeeds
+from orchestrator.training.latency import cpu_model, measure_latency, sync, torch_threads
+from orchestrator.training.train import TrialData, build, seed_everything, train
+
+__all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "measure_latency", "sync", "torch_threads",
+           "train", "cycle", "Route", "trainer_step", "fused_step", "fresh_model", "trainer_format", "run_sweep"]
+
+
+@dataclasses.dataclass
+class Route:
+    """One timed route: `step()` makes `per_call` model-steps, with denormals flushed or not while it runs."""
+    step: Callable
+    per_call: int = 1
+    flush: bool = True
+
+
+def cycle(make_epoch):
+    """Batches of epoch 1, 2, ... forever, without 1-image batches (the trainer skips them: BatchNorm1d)."""
+    epoch = 1
+    while True:
+        for x, y in make_epoch(epoch):
+            if len(y) >= 2:
+                yield x, y
+        epoch += 1
+
+
+def fresh_model(cfg: TrainConfig, variant: str, device) -> tuple[torch.nn.Module, torch.memory_format]:
+    """A fresh model as the trainer builds it, and the memory format its inputs take."""
+    trainer = build(cfg, variant, device)
+    return trainer.model, trainer.memory_format
+
+
+def trainer_format(cfg: TrainConfig, variant: str, device) -> torch.memory_format:
+    """The memory format the trainer really uses (train.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
+    return fresh_model(cfg, variant, device)[1]
+
+
+def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, device, graphed: bool = False,
+                 state: dict | None = None) -> Callable:
+    """One step of the project's trainer as its epoch loop runs it (loss and hits accumulated on the device, no
+    host sync): compiled when cfg.compile, one CUDA graph when `graphed`, from the checkpoint `state` when given.
+    `.model` and `.optimizer` are the route's own."""
+    seed_everything(0)
+    trainer = build(cfg, variant, device)
+    if state is not None:
+        trainer.load(state)
+    trainer.model.train()
+    if graphed:
+        from orchestrator.training.cuda_graph import graphed_step  # CUDA only
+        step = graphed_step(trainer, cfg.batch_size)
+    else:
+        step = trainer.make_step(compiled=cfg.compile)
+    batches = cycle(train_set.batches)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def one() -> None:
+        x, y = next(batches)
+        loss, hits = step(x.contiguous(memory_format=trainer.memory_format), y)
+        loss_sum.add_(loss * len(y))
+        correct.add_(hits)
+    one.model, one.optimizer = trainer.model, trainer.optimizer
+    return one
+
+
+def fused_step(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> Callable:
+    """One step of `--fuse-seeds`: K seeds of `variant` as one stacked network, `FusedSeeds.train_step` as a
+    fused trial runs it (uncompiled), each seed on its own batch. One call makes K model-steps."""
+    seeds = FusedSeeds(cfg, variant, range(k), d, device)
+
+    def stacked(epoch):  # seed i's images in channels 3i..3i+2, its labels in column i
+        for batch in zip(*(s.train_set.batches(epoch) for s in seeds.seeds)):
+            yield torch.cat([x for x, _ in batch], dim=1), torch.stack([y for _, y in batch], dim=1)
+    batches = cycle(stacked)
+
+    def one() -> None:
+        x, y = next(batches)
+        seeds.train_step(x.contiguous(memory_format=seeds.memory_format), y)
+    return one
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    """The sweep driver, imported only when part 4 runs (it brings in Ray and MLflow)."""
+    from orchestrator.sweep.driver import run_sweep as run
+    return run(cfg)
