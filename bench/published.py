@@ -33,10 +33,7 @@ import data
 import models
 from orchestrator.analysis import latency_table
 from orchestrator.cli import ArgumentParser
-from orchestrator.sweep import records
-from orchestrator.training import export, latency
-from orchestrator.training.config import TrainConfig
-from orchestrator.training.train import evaluate, speed_in_effect
+from bench.routes import TrainConfig, evaluate, export, latency, records, speed_in_effect
 
 CPU = torch.device("cpu")
 EVAL_BATCH = 500  # training's validation batch on CPU (train.eval_batch_size)

@@ -10,14 +10,19 @@ from typing import Callable
 import torch
 
 import data
+from orchestrator.sweep import records
 from orchestrator.sweep.config import SweepConfig
+from orchestrator.training import export, latency
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.fused import FusedSeeds
-from orchestrator.training.latency import cpu_model, measure_latency, sync, torch_threads
-from orchestrator.training.train import TrialData, build, seed_everything, train
+from orchestrator.training.device import cpu_model, sync, torch_threads
+from orchestrator.training.latency import measure_latency
+from orchestrator.training.protocol import TrialData, build, evaluate, load_state, seed_everything
+from orchestrator.training.single import make_step
+from orchestrator.training.train import speed_in_effect, train
 
 __all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "measure_latency", "sync", "torch_threads",
-           "train", "cycle", "Route", "trainer_step", "fused_step", "fresh_model", "trainer_format", "run_sweep"]
+           "train", "evaluate", "export", "latency", "records", "speed_in_effect", "cycle", "Route", "trainer_step", "fused_step", "fresh_model", "trainer_format", "run_sweep"]
 
 
 @dataclasses.dataclass
@@ -40,12 +45,12 @@ def cycle(make_epoch):
 
 def fresh_model(cfg: TrainConfig, variant: str, device) -> tuple[torch.nn.Module, torch.memory_format]:
     """A fresh model as the trainer builds it, and the memory format its inputs take."""
-    trainer = build(cfg, variant, device)
-    return trainer.model, trainer.memory_format
+    s = build(cfg, variant, device)
+    return s.model, s.memory_format
 
 
 def trainer_format(cfg: TrainConfig, variant: str, device) -> torch.memory_format:
-    """The memory format the trainer really uses (train.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
+    """The memory format the trainer really uses (protocol.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
     return fresh_model(cfg, variant, device)[1]
 
 
@@ -55,15 +60,15 @@ def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devic
     host sync): compiled when cfg.compile, one CUDA graph when `graphed`, from the checkpoint `state` when given.
     `.model` and `.optimizer` are the route's own."""
     seed_everything(0)
-    trainer = build(cfg, variant, device)
+    trainer = build(cfg, variant, device, tensor_lr=cfg.compile)  # as a trial: a tensor lr under compile
     if state is not None:
-        trainer.load(state)
+        load_state(trainer, state)
     trainer.model.train()
     if graphed:
         from orchestrator.training.cuda_graph import graphed_step  # CUDA only
         step = graphed_step(trainer, cfg.batch_size)
     else:
-        step = trainer.make_step(compiled=cfg.compile)
+        step = make_step(trainer, compiled=cfg.compile)
     batches = cycle(train_set.batches)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -78,8 +83,9 @@ def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devic
 
 
 def fused_step(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> Callable:
-    """One step of `--fuse-seeds`: K seeds of `variant` as one stacked network, `FusedSeeds.train_step` as a
-    fused trial runs it (uncompiled), each seed on its own batch. One call makes K model-steps."""
+    """One step of `--fuse-seeds`: K seeds of `variant` as one stacked network, `FusedSeeds.step` as a fused
+    trial runs it (eager on CPU, one CUDA graph on CUDA with cfg.cuda_graph), each seed on its own batch. One call
+    makes K model-steps."""
     seeds = FusedSeeds(cfg, variant, range(k), d, device)
 
     def stacked(epoch):  # seed i's images in channels 3i..3i+2, its labels in column i
@@ -89,7 +95,7 @@ def fused_step(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> 
 
     def one() -> None:
         x, y = next(batches)
-        seeds.train_step(x.contiguous(memory_format=seeds.memory_format), y)
+        seeds.step(x.contiguous(memory_format=seeds.memory_format), y)
     return one
 
 

@@ -130,7 +130,7 @@ def _work_epoch(msg, cache, device) -> dict:
     ends = []
     time.sleep(max(0.0, msg["start_at"] - time.time()))
     h = train(cfg, msg["variant"], msg["seed"], trial_data=d, device=device, measure=False,
-              on_epoch_end=lambda epoch, metrics, make_state: ends.append(time.time()))["history"][0]
+              on_epoch_end=lambda seed, epoch, metrics, make_state: ends.append(time.time()))["history"][0]
     train_s = samples / h["train_images_per_second"]
     t_end = ends[0] - (h["epoch_seconds"] - train_s)  # the callback comes after the (tiny) validation pass
     return {"images_per_second": h["train_images_per_second"], "start": t_end - train_s, "end": t_end}

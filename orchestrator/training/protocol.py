@@ -131,15 +131,21 @@ def make_seed(cfg: TrainConfig, variant: str, seed: int, d: TrialData, device: t
                                 batch_size=cfg.batch_size, seed=seed, device=device)
     s.rng = None if live_rng else rng_state()
     if state is not None:
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_seed_state(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
-        s.history, s.start_epoch = list(state["history"]), state["epoch"] + 1
+        load_state(s, state)
         if live_rng:
             set_rng_state(state["rng"])
         else:
             s.rng = state["rng"]
     return s
+
+
+def load_state(s: Seed, state: dict) -> None:
+    """Resume seed `s` from a `snapshot` of either trainer: weights, Adam, scheduler, history (the RNG is the
+    caller's: `make_seed` sets or records it)."""
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_seed_state(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.history, s.start_epoch = list(state["history"]), state["epoch"] + 1
 
 
 def snapshot(epoch: int, s: Seed, optimizer_state: dict) -> dict:
