@@ -7,9 +7,11 @@
     spec = models.get_spec("alpha")           # or models.load_spec("my.toml"): architectures as data
     models.param_count(spec), models.spec_hash(spec), models.build(spec)
     models.fit_to_budget(spec)                # widths scaled to the paper's budget, models.MAX_PARAMS
+    models.classifier("v6", state_dict, classes)  # uint8 images in, the training normalisation inside
 """
 from . import variants  # noqa: F401  (registers the eight variants)
 from .budget import MAX_PARAMS, fit_to_budget, param_count
+from .deploy import PREPROCESSING, ImageClassifier, classifier
 from .measure import count_parameters, macs_per_image, size_mb, state_dict_bytes
 from .registry import create_model, get_spec, list_models, register_model
 from .spec import BlockSpec, HeadSpec, NetSpec, SpecError, dump_json, dump_toml, load_spec, spec_hash
@@ -18,4 +20,4 @@ from .variants import build, register_spec
 __all__ = ["create_model", "list_models", "register_model", "get_spec", "register_spec", "build",
            "count_parameters", "size_mb", "state_dict_bytes", "macs_per_image",
            "NetSpec", "BlockSpec", "HeadSpec", "SpecError", "load_spec", "dump_toml", "dump_json", "spec_hash",
-           "MAX_PARAMS", "param_count", "fit_to_budget"]
+           "MAX_PARAMS", "param_count", "fit_to_budget", "PREPROCESSING", "ImageClassifier", "classifier"]

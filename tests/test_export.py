@@ -1,5 +1,7 @@
 """orchestrator.training.export: every variant exports to ONNX with the PyTorch model's logits at any batch size, the int8
 model runs in ONNX Runtime, export_model returns every metric, and the calibration set is fixed by the seed."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -36,26 +38,31 @@ def tiny(tiny_cifar):
 @pytest.mark.parametrize("name", models.list_models())
 def test_onnx_matches_pytorch_at_any_batch_size(name, tiny, tmp_path):
     _, val_x, _ = tiny
-    model = with_batchnorm_stats(name)
+    bare = with_batchnorm_stats(name)
+    model = export.deployable(bare)
     path = export.export_onnx(model, tmp_path / "m.onnx", (3, 32, 32))
     assert not list(tmp_path.glob("*.data")), "weights must live inside the one .onnx file"
-    batch_dim = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0]
+    proto = onnx.load(path)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
+    # It takes images as people have them, and says which classes its logits are.
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["classes"]) == list(data.CLASSES)
     session = export.ort_session(path)
     assert export.check_parity(model, session, val_x) <= export.PARITY_MAX_ABS_DIFF
     for batch in (1, 4, 7):
-        x = data.normalize(val_x[:batch])
-        got = session.run(None, {export.INPUT_NAME: x.numpy()})[0]
+        got = session.run(None, {export.INPUT_NAME: val_x[:batch].numpy()})[0]  # raw uint8 pixels
         with torch.no_grad():
-            expected = model(x).numpy()
+            expected = bare(data.normalize(val_x[:batch])).numpy()  # what training computed
         assert got.shape == (batch, 10)
         assert np.abs(got - expected).max() <= export.PARITY_MAX_ABS_DIFF
 
 
 def test_parity_failure_is_a_clear_error(tiny, tmp_path):
     _, val_x, _ = tiny
-    session = export.ort_session(export.export_onnx(with_batchnorm_stats("base"), tmp_path / "m.onnx", (3, 32, 32)))
-    other = models.create_model("base").eval()  # other weights: the export is not of this model
+    deployable = export.deployable(with_batchnorm_stats("base"))
+    session = export.ort_session(export.export_onnx(deployable, tmp_path / "m.onnx", (3, 32, 32)))
+    other = export.deployable(models.create_model("base"))  # other weights: the export is not of this model
     with pytest.raises(export.ExportError, match="max \\|logit difference\\|"):
         export.check_parity(other, session, val_x)
 
@@ -86,7 +93,7 @@ def test_int8_model_runs_in_onnx_runtime(exported, tiny):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     session = export.ort_session(paths["int8"])
     for batch in (1, 4):
-        out = session.run(None, {export.INPUT_NAME: data.normalize(val_x[:batch]).numpy()})[0]
+        out = session.run(None, {export.INPUT_NAME: val_x[:batch].numpy()})[0]  # raw uint8 pixels, like fp32's
         assert out.shape == (batch, 10) and np.isfinite(out).all()
 
 
@@ -134,3 +141,35 @@ def test_a_sweep_logs_the_deployment_figures_and_both_onnx_files_per_trial(tiny_
         assert run.data.params["export"] == "onnx" and run.data.params["export_calibration_images"] == "16"
         files = {a.path for a in client.list_artifacts(run.info.run_id, "onnx")}
         assert files == {"onnx/model.onnx", "onnx/model.int8.onnx"}
+
+
+def test_deployed_models_fed_raw_uint8_test_images_give_the_accuracy_recorded_for_them(tiny_cifar, tmp_path,
+                                                                                      local_ray):
+    """What a user gets from a finished trial, fed the test images as data.load_cifar10 gives them (uint8, not
+    normalised): the logged MLflow model reproduces the run's final_val_accuracy, and the two ONNX files their
+    onnx_val_accuracy and int8_val_accuracy, each within 0.1 point."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from orchestrator.sweep import driver as orun
+    from orchestrator.sweep.config import SweepConfig
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=1, epochs=2, data_dir=str(tiny_cifar),
+                                      compile=False, tracking_uri=uri, storage_path=str(tmp_path / "ray"),
+                                      latency_batch1_calls=5, report=False, export_calibration_images=16))
+    out = orun.run_sweep(cfg)
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    run = client.search_runs([out["experiment_id"]], f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")[0]
+    images, labels = data.load_cifar10(tiny_cifar, "test")  # uint8 [N, 3, 32, 32]
+
+    def accuracy(logits) -> float:
+        return float((np.asarray(logits).argmax(1) == labels.numpy()).mean())
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlflow_model")
+    got = {"final_val_accuracy": accuracy(logged.predict(images.numpy()))}
+    for key, name in (("onnx_val_accuracy", "model.onnx"), ("int8_val_accuracy", "model.int8.onnx")):
+        path = client.download_artifacts(run.info.run_id, f"onnx/{name}", str(tmp_path))
+        session = export.ort_session(path)
+        got[key] = accuracy(session.run(None, {export.INPUT_NAME: images.numpy()})[0])
+    for key, value in got.items():
+        assert abs(value - run.data.metrics[key]) <= 0.001, (key, value, run.data.metrics[key])

@@ -1,11 +1,13 @@
-"""The MLflow model a trial logs serves any batch size, with the trained BatchNorm statistics, after a round trip
-through a real SQLite tracking store (an export traced at batch 1 once served batch 1 only)."""
+"""The MLflow model a trial logs takes uint8 images as people have them (the training normalisation inside) and
+names its classes; it serves any batch size, with the trained BatchNorm statistics, after a round trip through a
+real SQLite tracking store (an export traced at batch 1 once served batch 1 only), and refuses float input."""
 import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import data
 from models import create_model
 from orchestrator.sweep.seed_run import log_model
 
@@ -43,11 +45,15 @@ def test_logged_model_predicts_every_batch_size_like_the_model(variant, tmp_path
 
     schema = loaded.metadata.signature
     assert schema.inputs.inputs[0].shape == (-1, 3, 32, 32) and schema.outputs.inputs[0].shape == (-1, 10)
+    assert schema.inputs.inputs[0].type == np.dtype(np.uint8)
+    assert loaded.metadata.metadata["classes"] == list(data.CLASSES)
     generator = torch.Generator().manual_seed(1)
     for batch in BATCH_SIZES:
-        x = torch.randn(batch, 3, 32, 32, generator=generator)
+        x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=generator)
         with torch.no_grad():
-            expected = model(x)
+            expected = model(data.normalize(x))  # what training and validation computed
         got = torch.from_numpy(np.asarray(loaded.predict(x.numpy())))
         assert got.shape == (batch, 10)
         assert torch.allclose(got, expected, atol=1e-5), (batch, (got - expected).abs().max())
+    with pytest.raises(Exception, match="(?i)type|dtype|schema"):  # normalised floats: refused, not misread
+        loaded.predict(data.normalize(x).numpy())

@@ -19,12 +19,16 @@ from mlflow.models import ModelSignature
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 
+import data
+import models
 from orchestrator.sweep.tracking import TrialRun
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import latency_context
 
-# The logged MLflow model takes float32 CIFAR images [batch, 3, 32, 32] and returns logits [batch, 10].
-MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+# The logged MLflow model takes images as people have them, uint8 RGB [batch, 3, 32, 32] (the training
+# normalisation is inside it: models.ImageClassifier), and returns logits [batch, 10] of data.CLASSES, which its
+# metadata names. MLflow's schema check refuses float input instead of silently returning wrong logits.
+MODEL_SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, 32, 32))]),
                                  outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
 # MLflow (3.17, outside Databricks) saves the model as "pt2": torch.export traces it on the input example and
 # fixes every size-1 dimension to a constant, so the example has a batch of 2: the batch dimension stays symbolic
@@ -88,9 +92,11 @@ class SeedRun:
 
 
 def log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
-    """The final weights as a plain state dict (loads with weights_only=True) and as an MLflow model (a
-    LoggedModel linked to the run, `mlflow_model`)."""
+    """The final weights as a plain state dict of the network (loads with weights_only=True, as a published
+    record's weights do) and as a deployable MLflow model (a LoggedModel linked to the run, `mlflow_model`): uint8
+    images in, the normalisation inside, the class names in its metadata."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    deployed = models.ImageClassifier(model, data.CLASSES).eval()
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
@@ -104,8 +110,9 @@ def log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:
         client.delete_logged_model(m.model_id)
     mlflow.start_run(run_id=run_id)  # log_model links the model to the active run
     try:
-        mlflow.pytorch.log_model(model, name="mlflow_model", signature=MODEL_SIGNATURE,
-                                 input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.float32),
+        mlflow.pytorch.log_model(deployed, name="mlflow_model", signature=MODEL_SIGNATURE,
+                                 input_example=np.zeros((EXAMPLE_BATCH, 3, 32, 32), dtype=np.uint8),
+                                 metadata={"classes": list(deployed.classes), **models.PREPROCESSING},
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     finally:
         # Leave the run RUNNING: the trial marks it FINISHED once, after everything is logged, so a resumed

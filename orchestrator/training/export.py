@@ -9,6 +9,7 @@ No Ray and no MLflow here: the caller logs what this returns.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -22,6 +23,7 @@ import torch
 from onnxruntime import quantization as ortq
 
 import data
+import models
 from orchestrator.training.latency import LATENCY_THREADS, node_lock
 from orchestrator.training.metrics import EXPORT_METRICS  # what export_model returns
 
@@ -41,17 +43,20 @@ class ExportError(RuntimeError):
     """The exported model does not compute what the PyTorch model computes."""
 
 
-def deployable(model: torch.nn.Module) -> torch.nn.Module:
-    """A CPU, fp32, contiguous, eval-mode copy: the trainer's model may sit on a GPU in channels_last, and
-    exporting must not flip the caller's model out of train mode."""
-    return copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+def deployable(model: torch.nn.Module) -> models.ImageClassifier:
+    """A CPU, fp32, contiguous, eval-mode copy behind the training normalisation, with CIFAR-10's class names:
+    uint8 images in, logits out (models.ImageClassifier). A copy: the trainer's model may sit on a GPU in
+    channels_last, and exporting must not flip the caller's model out of train mode."""
+    bare = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    return models.ImageClassifier(bare, data.CLASSES).eval()
 
 
-def export_onnx(model: torch.nn.Module, path: Path, image_shape: tuple[int, ...]) -> Path:
-    """fp32 ONNX with a dynamic batch dimension, weights inside the one file, debug metadata stripped.
+def export_onnx(model: models.ImageClassifier, path: Path, image_shape: tuple[int, ...]) -> Path:
+    """fp32 ONNX of a `deployable` model: uint8 images [batch, 3, H, W] in (a dynamic batch dimension), logits out,
+    weights inside the one file, debug metadata stripped, the class names and the input it wants as metadata.
 
     The dynamo exporter (torch.export) with optimize=True also folds every BatchNorm into its Conv/Gemm."""
-    example = torch.zeros(2, *image_shape)  # not 1: torch.export specializes a dimension of size 1
+    example = torch.zeros(2, *image_shape, dtype=torch.uint8)  # not 1: torch.export specializes a size-1 dim
     program = torch.onnx.export(model, (example,), None, dynamo=True, optimize=True, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
@@ -59,6 +64,8 @@ def export_onnx(model: torch.nn.Module, path: Path, image_shape: tuple[int, ...]
     for node in proto.graph.node:
         # Stack traces and FX text per node: a few % of the file, and this machine's paths in a deployable.
         del node.metadata_props[:]
+    onnx.helper.set_model_props(proto, {"classes": json.dumps(model.classes),
+                                        "input": "uint8 RGB images [N, 3, 32, 32], pixels 0-255, unnormalised"})
     onnx.save_model(proto, path)
     return path
 
@@ -75,8 +82,8 @@ def ort_session(path: Path) -> ort.InferenceSession:
 
 
 def ort_logits(session: ort.InferenceSession, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits [N,10] for uint8 images [N,3,H,W], normalized as in training."""
-    return np.concatenate([session.run(None, {INPUT_NAME: data.normalize(images[i:i + batch_size]).numpy()})[0]
+    """Logits [N,10] for uint8 images [N,3,H,W], as they are: the model normalises them itself."""
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + batch_size].numpy()})[0]
                            for i in range(0, len(images), batch_size)])
 
 
@@ -87,7 +94,7 @@ def ort_accuracy(session: ort.InferenceSession, images: torch.Tensor, labels: to
 @torch.no_grad()
 def check_parity(model: torch.nn.Module, session: ort.InferenceSession, images: torch.Tensor) -> float:
     """Max |logit difference| between PyTorch and the fp32 ONNX model; ExportError above PARITY_MAX_ABS_DIFF."""
-    expected = model(data.normalize(images)).numpy()
+    expected = model(images).numpy()
     diff = float(np.abs(ort_logits(session, images) - expected).max())
     if not diff <= PARITY_MAX_ABS_DIFF:  # also catches NaN
         raise ExportError(f"ONNX export differs from the PyTorch model: max |logit difference| {diff:.3g} on "
@@ -104,10 +111,10 @@ def calibration_set(train_images: torch.Tensor, count: int, seed: int) -> torch.
 
 
 class CalibrationReader(ortq.CalibrationDataReader):
-    """Feeds normalized calibration images to ONNX Runtime's calibrator, CALIBRATION_BATCH at a time."""
+    """Feeds uint8 calibration images to ONNX Runtime's calibrator, CALIBRATION_BATCH at a time."""
 
     def __init__(self, images: torch.Tensor):
-        self._batches = iter([data.normalize(images[i:i + CALIBRATION_BATCH]).numpy()
+        self._batches = iter([images[i:i + CALIBRATION_BATCH].numpy()
                               for i in range(0, len(images), CALIBRATION_BATCH)])
 
     def get_next(self) -> dict | None:
@@ -147,7 +154,7 @@ def ort_latency(session: ort.InferenceSession, images: torch.Tensor, *, batch1_c
     """(batch1_ms, per_image_ms), each the median of `repeats` after warm-up. per-image: forward + argmax on
     batches of 4 over `images`, total time / images; batch1: median of `batch1_calls` single-image calls.
     The caller holds the node lock."""
-    batches = [data.normalize(images[i:i + LATENCY_BATCH]).numpy() for i in range(0, len(images), LATENCY_BATCH)]
+    batches = [images[i:i + LATENCY_BATCH].numpy() for i in range(0, len(images), LATENCY_BATCH)]
     single = batches[0][:1]
 
     def run(x: np.ndarray):
