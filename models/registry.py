@@ -39,6 +39,11 @@ def create_model(name: str) -> nn.Module:
     return _BUILDERS[name]()
 
 
+def registered_spec(name: str) -> NetSpec | None:
+    """The spec registered under `name`, or None (no such model, or one built by code)."""
+    return _SPECS.get(name)
+
+
 def get_spec(name: str) -> NetSpec:
     """The spec a model was registered with; ValueError for an unknown name or a model built by code."""
     if name not in _BUILDERS:

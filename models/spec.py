@@ -270,6 +270,18 @@ def spec_hash(spec: NetSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def spec_params(spec: NetSpec) -> dict[str, str]:
+    """The spec as a few flat, readable strings (MLflow params, table cells): its hash, the blocks
+    (`res:10 fire:20/s8/e10+10 bottleneck:20/m10 depthwise:20`), the pools, the head and the dense skips."""
+    def block(b: BlockSpec) -> str:
+        extra = {"fire": f"/s{b.squeeze}/e{b.expand1x1}+{b.expand3x3}", "bottleneck": f"/m{b.mid}"}
+        return f"{b.kind}:{b.out}{extra.get(b.kind, '')}"
+    return {"spec_hash": spec_hash(spec), "spec_blocks": " ".join(block(b) for b in spec.blocks),
+            "spec_pool_after": ",".join(map(str, spec.pool_after)),
+            "spec_head": f"fc:{spec.head.hidden}" if spec.head.kind == "fc" else spec.head.kind,
+            "spec_dense_from": " ".join(f"{k}<-{','.join(map(str, stages))}" for k, stages in spec.dense_from)}
+
+
 def _inline(d: Mapping) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"  # ints, strs, int lists
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BottleneckResBlock, DepthwiseResBlock, FireResBlock, ResBlock, SkipConn2d
-from .registry import add_model
+from .registry import add_model, registered_spec
 from .spec import IMAGE_CHANNELS, NUM_CLASSES, BlockSpec, HeadSpec, NetSpec
 
 
@@ -100,9 +100,12 @@ def build(spec: NetSpec) -> BlockNet:
 
 def register_spec(name: str, spec: NetSpec) -> NetSpec:
     """Register `spec` as model `name`: create_model(name) builds it, get_spec(name) returns it (so a search's
-    winner can become a named variant)."""
+    winner can become a named variant). Registering the same spec under the same name again is a no-op: every
+    process that trains it (a Ray worker) registers it; another spec under a taken name is refused."""
     if not isinstance(spec, NetSpec):
         raise TypeError(f"register_spec takes a NetSpec, got {type(spec).__name__}")
+    if registered_spec(name) == spec:
+        return spec
     add_model(name, partial(build, spec), spec)
     return spec
 

@@ -211,7 +211,10 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray, capsys):
     for r in runs:
         assert_complete_trial_run(client, r, epochs=2)
         # A trial logs exactly what it trains with: its TrainConfig, variant and seed; nothing of the sweep's.
-        assert set(r.data.params) == set(TRAIN_FIELDS) | {"variant", "seed"}
+        spec = models.get_spec(r.data.tags["variant"])  # and the architecture it trains, as params and a file
+        assert set(r.data.params) == set(TRAIN_FIELDS) | {"variant", "seed"} | set(models.spec_params(spec))
+        assert r.data.params["spec_hash"] == r.data.tags["spec_hash"] == models.spec_hash(spec)
+        assert client.download_artifacts(r.info.run_id, "spec.toml", str(tmp_path / r.info.run_id)).endswith(".toml")
         assert r.data.params["epochs"] == "2" and r.data.params["variant"] == r.data.tags["variant"]
         # --export none: no deployment figures, no ONNX files
         assert not set(EXPORT_METRICS) & set(r.data.metrics) and not client.list_artifacts(r.info.run_id, "onnx")

@@ -179,4 +179,6 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
         "history": [by_epoch[epoch] for epoch in sorted(by_epoch)],
         "final": {key: metrics[key] for key in (*FINAL_METRICS, *EXPORT_METRICS) if key in metrics},
         "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id, "sweep_id": tags.get("sweep_id")},
+        # The architecture trained, as data (models.from_dict reads it back), and its hash.
+        **({"spec": json.loads(tags["spec_json"]), "spec_hash": tags["spec_hash"]} if "spec_json" in tags else {}),
     }

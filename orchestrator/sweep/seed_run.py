@@ -56,7 +56,12 @@ class SeedRun:
                            "python_version": platform.python_version(), **latency_context(device),
                            "fused": str(speed["fused"]).lower(), "fused_seeds": ",".join(map(str, speed["fused_seeds"])),
                            "speed_json": json.dumps(speed, sort_keys=True)})
-        self.run.log_params({"variant": variant, "seed": seed, **cfg.to_dict()})
+        spec = models.registered_spec(variant)  # every variant is one, paper's or a spec file's
+        spec_params = models.spec_params(spec) if spec is not None else {}
+        self.run.log_params({"variant": variant, "seed": seed, **cfg.to_dict(), **spec_params})
+        if spec is not None:
+            self.run.set_tags({"spec_hash": spec_params["spec_hash"], "spec_json": json.dumps(models.to_dict(spec))})
+            self.run.client.log_text(self.run.run_id, models.dump_toml(spec), "spec.toml")
 
     def previous_metrics(self) -> dict:
         return dict(self.run.previous.data.metrics) if self.run.previous is not None else {}

@@ -20,6 +20,7 @@ import ray
 import torch
 from ray import tune
 
+import models
 from orchestrator.names import trial_name
 from orchestrator.sweep.seed_run import SeedRun
 from orchestrator.training.config import TrainConfig
@@ -126,6 +127,8 @@ def run_trial(config: dict) -> None:
     cfg, sweep, spec = TrainConfig(**config["train"]), config["sweep"], config["trial"]
     fused = "seeds" in spec
     variant, seeds = spec["variant"], [int(s) for s in spec.get("seeds", [spec.get("seed")])]
+    for name, spec in sweep.get("specs", {}).items():  # architectures from spec files: this worker builds them too
+        models.register_spec(name, models.from_dict(spec))
     torch.set_num_threads(sweep["cpus_per_trial"])
     flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
     device = resolve_device(cfg.device, gpu_assigned=bool(ray.get_gpu_ids()))  # auto: CUDA iff Ray gave a GPU
