@@ -197,6 +197,20 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
     assert f"python -m orchestrator.run --spec {specs[0]} --seeds 2 --results-dir results/s1" in script
 
 
+def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):
+    assert driver.main(search_args(tmp_path, tiny_cifar, "--name", "mo", "--candidates", "4", "--proxy-epochs",
+                                   "1", "--objective", "accuracy,macs")) == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    [parent] = runs_of(uri, "search")
+    assert parent.data.tags["objective"] == "accuracy,macs"
+    points = {r.data.tags["spec_hash"]: (r.data.metrics["heldout_accuracy"], r.data.metrics["macs_per_image"])
+              for r in runs_of(uri, "candidate")}
+    front = {h for h, (acc, macs) in points.items()
+             if not any(a >= acc and m <= macs and (a, m) != (acc, macs) for a, m in points.values())}
+    written = {p.stem.split("-", 1)[1] for p in (tmp_path / "searches" / "mo" / "specs").glob("*.toml")}
+    assert written == front and front
+
+
 @pytest.mark.slow  # two drivers, each starting its own Ray: ~80 s on a busy 2-core box
 def test_a_killed_search_resumes_without_rerunning_finished_candidates(tiny_cifar, tmp_path):
     """SIGKILL the driver (and its local Ray) once a candidate has finished; --resume then trains only what
