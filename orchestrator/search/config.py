@@ -11,12 +11,13 @@ import typing
 from dataclasses import dataclass
 
 from models import MAX_PARAMS, list_models
+from models.variants import PAPER_SPECS
 from orchestrator.cli import ArgumentParser
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.search import space
 from orchestrator.training.config import ConfigError, option
 
-PAPER_VARIANTS = ("base", "v1", "v2", "v3", "v4", "v5", "v6", "alpha")
+PAPER_VARIANTS = tuple(PAPER_SPECS)  # the eight, whatever else a process has registered since
 # What each objective ranks by, and in which direction: accuracy first, always; a second one makes a Pareto front.
 OBJECTIVES = {"accuracy": ("heldout_accuracy", "max"), "latency": ("latency_ms_batch1", "min"),
               "macs": ("macs_per_image", "min")}

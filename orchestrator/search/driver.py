@@ -115,7 +115,7 @@ def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str, str]:
 
 
 def _start_parent(cfg: SearchConfig, uri: str, experiment_id: str, kind: str, storage: str, tags: dict) -> str:
-    if search_tracking.search_runs(uri, experiment_id, cfg.name):
+    if any(search_tracking.search_runs(uri, experiment_id, cfg.name, kind=k) for k in ("search", "proxy-check")):
         raise SearchError(f"a search named {cfg.name!r} exists in experiment {cfg.experiment_name!r}: continue "
                           f"it with --resume --name {cfg.name}, or pass another --name")
     flags = cfg.to_flags()

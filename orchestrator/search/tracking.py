@@ -14,9 +14,11 @@ from orchestrator.sweep.tracking import all_pages, find_runs
 MLFLOW_BATCH_PARAMS = 100  # MLflow's limit of params per log_batch call
 
 
-def search_runs(uri: str, experiment_id: str, name: str | None = None, unfinished: bool = False) -> list:
-    """Parent runs of searches, newest first: the one named `name`, or all; only unfinished ones if asked."""
-    runs = find_runs(uri, experiment_id, kind="search", **({"search_id": name} if name else {}))
+def search_runs(uri: str, experiment_id: str, name: str | None = None, unfinished: bool = False,
+                kind: str = "search") -> list:
+    """Parent runs of searches (or of proxy checks), newest first: the one named `name`, or all; only unfinished
+    ones if asked."""
+    runs = find_runs(uri, experiment_id, kind=kind, **({"search_id": name} if name else {}))
     return [r for r in runs if not unfinished or r.data.tags.get("search_status") != "finished"]
 
 
