@@ -8,8 +8,9 @@
 """
 from .cifar import (CLASSES, DataError, download_cifar10, fingerprint, load_cifar10, parse_focus_classes, resolve_data_dir,
                     stratified_subset, synthetic_cifar10, write_cifar10_binary, write_cifar10_python)
+from .split import stratified_split
 from .trainset import MODES, TrainSet, eval_batches, normalize
 
 __all__ = ["CLASSES", "DataError", "MODES", "TrainSet", "download_cifar10", "eval_batches", "fingerprint", "load_cifar10",
-           "normalize", "parse_focus_classes", "resolve_data_dir", "stratified_subset", "synthetic_cifar10",
+           "normalize", "parse_focus_classes", "resolve_data_dir", "stratified_split", "stratified_subset", "synthetic_cifar10",
            "write_cifar10_binary", "write_cifar10_python"]

@@ -1,0 +1,296 @@
+"""`python -m orchestrator.search`: an architecture search under the paper's storage budget.
+
+Ray Tune runs it: OptunaSearch asks Optuna's TPE sampler for each candidate through a define-by-run space
+(orchestrator.search.space), ASHA stops the weak ones between the proxy's epochs, and each candidate is a nested
+MLflow run under the search's parent run. Tune keeps the state (trials and the pickled Optuna study) in
+<storage>/search-<name>, so --resume continues a search without re-running finished candidates. The steps: open
+(check everything, then start or reopen), build the tuner, fit, close (table, specs, next steps).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic live table, with our columns
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Tune snapshots the search (trials, the pickled Optuna study) at most every 10 s by default; a driver killed in
+# between loses the candidates sampled since. Every second costs a few ms of writing and loses far less.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+
+import data  # noqa: E402
+from orchestrator.names import sqlite_path  # noqa: E402
+from orchestrator.search import proxy  # noqa: E402
+from orchestrator.search import tracking as search_tracking  # noqa: E402
+from orchestrator.search.config import ConfigError, SearchConfig  # noqa: E402
+from orchestrator.sweep import preflight, records, tracking  # noqa: E402
+from orchestrator.sweep.config import SweepConfig  # noqa: E402
+from orchestrator.sweep.driver import library_versions  # noqa: E402
+from orchestrator.sweep.preflight import SweepError  # noqa: E402
+
+
+class SearchError(RuntimeError):
+    """The search cannot start or resume; the message says how to fix it."""
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a lost driver's candidates) left the search unfinished; the message is how to continue it."""
+
+
+@dataclass(frozen=True)
+class Search:
+    """One search (or proxy check) as the driver runs it: its config, its ids in MLflow, where Tune keeps it."""
+    cfg: SearchConfig
+    experiment_id: str
+    parent_run_id: str
+    storage: str
+    data_dir: str  # absolute: Ray workers run in their trial folders
+    source_tags: dict
+
+    @property
+    def path(self) -> str:
+        sep = "/" if "://" in self.storage else os.sep
+        return f"{self.storage.rstrip('/')}{sep}search-{self.cfg.name}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir) / self.cfg.name
+
+    def context(self) -> dict:
+        """What every candidate needs to know of the search (Tune's config, constant over the candidates)."""
+        cfg = self.cfg
+        return {"search_id": cfg.name, "tracking_uri": cfg.tracking_uri, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "source_tags": self.source_tags, "data_dir": self.data_dir,
+                "max_params": cfg.max_params, "max_macs": cfg.max_macs, "seed": cfg.seed,
+                "cpus_per_trial": cfg.cpus_per_trial}
+
+    def proxy(self) -> dict:
+        cfg = self.cfg
+        return {"epochs": cfg.proxy_epochs, "per_class": cfg.proxy_per_class, "holdout_per_class":
+                cfg.holdout_per_class, "batch_size": cfg.proxy_batch_size, "latency_calls": cfg.latency_calls}
+
+
+# --- 1. open ------------------------------------------------------------------------------------------------------
+def check_data(cfg: SearchConfig) -> str:
+    """Load the training split and cut the proxy's slices once, here, so a bad flag fails before any trial. Returns
+    the absolute data directory. Only the training split is read (proxy.proxy_data)."""
+    root = data.resolve_data_dir(cfg.data_dir or None).expanduser().resolve()
+    try:
+        proxy.proxy_data(str(root), cfg.holdout_per_class, cfg.proxy_per_class)
+    except ValueError as e:  # data.DataError is a ValueError too, and already one line naming the file
+        if isinstance(e, data.DataError):
+            raise
+        flag = "--holdout-per-class" if "holding out" in str(e) else "--proxy-per-class"
+        raise ConfigError(f"{flag}: {e}: pass a smaller number") from None
+    return str(root)
+
+
+def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str, str]:
+    """(stored config, experiment id, parent run id, storage) of the search --resume continues."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise SearchError(f"no MLflow store at {db}, so no search to resume: pass the --tracking-uri the search "
+                          f"used, or start a new search without --resume")
+    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
+    runs = search_tracking.search_runs(uri, experiment_id, cfg.name or None, unfinished=not cfg.name)
+    if not runs:
+        which = f"search {cfg.name!r}" if cfg.name else "an unfinished search"
+        raise SearchError(f"found no {which} in experiment {cfg.experiment_name!r} at {uri}: check --name and "
+                          f"--tracking-uri, or start a new search without --resume")
+    run = runs[0]
+    if run.data.tags.get("search_status") == "finished":
+        raise SearchError(f"search {cfg.name!r} finished already: its results are in "
+                          f"{json.loads(run.data.tags['config_json'])['out_dir']}/{cfg.name}/")
+    # Where to run and what to do afterwards may change between attempts; what to search may not.
+    stored = SearchConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
+        resume=True, address=cfg.address, revalidate=cfg.revalidate)
+    return stored, experiment_id, run.info.run_id, run.data.tags["ray_storage_path"]
+
+
+def _start_parent(cfg: SearchConfig, uri: str, experiment_id: str, kind: str, storage: str, tags: dict) -> str:
+    if any(search_tracking.search_runs(uri, experiment_id, cfg.name, kind=k) for k in ("search", "proxy-check")):
+        raise SearchError(f"a search named {cfg.name!r} exists in experiment {cfg.experiment_name!r}: continue "
+                          f"it with --resume --name {cfg.name}, or pass another --name")
+    flags = cfg.to_flags()
+    return search_tracking.start_search_run(uri, experiment_id, cfg.name, kind, {
+        **tags, "git_commit": records.git_state()["git_commit"], "host": socket.gethostname(),
+        "command": shlex.join([sys.executable, "-m", "orchestrator.search", *sys.argv[1:]]),
+        "ray_storage_path": storage, "config_json": json.dumps(flags), "objective": cfg.objective,
+        **library_versions()}, flags)
+
+
+def open_search(cfg: SearchConfig, kind: str = "search") -> Search:
+    """Check everything that can be checked, then start a new search (or proxy check) or reopen one to resume."""
+    cfg = cfg.validate().replace(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
+    uri = cfg.tracking_uri
+    preflight.check_address(cfg.address)  # cheap checks that write nothing come first
+    tracking.check_tracking(uri)
+    parent_run_id = storage = None
+    if cfg.resume:
+        cfg, experiment_id, parent_run_id, storage = _reopen(cfg, uri)
+        cfg = cfg.replace(tracking_uri=uri)
+    else:
+        cfg = cfg.with_name()
+    data_dir = check_data(cfg)
+    storage = preflight.check_storage(storage or cfg.storage_path)
+    preflight.start_ray(SweepConfig(address=cfg.address, cpus_per_trial=cfg.cpus_per_trial,
+                                    gpus_per_trial=cfg.gpus_per_trial))
+    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
+    source_tags = tracking.source_tags(records.git_state()["git_commit"])
+    if parent_run_id is None:
+        parent_run_id = _start_parent(cfg, uri, experiment_id, kind, storage, source_tags)
+    else:
+        tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    return Search(cfg, experiment_id, parent_run_id, storage, data_dir, source_tags)
+
+
+# --- 2. the tuner -------------------------------------------------------------------------------------------------
+def _searcher(cfg: SearchConfig):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    from orchestrator.search.space import define_space
+    with warnings.catch_warnings():  # TPE's `group` is marked experimental; it is what a define-by-run space needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # multivariate + group: TPE models the parameters that occur together (a block's kind and widths exist
+        # only at that depth) jointly; constant_liar keeps parallel candidates from being sampled alike.
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_candidates,
+                                             multivariate=True, group=True, constant_liar=True)
+    metrics, modes = zip(*cfg.objectives())
+    single = len(metrics) == 1  # one objective: a plain metric, so Optuna also hears every epoch's value
+    return OptunaSearch(functools.partial(define_space, max_params=cfg.max_params, max_macs=cfg.max_macs),
+                        metric=metrics[0] if single else list(metrics), mode=modes[0] if single else list(modes),
+                        sampler=sampler)
+
+
+def build_tuner(search: Search):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from orchestrator.search.progress import CandidateCloser, SearchReporter, candidate_name
+    from orchestrator.search.trainable import run_candidate
+    cfg = search.cfg
+    trainable = tune.with_resources(run_candidate, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    if cfg.resume and tune.Tuner.can_restore(search.path):
+        return tune.Tuner.restore(search.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    # ASHA ranks on accuracy even with a second objective: latency and MACs are known before the first epoch.
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric="heldout_accuracy", mode="max",
+                              max_t=cfg.proxy_epochs, grace_period=cfg.grace_epochs,
+                              reduction_factor=cfg.reduction_factor)
+    return tune.Tuner(
+        trainable, param_space={"search": search.context(), "proxy": search.proxy()},
+        tune_config=tune.TuneConfig(search_alg=_searcher(cfg), scheduler=scheduler, num_samples=cfg.candidates,
+                                    max_concurrent_trials=cfg.concurrent or None, reuse_actors=True,
+                                    trial_name_creator=candidate_name, trial_dirname_creator=candidate_name),
+        run_config=tune.RunConfig(name=f"search-{cfg.name}", storage_path=search.storage, verbose=1,
+                                  progress_reporter=SearchReporter(cfg.candidates, cfg.proxy_epochs),
+                                  callbacks=[CandidateCloser(search.context(), cfg.proxy_epochs)],
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
+
+
+# --- 4. close -----------------------------------------------------------------------------------------------------
+def settle_runs(search: Search, results) -> bool:
+    """Mark the candidates Ray gave up on FAILED; True when every candidate was sampled and its run closed (False:
+    the search was interrupted, and --resume continues it)."""
+    uri, search_id = search.cfg.tracking_uri, search.cfg.name
+    for r in results:
+        if r.error is not None:  # the trial's folder is named like its run (progress.candidate_name)
+            first_line = (str(r.error).strip().splitlines() or [""])[0]
+            search_tracking.fail_candidate(uri, search.experiment_id, search_id, Path(r.path).name,
+                                           f"{type(r.error).__name__}: {first_line}")
+    trial_ids = {r.metrics["trial_id"] for r in results if r.metrics and "trial_id" in r.metrics}
+    if len(results) < search.cfg.candidates or any(
+            r.info.status == "RUNNING" and r.data.tags.get("trial_id") in trial_ids
+            for r in search_tracking.candidate_runs(uri, search.experiment_id, search_id)):
+        return False
+    for name in search_tracking.close_orphans(uri, search.experiment_id, search_id, trial_ids):
+        print(f"{name}: started before the driver was killed, unknown to the resumed search: marked KILLED",
+              flush=True)
+    return True
+
+
+def close_search(search: Search, results, wall_seconds: float) -> dict:
+    from orchestrator.search import results as tables
+    cfg, uri = search.cfg, search.cfg.tracking_uri
+    client = tracking.MlflowClient(uri)
+    if not settle_runs(search, results):
+        client.set_terminated(search.parent_run_id, status="KILLED")
+        raise SearchInterrupted(f"continue with `python -m orchestrator.search --resume --name {cfg.name}`")
+    runs = search_tracking.candidate_runs(uri, search.experiment_id, cfg.name)
+    rows = tables.rank(tables.candidate_rows(runs, cfg.proxy_epochs), cfg.objectives())
+    md, csv_path = tables.write_table(rows, search.out_dir)
+    pareto = len(cfg.objectives()) > 1
+    chosen = tables.selected(rows, cfg.top_k, pareto)
+    spec_files = tables.write_specs(chosen, search.out_dir)
+    commands = tables.revalidation_commands(spec_files, cfg.revalidate_seeds, cfg.name)
+    script = tables.write_revalidation(commands, search.out_dir)
+    for path in (md, csv_path, script, *spec_files):
+        client.log_artifact(search.parent_run_id, str(path), artifact_path="search" if path.suffix != ".toml"
+                            else "search/specs")
+    done = [r for r in rows if r["status"] == "done"]
+    metrics = {"search_wall_seconds": wall_seconds, "candidates_trained": len(rows),
+               "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows)}
+    if done:
+        metrics["best_heldout_accuracy"] = done[0]["heldout_accuracy"]
+    for key, value in metrics.items():
+        client.log_metric(search.parent_run_id, key, float(value))
+    search_tracking.finish_search_run(uri, search.parent_run_id)
+    return {"rows": rows, "chosen": chosen, "spec_files": spec_files, "commands": commands, "table": md,
+            "script": script, "wall_seconds": wall_seconds, "parent_run_id": search.parent_run_id}
+
+
+def print_summary(search: Search, out: dict) -> None:
+    from orchestrator.search import results as tables
+    cfg, rows = search.cfg, out["rows"]
+    killed = sum(r["status"] == "killed" for r in rows)
+    print(f"\nsearch {cfg.name} finished in {out['wall_seconds'] / 60:.1f} min: {len(rows) - killed} candidates, "
+          f"{sum(r['status'] == 'stopped' for r in rows)} stopped early by ASHA"
+          + (f" ({killed} more killed with an earlier driver)" if killed else "") + "\n", flush=True)
+    print(tables.markdown_table(rows[:20]) + (f"... {len(rows) - 20} more in {out['table']}\n" if len(rows) > 20
+                                              else ""))
+    what = "the Pareto front" if len(cfg.objectives()) > 1 else f"the top {cfg.top_k}"
+    print(f"next steps:\n  {what} ({len(out['spec_files'])} specs) re-validated under the full paper protocol with "
+          f"{cfg.revalidate_seeds} seeds each, the first use of the test set ({out['script']}):")
+    none = "    (none: no candidate ran the whole proxy)\n"
+    print("".join(f"    {shlex.join(c)}\n" for c in out["commands"]) or none)
+    print(f"  every candidate is a nested run under run {cfg.name} ({out['parent_run_id']}) in experiment "
+          f"{cfg.experiment_name!r} at {cfg.tracking_uri} (`make ui`)", flush=True)
+
+
+def run_search(cfg: SearchConfig) -> dict:
+    search = open_search(cfg)
+    print(f"search {search.cfg.name}: {search.cfg.candidates} candidates within {search.cfg.max_params:,} "
+          f"parameters, proxy {search.cfg.proxy_epochs} epochs on {search.cfg.proxy_per_class or 'all'} images per "
+          f"class, ranked on {search.cfg.holdout_per_class} held-out training images per class; MLflow run "
+          f"{search.parent_run_id} in {search.cfg.tracking_uri}", flush=True)
+    tuner = build_tuner(search)
+    started = time.perf_counter()
+    results = tuner.fit()
+    out = close_search(search, results, time.perf_counter() - started)
+    print_summary(search, out)
+    return {**out, "search": search}
+
+
+def main(argv=None) -> int:
+    from orchestrator.search.config import parse_config
+    from orchestrator.search import results as tables
+    try:
+        cfg = parse_config(argv)
+        if cfg.proxy_check:
+            from orchestrator.search.check import run_proxy_check
+            return run_proxy_check(cfg)
+        out = run_search(cfg)
+    except (ConfigError, data.DataError, tracking.TrackingError, SweepError, SearchError, records.RecordError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Tune saved the search: --resume continues it
+        print(f"interrupted: {e or 'continue with `python -m orchestrator.search --resume`'}", file=sys.stderr)
+        return 130
+    if out["search"].cfg.revalidate:
+        return tables.revalidate(out["commands"])
+    return 0

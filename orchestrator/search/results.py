@@ -1,0 +1,148 @@
+"""A finished search, read back from its MLflow candidate runs: the ranked table (Markdown and CSV), the top-K
+or Pareto specs as TOML files, and the re-validation sweep that retrains them under the full protocol."""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from models.spec import dump_toml, from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+COLUMNS = ("rank", "candidate", "spec_hash", "params", "size_mb", "macs", "latency_ms_batch1", "heldout_accuracy",
+           "epochs_run", "status", "pareto", "shape")
+
+
+def _status(run, epochs_run: int, epochs: int) -> str:
+    if run.info.status == "FAILED":
+        return "diverged" if run.data.tags.get("diverged") == "true" else "failed"
+    if run.info.status != "FINISHED":
+        return "killed" if run.info.status == "KILLED" else "unfinished"
+    return "done" if epochs_run >= epochs and run.data.tags.get("stopped_early") != "true" else "stopped"
+
+
+def candidate_rows(runs, epochs: int) -> list[dict]:
+    """One row per candidate run, from what it logged (the last epoch's held-out accuracy)."""
+    rows = []
+    for run in runs:
+        m, tags = run.data.metrics, run.data.tags
+        epochs_run = int(m.get("epochs_run", 0))
+        rows.append({"candidate": run.info.run_name, "spec_hash": tags.get("spec_hash", ""),
+                     "params": int(m["param_count"]) if "param_count" in m else None, "size_mb": m.get("size_mb"),
+                     "macs": int(m["macs_per_image"]) if "macs_per_image" in m else None,
+                     "latency_ms_batch1": m.get("latency_ms_batch1"), "heldout_accuracy": m.get("heldout_accuracy"),
+                     "epochs_run": epochs_run, "status": _status(run, epochs_run, epochs), "pareto": False,
+                     "shape": tags.get("shape", ""), "spec_json": tags.get("spec_json", ""),
+                     "run_id": run.info.run_id})
+    return rows
+
+
+def _dominates(a: dict, b: dict, second: tuple[str, str]) -> bool:
+    key, mode = second
+    sign = 1 if mode == "min" else -1  # compare as "smaller is better"
+    acc_a, acc_b, x_a, x_b = a["heldout_accuracy"], b["heldout_accuracy"], sign * a[key], sign * b[key]
+    return acc_a >= acc_b and x_a <= x_b and (acc_a > acc_b or x_a < x_b)
+
+
+def rank(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
+    """Candidates that ran the whole proxy first, by held-out accuracy; then those ASHA stopped (more epochs
+    first: accuracies after different epochs are not comparable); then the rest. With a second objective, the
+    non-dominated candidates among those through the whole proxy are flagged `pareto`."""
+    column = {"heldout_accuracy": "heldout_accuracy", "latency_ms_batch1": "latency_ms_batch1",
+              "macs_per_image": "macs"}
+    done = [r for r in rows if r["status"] == "done" and r["heldout_accuracy"] is not None]
+    if len(objectives) > 1:
+        second = (column[objectives[1][0]], objectives[1][1])
+        for r in done:
+            r["pareto"] = not any(_dominates(o, r, second) for o in done if o is not r)
+    stopped = [r for r in rows if r["status"] == "stopped" and r["heldout_accuracy"] is not None]
+    rest = [r for r in rows if r not in done and r not in stopped]
+    ordered = (sorted(done, key=lambda r: -r["heldout_accuracy"])
+               + sorted(stopped, key=lambda r: (-r["epochs_run"], -r["heldout_accuracy"])) + rest)
+    for i, r in enumerate(ordered, start=1):
+        r["rank"] = i
+    return ordered
+
+
+def selected(rows: list[dict], top_k: int, pareto: bool) -> list[dict]:
+    """The candidates worth re-validating, one per distinct spec: the Pareto front, or the top K of the ranking
+    among those through the whole proxy."""
+    chosen, seen = [], set()
+    for r in rows:
+        if r["status"] != "done" or r["spec_hash"] in seen or (pareto and not r["pareto"]):
+            continue
+        seen.add(r["spec_hash"])
+        chosen.append(r)
+    return chosen if pareto else chosen[:top_k]
+
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return ""
+    if column == "heldout_accuracy":
+        return f"{100 * value:.2f}"
+    if column in ("size_mb", "latency_ms_batch1"):
+        return f"{value:.4f}" if column == "size_mb" else f"{value:.3f}"
+    if column in ("params", "macs"):
+        return f"{value:,}"
+    if column == "pareto":
+        return "yes" if value else ""
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = [c if c != "heldout_accuracy" else "heldout_accuracy (%)" for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / "results.md", out_dir / "results.csv"
+    md.write_text(markdown_table(rows))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "run_id"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return md, csv_path
+
+
+def write_specs(chosen: list[dict], out_dir: Path) -> list[Path]:
+    """`<out>/specs/rank<r>-<spec hash>.toml` for each chosen candidate (the file stem names it in a sweep)."""
+    folder = out_dir / "specs"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in chosen:
+        path = folder / f"rank{r['rank']}-{r['spec_hash']}.toml"
+        dump_toml(from_dict(json.loads(r["spec_json"])), path)
+        paths.append(path)
+    return paths
+
+
+def revalidation_commands(spec_files: list[Path], seeds: int, search_name: str) -> list[list[str]]:
+    """The normal sweep that re-validates each spec under the full paper protocol with `seeds` seeds (the first
+    time the test set is used), records into results/<search name>/."""
+    return [["python", "-m", "orchestrator.run", "--spec", str(path), "--seeds", str(seeds),
+             "--results-dir", f"results/{search_name}"] for path in spec_files]
+
+
+def write_revalidation(commands: list[list[str]], out_dir: Path) -> Path:
+    path = out_dir / "revalidate.sh"
+    path.write_text("#!/bin/sh\n# Re-validate the search's top specs under the full protocol (run from the "
+                    "repository root).\nset -e\n" + "".join(shlex.join(c) + "\n" for c in commands))
+    path.chmod(0o755)
+    return path
+
+
+def revalidate(commands: list[list[str]]) -> int:
+    """Run the re-validation sweeps one after the other (each uses every CPU); the first failure's exit code."""
+    for command in commands:
+        print(f"re-validating: {shlex.join(command)}", flush=True)
+        code = subprocess.run([sys.executable, *command[1:]], cwd=REPO).returncode
+        if code:
+            return code
+    return 0

@@ -1,0 +1,281 @@
+"""The architecture search (orchestrator.search) for real: Optuna samples the space, Ray Tune runs the candidates
+with ASHA, MLflow holds every candidate as a nested run; tiny data, no mocks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from scipy.stats import spearmanr
+
+import data
+import models
+from models.budget import macs_per_image
+from models.spec import from_dict, load_spec, spec_hash, to_dict
+from orchestrator.search import driver, proxy, space
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.results import rank
+from orchestrator.search.trainable import BudgetError, run_candidate
+from orchestrator.sweep import records
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+TINY_BUDGET = 20_000  # small nets train in a second on tiny data; the budget logic is the same at any size
+
+
+@pytest.fixture(scope="module")
+def no_test_set(tiny_cifar, tmp_path_factory) -> Path:
+    """tiny_cifar whose test batch is garbage of the right size: any read of it fails (labels of 255), so a
+    search that finishes on this folder never read the test set."""
+    root = tmp_path_factory.mktemp("no-test-set")
+    for f in Path(tiny_cifar).iterdir():
+        shutil.copy(f, root / f.name)
+    test = root / "test_batch.bin"
+    test.write_bytes(b"\xff" * test.stat().st_size)
+    with pytest.raises(data.DataError):
+        data.load_cifar10(root, "test")
+    return root
+
+
+def search_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), "--out-dir", str(tmp_path / "searches"),
+            "--max-params", str(TINY_BUDGET), "--proxy-epochs", "2", "--grace-epochs", "1",
+            "--proxy-per-class", "12", "--holdout-per-class", "4", "--latency-calls", "5",
+            "--startup-candidates", "3", *extra]
+
+
+def runs_of(uri: str, kind: str) -> list:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, f"tags.kind = '{kind}'") if ids else []
+
+
+# --- the held-out slice ----------------------------------------------------------------------------------------
+def test_stratified_split_is_disjoint_stratified_and_deterministic():
+    labels = torch.arange(10).repeat(30)  # 30 per class; each image holds its own index, so sets can be compared
+    images = torch.arange(300).view(300, 1, 1, 1).expand(300, 3, 2, 2).to(torch.int64)
+    tx, ty, hx, hy = data.stratified_split(images, labels, holdout_per_class=7, seed=0)
+    train_ids, held_ids = set(tx[:, 0, 0, 0].tolist()), set(hx[:, 0, 0, 0].tolist())
+    assert not train_ids & held_ids and len(train_ids | held_ids) == 300
+    assert torch.bincount(hy, minlength=10).tolist() == [7] * 10
+    assert torch.bincount(ty, minlength=10).tolist() == [23] * 10
+    assert torch.equal(labels[hx[:, 0, 0, 0]], hy)  # labels travel with their images
+    again = data.stratified_split(images, labels, 7, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip((tx, ty, hx, hy), again))
+    assert not torch.equal(data.stratified_split(images, labels, 7, seed=1)[2], hx)
+    with pytest.raises(ValueError, match="hold out fewer"):
+        data.stratified_split(images, labels, 30, seed=0)
+
+
+def test_proxy_data_holds_out_a_disjoint_slice_of_the_training_split_only(no_test_set):
+    d = proxy.proxy_data(str(no_test_set), 4, 10)  # the test batch is garbage: reading it would raise
+    assert torch.bincount(d.val_labels, minlength=10).tolist() == [4] * 10
+    assert torch.bincount(d.train_labels, minlength=10).tolist() == [10] * 10
+    train_x, _ = data.load_cifar10(no_test_set, "train")
+    rows = {bytes(x.numpy().tobytes()) for x in train_x}
+    trained, held = ({bytes(x.numpy().tobytes()) for x in xs} for xs in (d.train_images, d.val_images))
+    assert held <= rows and trained <= rows and not trained & held
+
+
+# --- the space ---------------------------------------------------------------------------------------------------
+def test_every_sampled_candidate_is_valid_within_the_budget_and_fills_it():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=50, multivariate=True, group=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    uses, kinds, heads, skips, depths = [], set(), set(), 0, set()
+    for _ in range(200):
+        trial = study.ask()
+        candidate = space.define_space(trial, models.MAX_PARAMS)["candidate"]
+        spec = from_dict(candidate["spec"])  # a valid spec, or this raises
+        assert models.param_count(spec) <= models.MAX_PARAMS
+        uses.append(space.budget_use(spec, models.MAX_PARAMS))
+        kinds |= {b.kind for b in spec.blocks}
+        heads.add(spec.head.kind)
+        skips += bool(spec.dense_from)
+        depths.add(len(spec.blocks))
+        study.tell(trial, sum(b.out for b in spec.blocks) / 1000)  # any value: TPE models it after 50
+    assert min(uses) >= 0.9 and statistics.median(uses) >= 0.98, (min(uses), statistics.median(uses))
+    assert kinds == set(space.KINDS) and heads == {"fc", "gap"} and skips > 20 and depths == set(range(2, 9))
+
+
+def test_a_macs_cap_repairs_every_candidate_under_it():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    cap = 5_000_000
+    for _ in range(100):
+        trial = study.ask()
+        spec = from_dict(space.define_space(trial, models.MAX_PARAMS, cap)["candidate"]["spec"])
+        assert models.param_count(spec) <= models.MAX_PARAMS and macs_per_image(spec) <= cap
+        study.tell(trial, 0.0)
+
+
+def test_a_candidate_over_the_budget_is_refused_before_anything_is_built(tmp_path):
+    over = to_dict(models.get_spec("v6"))  # 136,960 parameters
+    db = tmp_path / "mlflow.db"
+    config = {"candidate": {"spec": over}, "proxy": {"epochs": 1},
+              "search": {"max_params": TINY_BUDGET, "max_macs": 0, "tracking_uri": f"sqlite:///{db}"}}
+    with pytest.raises(BudgetError, match="136,960 parameters, over the budget of 20,000"):
+        run_candidate(config)
+    assert not db.exists()  # refused before the run, the data or the network
+
+
+def test_ranking_puts_full_proxy_candidates_first_and_flags_the_pareto_front():
+    def row(name, acc, macs, status="done", epochs=2):
+        return {"candidate": name, "heldout_accuracy": acc, "macs": macs, "status": status, "epochs_run": epochs,
+                "spec_hash": name, "pareto": False}
+    rows = [row("a", 0.6, 10), row("b", 0.7, 30), row("c", 0.65, 40), row("d", 0.9, 1, "stopped", 1),
+            row("e", 0.5, 5)]
+    ranked = rank(rows, [("heldout_accuracy", "max"), ("macs_per_image", "min")])
+    assert [r["candidate"] for r in ranked] == ["b", "c", "a", "e", "d"]
+    assert {r["candidate"] for r in ranked if r["pareto"]} == {"a", "b", "e"}  # c: b is better on both
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, message", [
+    (["--max-params", "10"], "--max-params 10 is below the 92 parameters of the smallest candidate"),
+    (["--objective", "accuracy,speed"], "--objective 'accuracy,speed': use accuracy, accuracy,latency or"),
+    (["--proxy-per-class", "5000"], "--proxy-per-class: subset of 5000 per class"),
+    (["--holdout-per-class", "16"], "--holdout-per-class: holding out 16 per class"),
+    (["--resume", "--name", "nope"], "no MLflow store at"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_trial(flags, message, tiny_cifar, tmp_path, capsys):
+    assert driver.main(search_args(tmp_path, tiny_cifar) + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+# --- a real search -------------------------------------------------------------------------------------------
+def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_run(no_test_set, tmp_path,
+                                                                                     local_ray):
+    """6 candidates one at a time (so ASHA's decisions repeat on a machine), 2 epochs, on data whose test batch
+    is garbage: the search ran, so it never read the test set."""
+    assert driver.main(search_args(tmp_path, no_test_set, "--name", "s1", "--candidates", "6",
+                                   "--concurrent", "1", "--top-k", "2", "--revalidate-seeds", "2")) == 0
+    uri, client = f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [parent] = runs_of(uri, "search")
+    assert parent.data.tags["search_status"] == "finished" and parent.info.status == "FINISHED"
+    candidates = runs_of(uri, "candidate")
+    assert len(candidates) == 6
+    stopped = 0
+    for run in candidates:
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert metrics["param_count"] <= TINY_BUDGET
+        spec = from_dict(json.loads(tags["spec_json"]))
+        assert models.param_count(spec) == metrics["param_count"] and spec_hash(spec) == tags["spec_hash"]
+        spec_file = client.download_artifacts(run.info.run_id, "spec.toml", str(tmp_path))
+        assert spec_hash(load_spec(spec_file)) == tags["spec_hash"]
+        assert int(params["spec.depth"]) == len(spec.blocks) and params["proxy.epochs"] == "2"
+        assert {"macs_per_image", "size_mb", "latency_ms_batch1", "latency_ms_per_image"} <= set(metrics)
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "heldout_accuracy")]
+        assert epochs == list(range(1, int(metrics["epochs_run"]) + 1))  # each epoch once
+        assert (tags["stopped_early"] == "true") == (metrics["epochs_run"] < 2)
+        stopped += tags["stopped_early"] == "true"
+    # ASHA (grace 1 epoch, reduction 2) stops a candidate whose first epoch is below the median of those before
+    # it: with 6 candidates in sequence, at least one is.
+    assert stopped >= 1
+    out = tmp_path / "searches" / "s1"
+    table = (out / "results.md").read_text()
+    assert all(run.info.run_name in table for run in candidates) and (out / "results.csv").is_file()
+    specs = sorted((out / "specs").glob("rank*.toml"))
+    assert len(specs) == 2 and all(models.param_count(load_spec(p)) <= TINY_BUDGET for p in specs)
+    script = (out / "revalidate.sh").read_text()
+    assert f"python -m orchestrator.run --spec {specs[0]} --seeds 2 --results-dir results/s1" in script
+
+
+def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):
+    assert driver.main(search_args(tmp_path, tiny_cifar, "--name", "mo", "--candidates", "4", "--proxy-epochs",
+                                   "1", "--objective", "accuracy,macs")) == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    [parent] = runs_of(uri, "search")
+    assert parent.data.tags["objective"] == "accuracy,macs"
+    points = {r.data.tags["spec_hash"]: (r.data.metrics["heldout_accuracy"], r.data.metrics["macs_per_image"])
+              for r in runs_of(uri, "candidate")}
+    front = {h for h, (acc, macs) in points.items()
+             if not any(a >= acc and m <= macs and (a, m) != (acc, macs) for a, m in points.values())}
+    written = {p.stem.split("-", 1)[1] for p in (tmp_path / "searches" / "mo" / "specs").glob("*.toml")}
+    assert written == front and front
+
+
+@pytest.mark.slow  # two drivers, each starting its own Ray: ~80 s on a busy 2-core box
+def test_a_killed_search_resumes_without_rerunning_finished_candidates(tiny_cifar, tmp_path):
+    """SIGKILL the driver (and its local Ray) once a candidate has finished; --resume then trains only what
+    was not finished: a finished run is never touched again, and no spec is trained twice."""
+    args = [sys.executable, "-m", "orchestrator.search", *search_args(tmp_path, tiny_cifar, "--name", "k1",
+                                                                      "--candidates", "4", "--concurrent", "1")]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    driver_proc = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+
+    def finished():
+        try:
+            return {r.data.tags["trial_id"]: r.info.end_time for r in runs_of(uri, "candidate")
+                    if r.info.status == "FINISHED"}
+        except Exception:  # the store is being created
+            return {}
+    try:
+        deadline = time.time() + 300
+        while len(finished()) < 1 and time.time() < deadline and driver_proc.poll() is None:
+            time.sleep(1)
+    finally:
+        os.killpg(driver_proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver_proc.wait()
+    time.sleep(3)  # Ray's workers outlive the driver by a moment
+    before = {r.data.tags["trial_id"]: (r.info.end_time, r.data.tags["spec_hash"]) for r in runs_of(uri, "candidate")
+              if r.info.status == "FINISHED"}
+    assert 1 <= len(before) < 4, before
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = runs_of(uri, "candidate")
+    after = {r.data.tags["trial_id"]: (r.info.end_time, r.data.tags["spec_hash"]) for r in runs}
+    assert all(after[t] == was for t, was in before.items()), "a finished candidate's run changed"
+    trained = [r.data.tags["spec_hash"] for r in runs if r.info.status == "FINISHED"]
+    assert len(trained) == len(set(trained)), "a candidate was trained twice"
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)  # KILLED: started after Tune's last snapshot
+    [parent] = runs_of(uri, "search")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["candidates_trained"] == len(runs)
+    assert (tmp_path / "searches" / "k1" / "results.md").is_file()
+
+
+# --- the proxy check -----------------------------------------------------------------------------------------
+def write_records(folder: Path, accuracies: dict[str, list[float]]) -> None:
+    """Records as orchestrator.run writes them (the fields the check reads), one per (variant, seed)."""
+    protocol = records.paper_protocol()
+    for variant, values in accuracies.items():
+        for seed, accuracy in enumerate(values):
+            records.write_record(folder, {
+                "schema_version": records.SCHEMA_VERSION, "variant": variant, "seed": seed, "protocol": protocol,
+                "protocol_hash": records.protocol_hash(protocol), "history": [],
+                "final": {"final_val_accuracy": accuracy}})
+
+
+def test_proxy_check_reports_the_spearman_correlation_with_the_records(tiny_cifar, tmp_path, local_ray, capsys):
+    write_records(tmp_path / "grid", {"base": [0.70, 0.71], "v5": [0.66], "v6": [0.77], "alpha": [0.78]})
+    code = driver.main(search_args(tmp_path, tiny_cifar, "--proxy-check", "--name", "pc", "--results",
+                                   str(tmp_path / "grid"), "--variants", "base,v5,v6"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    [parent] = runs_of(uri, "proxy-check")
+    proxy_accuracy = {r.data.tags["variant"]: r.data.metrics["heldout_accuracy"] for r in runs_of(uri, "candidate")
+                      if r.data.tags["mlflow.parentRunId"] == parent.info.run_id}
+    assert sorted(proxy_accuracy) == ["base", "v5", "v6"]
+    full = {"base": 0.705, "v5": 0.66, "v6": 0.77}
+    rho = spearmanr([proxy_accuracy[v] for v in full], list(full.values())).statistic
+    assert parent.data.metrics["spearman_rho"] == pytest.approx(rho)
+    assert code == (0 if rho >= 0.8 else 1)
+    out = capsys.readouterr().out
+    assert f"Spearman rho = {rho:.3f} over 3 variants" in out
+    assert (tmp_path / "searches" / "pc" / "proxy_check.md").read_text() in out
