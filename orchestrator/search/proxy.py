@@ -2,8 +2,7 @@
 defaults) on a stratified subset of the training set for a few epochs, evaluated on a fixed, stratified held-out
 slice of the training set. The CIFAR-10 test set is never read: it is kept for re-validating the winners.
 
-This is the one module of the search that imports the training function. orchestrator.training.train becomes
-orchestrator.training.protocol; the switch is the import line below.
+This is the one module of the search that imports the trainer.
 """
 from __future__ import annotations
 
@@ -16,7 +15,8 @@ import models
 from models.spec import NetSpec
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import measure_latency
-from orchestrator.training.train import DivergedError, TrialData, train  # -> orchestrator.training.protocol
+from orchestrator.training.protocol import DivergedError, TrialData
+from orchestrator.training.train import train
 
 __all__ = ["DivergedError", "TrialData", "proxy_config", "proxy_data", "train_proxy", "candidate_latency",
            "heldout_metrics", "register_candidate", "SPLIT_SEED"]
@@ -47,10 +47,7 @@ def register_candidate(spec: NetSpec) -> str:
     """Register `spec` as model `cand-<spec hash>` in this process (a Ray worker), once: a reused worker or a
     second candidate of the same shape finds it registered. Returns the name create_model knows it by."""
     name = f"cand-{models.spec_hash(spec)}"
-    if name not in models.list_models():
-        models.register_spec(name, spec)
-    elif models.get_spec(name) != spec:  # a 64-bit hash collision: never train the wrong network
-        raise RuntimeError(f"model {name} is registered with another spec; rename one of them")
+    models.register_spec(name, spec)  # a no-op for the same spec; another one (a 64-bit collision) is refused
     return name
 
 
@@ -62,14 +59,9 @@ def heldout_metrics(metrics: dict) -> dict:
 
 def train_proxy(cfg: TrainConfig, spec: NetSpec, seed: int, trial_data: TrialData, on_epoch_end,
                 device: torch.device | None = None) -> dict:
-    """Train `spec` under the proxy protocol; `on_epoch_end(seed, epoch, metrics, make_state)` after each epoch.
-    Today's train() calls on_epoch_end(epoch, metrics, make_state), protocol.py will pass the seed first: the
-    adapter takes the last three arguments, so it works with either."""
-    name = register_candidate(spec)
-
-    def adapter(*args):
-        on_epoch_end(seed, *args[-3:])
-    return train(cfg, name, seed, trial_data=trial_data, device=device, on_epoch_end=adapter, measure=False)
+    """Train `spec` under the proxy protocol; `on_epoch_end(seed, epoch, metrics, make_state)` after each epoch."""
+    return train(cfg, register_candidate(spec), seed, trial_data=trial_data, device=device, on_epoch_end=on_epoch_end,
+                 measure=False)
 
 
 def candidate_latency(spec: NetSpec, trial_data: TrialData, device: torch.device, calls: int) -> dict:
