@@ -57,7 +57,8 @@ def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
     assert isinstance(cfg.train.lr, float)
     cfg = parse_config(["--config", str(path), "--epochs", "5", "--channels-last", "--variants", "alpha"])
     assert (cfg.train.epochs, cfg.train.channels_last, cfg.variants, cfg.seed_values()) == (5, True, ("alpha",), (3, 7))
-    assert parse_config(["--config", str(path), "--quick"]).train.epochs == 2  # --quick still means 2 epochs
+    quick = parse_config(["--config", str(path), "--quick"])  # --quick fills in only what the file leaves out
+    assert (quick.train.epochs, quick.train.subset_per_class) == (3, 500)
 
 
 def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):

@@ -17,7 +17,8 @@ from orchestrator.training.config import ConfigError, TrainConfig, option
 
 ALL_VARIANTS = tuple(list_models())
 SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
-QUICK = {"epochs": 2, "subset_per_class": 500, "compile": False}  # what --quick means (2 epochs don't repay a compile)
+# What --quick means, for each of these flags that is not given explicitly (2 epochs don't repay a compile).
+QUICK = {"variants": ("base", "v6"), "seeds": 2, "epochs": 2, "subset_per_class": 500, "compile": False}
 __all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_parser"]
 
 
@@ -29,7 +30,9 @@ class SweepConfig:
                                      "comma-separated model variants: " + ",".join(ALL_VARIANTS))
     seeds: int = option(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
     seed_list: tuple[int, ...] = option((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
-    quick: bool = option(False, "what to run", "first look in minutes: 2 epochs on a stratified 500-per-class subset")
+    quick: bool = option(False, "what to run", "first look in minutes: variants base,v6, 2 seeds, 2 epochs on a "
+                                              "stratified 500-per-class subset, uncompiled; any of these flags given "
+                                              "explicitly (or in --config) wins")
     download: bool = option(False, "data", "download CIFAR-10 (official MD5 checked) into the data directory if missing")
     # --- Ray -------------------------------------------------------------------------------------
     address: str = option("", "cluster", "address of an existing Ray cluster (host:port or 'auto'); default: a local Ray")
@@ -220,19 +223,29 @@ def load_config_file(path: str) -> dict:
     return values
 
 
-def with_quick(values: dict) -> dict:
-    """--quick is shorthand for 2 epochs on a 500-per-class subset, uncompiled (a subset given explicitly is kept)."""
+def with_quick(values: dict, given: set[str]) -> dict:
+    """--quick's values (QUICK) for the flags not given explicitly: the command line and --config win."""
     if not values.get("quick"):
         return values
-    return {**values, **QUICK, "subset_per_class": values.get("subset_per_class") or QUICK["subset_per_class"]}
+    return {**values, **{k: v for k, v in QUICK.items() if k not in given}}
+
+
+def given_flags(argv, **parser_kw) -> set[str]:
+    """The fields the command line sets explicitly (argparse's defaults can't tell `--epochs 10` from none)."""
+    parser = build_parser(**parser_kw)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # a flag not given then leaves no attribute at all
+    return set(vars(parser.parse_args(argv))) - {"config"}
 
 
 def parse_config(argv=None, **parser_kw) -> SweepConfig:
     """The command line (and its --config file) as a validated SweepConfig, with --quick applied once, here."""
     parser = build_parser(**parser_kw)
     args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**load_config_file(args.config))  # file values become defaults: flags given still win
+    from_file = load_config_file(args.config) if args.config else {}
+    if from_file:
+        parser.set_defaults(**from_file)  # file values become defaults: flags given still win
         args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "config"}
-    return SweepConfig.from_flags(with_quick(values)).validate()
+    given = set(from_file) | given_flags(argv, **parser_kw)
+    return SweepConfig.from_flags(with_quick(values, given)).validate()

@@ -1,0 +1,62 @@
+"""The sweep's command line as a user meets it (issue 21): --quick yields to the flags given, output folders are
+checked before any trial, `report` answers a dead or wrong tracking URI in one line within seconds, --help keeps
+its examples and shows defaults, a sweep's last lines say where its report went, in percent, with the protocol's
+caveat, and no system-metrics chatter; and `--fuse-seeds auto` (issue 19), decided on the cluster Ray is up on.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.analysis import report
+from orchestrator.sweep import driver as orun
+from orchestrator.sweep.callbacks import eta_line
+from orchestrator.sweep.config import ALL_VARIANTS, EPILOG, ConfigError, build_parser, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_flags(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path",
+            str(tmp_path / "ray"), "--variants", "base", "--seeds", "1", "--epochs", "1", "--no-report",
+            "--no-compile", "--export", "none", "--latency-batch1-calls", "5", *extra]
+
+
+# --- --quick -------------------------------------------------------------------------------------------
+def test_quick_fills_in_only_the_flags_not_given(tmp_path):
+    bare = parse_config(["--quick"])
+    assert (bare.variants, bare.seed_values(), bare.train.epochs, bare.train.subset_per_class, bare.train.compile) \
+        == (("base", "v6"), (0, 1), 2, 500, False), "a bare --quick is 4 short trials"
+    given = parse_config(["--quick", "--epochs", "3", "--compile", "--variants", "alpha", "--seeds", "3",
+                          "--subset-per-class", "0"])
+    assert (given.variants, given.seed_values(), given.train.epochs, given.train.subset_per_class,
+            given.train.compile) == (("alpha",), (0, 1, 2), 3, 0, True)
+    # A value given equal to the default is given too: --epochs 10 means 10 epochs.
+    assert parse_config(["--quick", "--epochs", "10"]).train.epochs == 10
+    # A config file's values are given as well; --quick fills in the rest.
+    path = tmp_path / "sweep.toml"
+    path.write_text("epochs = 4\ncompile = true\nquick = true\n")
+    from_file = parse_config(["--config", str(path)])
+    assert (from_file.train.epochs, from_file.train.compile, from_file.variants, from_file.train.subset_per_class) \
+        == (4, True, ("base", "v6"), 500)
+
+
+def test_quick_with_epochs_0_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"--epochs must be >= 1 \(got 0\)"):
+        parse_config(["--quick", "--epochs", "0"])  # before: --quick replaced the 0 and trained 2 epochs
+    assert orun.main(["--quick", "--epochs", "0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert capsys.readouterr().err == "error: --epochs must be >= 1 (got 0)\n"
+    assert not list(tmp_path.iterdir()), "nothing may be created"
+
+
