@@ -60,3 +60,21 @@ def test_quick_with_epochs_0_is_refused_in_one_line(tmp_path, capsys):
     assert not list(tmp_path.iterdir()), "nothing may be created"
 
 
+# --- output folders ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag, value, problem", [
+    ("--results-dir", "{file}", "is not a directory"),
+    ("--results-dir", "{file}/records", "cannot be created: {file} is not a directory"),
+    ("--storage-path", "{file}", "is not a directory"),
+    ("--storage-path", "{file}/ray", "cannot be created: {file} is not a directory"),
+])
+def test_an_output_folder_that_cannot_be_one_is_refused_before_any_trial(flag, value, problem, tiny_cifar, tmp_path,
+                                                                       capsys, local_ray):
+    """Before: --results-dir naming a file trained the whole sweep, then lost every record, with exit 0."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    value = value.format(file=file)
+    assert orun.main(sweep_flags(tmp_path, tiny_cifar, flag, value)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} {value} {problem.format(file=file)}: pass a writable directory\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine\n", \
+        "nothing may be created (no store, no Ray storage, no records)"

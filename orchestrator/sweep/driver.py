@@ -106,12 +106,14 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     # Cheap checks that write nothing come first, so bad input leaves no store, experiment or run behind.
     preflight.check_address(cfg.address)
     preflight.check_device(cfg)
+    preflight.check_output_dirs(cfg)
     tracking.check_tracking(uri)
     sweep_id, parent_run_id, storage = new_sweep_id(), None, None
     if cfg.resume:
         preflight.check_resumable(cfg, uri)
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
-        preflight.check_device(cfg)  # the stored config's --device
+        preflight.check_device(cfg)  # the stored config's --device and output folders
+        preflight.check_output_dirs(cfg)
     data_fingerprint = preflight.check_data(cfg)
     pairs = preflight.trials_to_run(cfg, data_fingerprint)
     if not pairs:

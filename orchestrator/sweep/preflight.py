@@ -12,6 +12,7 @@ from pathlib import Path
 import data
 from orchestrator.sweep import records
 from orchestrator.sweep.config import ConfigError, SweepConfig
+from orchestrator.cli import directory_problem
 from orchestrator.names import sqlite_path
 
 
@@ -53,6 +54,19 @@ def trials_to_run(cfg: SweepConfig, data_fingerprint: str) -> list[dict]:
         done = {(r["variant"], r["seed"]) for r in have}
         pairs = [p for p in pairs if (p["variant"], p["seed"]) not in done]
     return pairs
+
+
+def check_output_dirs(cfg: SweepConfig) -> None:
+    """--results-dir and a local --storage-path must be (or become) directories, the records' one writable: a
+    file there would otherwise cost the whole sweep's records, found only when the first trial ends. Creates
+    nothing. (check_storage then writes into the storage path, which finds a full or read-only disk too.)"""
+    outputs = [("--results-dir", cfg.results_dir, True)] if cfg.results_dir else []
+    if "://" not in cfg.storage_path:
+        outputs.append(("--storage-path", cfg.storage_path, False))
+    for flag, path, writable in outputs:
+        problem = directory_problem(path, writable)
+        if problem:
+            raise SweepError(f"{flag} {path} {problem}: pass a writable directory")
 
 
 def check_storage(path: str) -> str:
