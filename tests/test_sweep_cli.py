@@ -78,3 +78,43 @@ def test_an_output_folder_that_cannot_be_one_is_refused_before_any_trial(flag, v
     assert err == f"error: {flag} {value} {problem.format(file=file)}: pass a writable directory\n", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine\n", \
         "nothing may be created (no store, no Ray storage, no records)"
+
+
+def test_report_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from test_records import write_study
+    results, file = tmp_path / "records", tmp_path / "report.txt"
+    write_study(results)
+    file.write_text("mine\n")
+    before = sorted(p.name for p in results.iterdir())
+    assert report.main(["--results", str(results), "--out", str(file)]) == 2
+    assert capsys.readouterr().err == f"error: --out {file} is not a directory: pass a writable directory\n"
+    assert file.read_text() == "mine\n" and sorted(p.name for p in results.iterdir()) == before
+
+
+# --- report against a tracking URI that cannot answer --------------------------------------------------------
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri, extra, expected", [
+    ("http://127.0.0.1:{port}", [], "error: cannot reach the MLflow tracking server at http://127.0.0.1:{port} "
+                                    "([Errno 111] Connection refused)"),
+    ("http://127.0.0.1:{port}", ["--list"], "error: cannot reach the MLflow tracking server at "
+                                            "http://127.0.0.1:{port}"),
+    ("mlflow.db", [], "error: tracking URI 'mlflow.db' is not a URI: use sqlite:///path/to/mlflow.db or "
+                      "http://host:port"),
+])
+def test_report_answers_a_dead_server_or_a_bare_path_in_one_line_within_seconds(uri, extra, expected, tmp_path,
+                                                                                monkeypatch, capsys):
+    """Before: ~4 minutes of MLflow's retries, then a 108-line traceback; a bare path gave a 41-line one."""
+    monkeypatch.chdir(tmp_path)
+    port = closed_port()
+    started = time.monotonic()
+    code = report.main(["--tracking-uri", uri.format(port=port), *extra])
+    elapsed_s = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected.format(port=port)), err
+    assert elapsed_s < 30, f"took {elapsed_s:.0f} s"
+    assert not list(tmp_path.iterdir()), "a report creates no store"

@@ -49,6 +49,15 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///path/to/mlflow.db or http://host:port")
 
 
+def check_readable(uri: str, timeout_s: float = 5.0) -> None:
+    """For commands that only read (the report): a bare path is refused and a server must answer within
+    seconds, each in one line. Creates nothing: a missing SQLite file is the reader's to report."""
+    if "://" not in uri:
+        resolve_tracking_uri(uri)  # raises with the line `run` gives
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout_s)
+
+
 def _check_server(uri: str, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
