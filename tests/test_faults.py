@@ -1,5 +1,5 @@
-"""Faults injected for real into real sweeps (local Ray, real MLflow): Ctrl-C on the driver, the tracking server
-going away mid-sweep, a full or read-only disk at start, a diverging trial, and a kernel that crashed trials.
+"""Faults injected for real into real sweeps (local Ray, real MLflow): Ctrl-C or SIGTERM on the driver, the tracking
+server going away mid-sweep, a full or read-only disk at start, a diverging trial, and a kernel that crashed trials.
 
 A SIGKILLed trial and a SIGKILLed driver are tested in test_orchestrator.py; a lost worker node in test_cluster.py.
 """
@@ -36,6 +36,15 @@ def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
             "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of a driver's process group (the local Ray it started), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 # --- the driver gets Ctrl-C ---------------------------------------------------------------------------
 def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_cifar, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -60,11 +69,7 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
         os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: SIGINT to the foreground group
         code = driver.wait(timeout=240)
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # anything of that group still alive
-        except ProcessLookupError:
-            pass
-        driver.wait()
+        kill_group(driver)  # anything of that group still alive
     err = log.read_text(errors="replace")
     assert code == 130, err[-3000:]
     assert "interrupted: continue with `python -m orchestrator.run --resume`" in err.splitlines(), err[-3000:]
@@ -84,6 +89,52 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
             assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
     sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
     assert [(s.info.run_id, s.info.status) for s in sweeps] == [(sweep.info.run_id, "FINISHED")]
+
+
+# --- the driver gets SIGTERM ------------------------------------------------------------------------------
+def test_sigterm_on_the_driver_ends_its_runs_killed_and_resume_finishes_them(tiny_cifar, tmp_path):
+    """`kill <driver pid>` (a scheduler's time limit, a closed session): as Ctrl-C, the sweep stops with exit 130,
+    its parent and open trial runs end KILLED (not RUNNING forever), Ray dumps no C++ stacks, and --resume
+    finishes the same runs. 12 epochs: the trials are found mid-training with many epochs left, a window that
+    a loaded machine's delay before the signal cannot close."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking.ensure_experiment(uri, EXPERIMENT)
+    client = MlflowClient(uri)
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "12")
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT)
+
+    def training() -> bool:
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        try:
+            return any(r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "val_accuracy")
+                       for r in trial_runs(client))
+        except Exception:  # the store is busy: poll again
+            return False
+    try:
+        wait_for(training, 420, "a trial that has logged an epoch")
+        os.kill(driver.pid, signal.SIGTERM)  # the driver alone, as `kill <pid>` does
+        code = driver.wait(timeout=240)
+    finally:
+        kill_group(driver)
+    out = log.read_text(errors="replace")
+    assert code == 130, out[-3000:]
+    assert "interrupted: continue with `python -m orchestrator.run --resume`" in out.splitlines(), out[-3000:]
+    assert "SIGTERM received" not in out and "Traceback" not in out, out[-3000:]  # no C++ stack dumps
+    [sweep] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.kind = 'sweep'")
+    assert sweep.info.status == "KILLED" and "sweep_status" not in sweep.data.tags
+    statuses = {r.info.run_name: r.info.status for r in trial_runs(client)}
+    assert "KILLED" in statuses.values() and set(statuses.values()) <= {"KILLED", "FINISHED"}, statuses
+    run_ids = {r.info.run_name: r.info.run_id for r in trial_runs(client)}
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = trial_runs(client)
+    assert {r.info.run_name: r.info.run_id for r in runs} == run_ids, "the resumed sweep opened new runs"
+    for r in runs:
+        assert_complete_trial_run(client, r, epochs=12)
+    assert client.get_run(sweep.info.run_id).info.status == "FINISHED"
 
 
 # --- a kernel bug that aborted trials -----------------------------------------------------------------------

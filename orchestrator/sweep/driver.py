@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -21,6 +22,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live tab
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import data  # noqa: E402
+from orchestrator.cli import ignoring_interrupts, sigterm_as_ctrl_c  # noqa: E402
 from orchestrator.sweep import preflight, records, tracking  # noqa: E402
 from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config  # noqa: E402
 from orchestrator.names import fused_trial_name, parse_ray_trial_name, trial_name  # noqa: E402
@@ -41,6 +43,7 @@ class Sweep:
     pairs: list[dict]              # {"variant", "seed"} of each (variant, seed) this sweep trains
     protocol: dict | None          # the records' protocol, with --results-dir
     source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
+    owns_ray: bool = False         # this driver started (or connected to) Ray: its caller did not
 
     @property
     def path(self) -> str:
@@ -120,7 +123,7 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
         print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
         return None
     storage = preflight.check_storage(storage or cfg.storage_path)
-    preflight.start_ray(cfg)
+    owns_ray = preflight.start_ray(cfg)
     experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
     source_tags = tracking.source_tags(records.git_state()["git_commit"])
     if parent_run_id is None:
@@ -128,7 +131,7 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
-    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags)
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray)
 
 
 # --- 2. build the tuner -------------------------------------------------------------------------------
@@ -254,9 +257,8 @@ def log_summary_metrics(sweep: Sweep) -> None:
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
     if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
-        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
-        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
-        client.set_terminated(sweep.parent_run_id, status="KILLED")
+        # Ctrl-C or SIGTERM: Tune saved its state (running trials as RUNNING) and returned, then stopped those
+        # trials. The sweep is interrupted, not done: run_sweep ends its runs KILLED, resumable.
         raise KeyboardInterrupt
     if sweep.protocol:
         write_missing_records(sweep, results)
@@ -289,10 +291,32 @@ def run_sweep(cfg: SweepConfig) -> dict | None:
     print(f"sweep {sweep.sweep_id}: {len(sweep.cfg.variants)} variants x {len(sweep.cfg.seed_values())} seeds, "
           f"{sweep.cfg.train.epochs} epochs" + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
           + f"; MLflow run {sweep.parent_run_id} in {sweep.cfg.tracking_uri}", flush=True)
-    tuner = build_tuner(sweep)
-    started = time.perf_counter()
-    results = tuner.fit()
-    return close_sweep(sweep, results, time.perf_counter() - started)
+    results = None
+    try:
+        tuner = build_tuner(sweep)
+        started = time.perf_counter()
+        with sigterm_as_ctrl_c():
+            results = tuner.fit()
+        return close_sweep(sweep, results, time.perf_counter() - started)
+    except (KeyboardInterrupt, SystemExit):
+        end_interrupted(sweep, trials_stopped=results is not None)
+        raise
+
+
+def end_interrupted(sweep: Sweep, trials_stopped: bool) -> None:
+    """End the interrupted sweep's parent run and its open trial runs KILLED, resumable. A further Ctrl-C or
+    SIGTERM meanwhile is ignored: it would leave some runs RUNNING forever, and the sweep is stopping anyway.
+    Interrupted twice, fit() returns before Tune stopped the trials, which would then end their runs FAILED
+    after these are marked: Ray stops them first (unless the caller runs Ray: a test, a notebook)."""
+    with ignoring_interrupts():
+        if not trials_stopped and sweep.owns_ray:
+            import ray
+            ray.shutdown()
+        try:
+            tracking.end_open_runs(sweep.cfg.tracking_uri, sweep.experiment_id, sweep.sweep_id, "KILLED")
+        except Exception as e:  # the store is gone too: the interruption is what the user must hear about
+            print(f"warning: sweep {sweep.sweep_id}'s runs may still show RUNNING in MLflow ({type(e).__name__})",
+                  file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -303,6 +327,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Stopping: a further Ctrl-C or SIGTERM would only cut Ray's shutdown at exit short, with a traceback.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
     if out is not None and out["failed_trials"]:

@@ -109,10 +109,13 @@ def check_device(cfg: SweepConfig) -> None:
                          f"a GPU machine with a CUDA build of torch, or pass --device auto (or cpu)")
 
 
-def start_ray(cfg: SweepConfig) -> None:
+def start_ray(cfg: SweepConfig) -> bool:
+    """Start (or connect to) Ray and check the cluster's resources; whether this call did it, so that the
+    driver leaves alone a Ray its caller (a test, a notebook) started."""
     import ray
     from ray.exceptions import AuthenticationError
     check_address(cfg.address)
+    started = not ray.is_initialized()
     try:
         if cfg.address:
             ray.init(address=cfg.address, ignore_reinit_error=True)
@@ -141,6 +144,7 @@ def start_ray(cfg: SweepConfig) -> None:
     if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
         fix = "add GPU nodes" if cfg.train.device == "cuda" else "use --gpus-per-trial 0 or add GPU nodes"
         raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: {fix}")
+    return started
 
 
 def check_resumable(cfg: SweepConfig, uri: str) -> None:
