@@ -118,3 +118,54 @@ def test_report_answers_a_dead_server_or_a_bare_path_in_one_line_within_seconds(
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected.format(port=port)), err
     assert elapsed_s < 30, f"took {elapsed_s:.0f} s"
     assert not list(tmp_path.iterdir()), "a report creates no store"
+
+
+# --- the ETA line -------------------------------------------------------------------------------------------
+def trial(status: str, epoch: int, epochs: int = 2, epoch_seconds: float = 30.0):
+    """What eta_line reads of a Tune trial: its config, status and last result (plain data)."""
+    return SimpleNamespace(config={"train": {"epochs": epochs}}, status=status,
+                           last_result={"epoch": epoch, "epoch_seconds": epoch_seconds})
+
+
+def test_eta_never_says_0_min_while_trials_still_run():
+    # Both trials trained every epoch and are measuring and exporting: not done, and no ETA to give.
+    assert eta_line([trial("RUNNING", 2), trial("RUNNING", 2)]) == \
+        "sweep: 0/2 trials finished, 2 running; 4 of 4 epochs done; finishing (measuring, exporting)"
+    assert eta_line([trial("RUNNING", 1, epoch_seconds=20)]).endswith("; ETA < 1 min")  # one 20 s epoch left
+    assert eta_line([trial("TERMINATED", 2), trial("TERMINATED", 2)]).endswith("4 of 4 epochs done; ETA 0 min")
+
+
+# --- the end of a sweep --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reported_sweep(tiny_cifar, tmp_path_factory, local_ray):
+    """A real sweep of base x 3 seeds on a 2-CPU local Ray, with a report (in its own folder), and what it
+    printed."""
+    from orchestrator.sweep.config import SweepConfig
+    tmp = tmp_path_factory.mktemp("fused-sweep")
+    cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=3, epochs=1, data_dir=str(tiny_cifar), compile=False,
+                                      export="none", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                                      storage_path=str(tmp / "ray"), latency_batch1_calls=5, report=True))
+    console, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp)  # the report goes to ./reports/<sweep id>/
+    try:
+        with contextlib.redirect_stdout(console):
+            out = orun.run_sweep(cfg)
+    finally:
+        os.chdir(cwd)
+    return SimpleNamespace(out=out, console=console.getvalue(), tmp=tmp, uri=cfg.tracking_uri)
+
+
+def test_a_sweep_ends_with_percent_its_protocol_caveat_and_where_its_report_went(reported_sweep):
+    console, sweep_id = reported_sweep.console, reported_sweep.out["sweep_id"]
+    assert f"report written to reports/{sweep_id}/report.md (also logged to the sweep's parent run under report/)" \
+        in console.splitlines()
+    assert (reported_sweep.tmp / "reports" / sweep_id / "report.md").is_file()
+    assert "⚠ not the paper's protocol: epochs 1 (paper 10). Accuracies are not comparable with the paper's." \
+        in console.splitlines()
+    table = console.split(f"sweep {sweep_id} finished in", 1)[1].splitlines()[1:5]
+    assert table[0].split()[:6] == ["variant", "seed", "status", "epoch", "val_accuracy_pct", "best_val_accuracy_pct"]
+    runs = {int(r.data.tags["seed"]): r for r in MlflowClient(reported_sweep.uri).search_runs(
+        [reported_sweep.out["experiment_id"]], "tags.kind = 'trial'")}
+    for row in table[1:]:
+        variant, seed, status, epoch, accuracy = row.split()[:5]
+        assert accuracy == f"{100 * runs[int(seed)].data.metrics['val_accuracy']:.2f}", row  # percent, not 0.xx

@@ -30,6 +30,7 @@ from orchestrator.sweep.preflight import SweepError  # noqa: E402
 
 TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
                  "latency_ms_per_image", "latency_ms_batch1"]
+PERCENT_COLUMNS = ("val_accuracy", "best_val_accuracy")  # fractions in the trials' metrics; % as the tables show
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,20 @@ def summarize(results):
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
+def summary_text(summary, train_cfg) -> str:
+    """The summary as the console shows it: accuracies in % (as the report's tables), and a warning line when
+    the protocol is not the paper's (as report.md says)."""
+    shown = summary.rename(columns={c: f"{c}_pct" for c in PERCENT_COLUMNS})
+    for c in PERCENT_COLUMNS:
+        shown[f"{c}_pct"] = [f"{100 * x:.2f}" if x == x and x is not None else "-" for x in summary[c]]
+    text = shown.to_string(index=False, na_rep="-")
+    differences = records.differences_from_paper(records.protocol_of(train_cfg, ""))
+    if differences:
+        text += (f"\n⚠ not the paper's protocol: {'; '.join(differences)}. Accuracies are not comparable with "
+                 f"the paper's.")
+    return text
+
+
 # The report's per-variant statistics (orchestrator.analysis.study.summarize) that the parent run carries.
 SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latency_ms_per_image_mean",
                    "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
@@ -263,7 +278,8 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     if sweep.protocol:
         write_missing_records(sweep, results)
     summary = summarize(results)
-    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
+    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary_text(summary, sweep.cfg.train),
+          flush=True)
     client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
     failed_trials = close_errored_runs(sweep, results)
     log_summary_metrics(sweep)
@@ -273,9 +289,14 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     if sweep.cfg.report:
         from orchestrator.analysis.report import ReportError, build_report
         try:
-            build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+            out = build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+            print(f"\nreport written to {out}/report.md (also logged to the sweep's parent run under report/)",
+                  flush=True)
         except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
             print(f"no report: {e}", file=sys.stderr)
+    else:
+        print(f"no report (--no-report): `python -m orchestrator.report --sweep {sweep.sweep_id}` builds it",
+              flush=True)
     return {"sweep_id": sweep.sweep_id, "parent_run_id": sweep.parent_run_id, "experiment_id": sweep.experiment_id,
             "summary": summary, "wall_seconds": wall_seconds, "storage_path": sweep.path,
             "failed_trials": failed_trials}
