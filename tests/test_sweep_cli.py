@@ -120,6 +120,50 @@ def test_report_answers_a_dead_server_or_a_bare_path_in_one_line_within_seconds(
     assert not list(tmp_path.iterdir()), "a report creates no store"
 
 
+# --- --help --------------------------------------------------------------------------------------------------
+def help_sections(text: str) -> dict[str, str]:
+    """--help's text per section (a line with no indent ending in ':' starts one)."""
+    sections, name = {}, ""
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            name = line[:-1]
+        sections[name] = sections.get(name, "") + line + "\n"
+    return sections
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """--help's text per flag, on one line: `--flag ... help text (default: x)`."""
+    entries, flag = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line.strip()
+        elif flag and line.startswith("    "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    return entries
+
+
+def test_help_keeps_the_examples_lines_shows_every_default_and_groups_device_and_resume():
+    parser = build_parser()
+    text = parser.format_help()
+    lines = text.splitlines()
+    for example in EPILOG.strip().splitlines():
+        assert example in lines, f"example reflowed: {example!r}"
+    entries = help_entries(text)
+    for action in parser._actions:
+        if action.default is None or action.default in ("", (), "==SUPPRESS=="):
+            continue  # no default, or an empty one: the help text says what that means
+        default = ",".join(map(str, action.default)) if isinstance(action.default, tuple) else action.default
+        assert f"(default: {default})" in entries[action.option_strings[0]], action.option_strings[0]
+    sections = help_sections(text)
+    assert "--device" in sections.get("device", "") + sections.get("speed", "")
+    for flag in ("--resume", "--sweep-id"):
+        assert flag in sections.get("resume", "") + sections.get("what to run", ""), flag
+    assert "--device" not in sections["cluster"] and "--resume" not in sections["cluster"]
+
+
 # --- the ETA line -------------------------------------------------------------------------------------------
 def trial(status: str, epoch: int, epochs: int = 2, epoch_seconds: float = 30.0):
     """What eta_line reads of a Tune trial: its config, status and last result (plain data)."""

@@ -16,7 +16,10 @@ from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
 ALL_VARIANTS = tuple(list_models())
-SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
+SECTIONS = ("what to run", "resume", "protocol", "data", "speed", "device", "measurement", "cluster", "tracking",
+            "report")
+# A field's help section where the CLI shows it elsewhere than its TrainConfig declares (that file is training's).
+SECTION_OF = {"device": "device"}
 # What --quick means, for each of these flags that is not given explicitly (2 epochs don't repay a compile).
 QUICK = {"variants": ("base", "v6"), "seeds": 2, "epochs": 2, "subset_per_class": 500, "compile": False}
 __all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_parser"]
@@ -41,9 +44,9 @@ class SweepConfig:
     max_failures: int = option(2, "cluster", "restarts of a crashed trial from its last checkpoint")
     storage_path: str = option("ray_results", "cluster", "Ray Tune storage (local path, NFS path or s3:// / gs:// "
                                                        "URI); must be shared by all nodes of a multi-node cluster")
-    resume: bool = option(False, "cluster", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
-                                          "finished trials")
-    sweep_id: str = option("", "cluster", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
+    resume: bool = option(False, "resume", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
+                                         "finished trials; what to run comes from the stored sweep")
+    sweep_id: str = option("", "resume", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
     # --- MLflow ----------------------------------------------------------------------------------
     tracking_uri: str = option(DEFAULT_TRACKING_URI, "tracking", "MLflow tracking URI (sqlite:///path or http://host:port)")
     experiment_name: str = option(DEFAULT_EXPERIMENT, "tracking", "MLflow experiment name")
@@ -125,21 +128,33 @@ def _typed(kind):
     return parse
 
 
+class Verbatim(str):
+    """Help text whose line breaks are kept (the examples): the help formatter reflows any other text."""
+
+
 class _HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default unless it is empty (an empty default means 'none', which the help text says)."""
+    """Shows every flag's default unless it is empty ("" or no items: the help text says what that means), and
+    prints Verbatim text as written."""
 
     def _get_help_string(self, action):
-        default = action.default
-        if action.help and "%(default)" not in action.help and default not in ("", None, (), False, argparse.SUPPRESS):
+        empty = action.default is None or action.default is argparse.SUPPRESS or action.default in ("", ())
+        if action.help and "%(default)" not in action.help and not empty:
             return action.help + " (default: %(default)s)"
         return action.help
 
+    def _fill_text(self, text, width, indent):
+        if isinstance(text, Verbatim):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
-EPILOG = """examples:
-  python -m orchestrator.run --quick --variants base,v6 --seeds 2        # a first look in minutes
+
+EPILOG = Verbatim("""examples:
+  python -m orchestrator.run --quick                  # a first look in minutes: base and v6, 2 seeds, 2 epochs
+  python -m orchestrator.run --quick --epochs 3 --variants base,v1,v6   # the same, with these flags instead
   python -m orchestrator.run --seeds 5 --results-dir results/paper-grid --skip-existing   # the paper's grid
+  python -m orchestrator.run --resume                 # continue the latest interrupted sweep
   python -m orchestrator.run --address auto --tracking-uri http://10.0.0.1:5000 --storage-path s3://bucket/rr
-"""
+""")
 
 
 def _add_field(group, f: dataclasses.Field) -> None:
@@ -163,7 +178,7 @@ def build_parser(prog: str = "python -m orchestrator.run", description: str = ""
     fields = [*SWEEP_FIELDS.values(), *TRAIN_FIELDS.values()]
     for section in SECTIONS:
         group = parser.add_argument_group(section)
-        for f in (f for f in fields if f.metadata["section"] == section):
+        for f in (f for f in fields if SECTION_OF.get(f.name, f.metadata["section"]) == section):
             _add_field(group, f)
     return parser
 
