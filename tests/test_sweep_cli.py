@@ -179,6 +179,26 @@ def test_eta_never_says_0_min_while_trials_still_run():
     assert eta_line([trial("TERMINATED", 2), trial("TERMINATED", 2)]).endswith("4 of 4 epochs done; ETA 0 min")
 
 
+# --- a quiet console -----------------------------------------------------------------------------------------
+def test_the_console_has_no_system_metrics_chatter_and_the_runs_keep_the_metrics(tiny_cifar, tmp_path):
+    """Before: MLflow's monitor said it started and stopped, at INFO, for every run, some lines after the summary.
+    A real driver, so that everything its trials forward to the console is there; the monitor samples every
+    second here (its default is 10 s, longer than these trials)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    out = subprocess.run([sys.executable, "-m", "orchestrator.run",
+                          *sweep_flags(tmp_path, tiny_cifar, "--epochs", "3")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    assert "system metrics" not in console.lower(), \
+        [line for line in console.splitlines() if "system metrics" in line.lower()]
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("resnet-revisited").experiment_id], "tags.kind = 'trial'")
+    assert any(key.startswith("system/cpu") for key in run.data.metrics), sorted(run.data.metrics)
+
+
 # --- the end of a sweep --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reported_sweep(tiny_cifar, tmp_path_factory, local_ray):

@@ -7,6 +7,7 @@ line and a non-zero exit before any trial starts (orchestrator.sweep.preflight),
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shlex
@@ -150,13 +151,24 @@ def _tune_trial_name(trial) -> str:
                                                                                              spec["seed"])
 
 
+def quiet(trainable):
+    """The trainable, with MLflow's system-metrics monitor logging warnings only: its INFO lines (a start and a
+    stop per run) flooded the console, some after the sweep's summary. The metrics are logged as before. It keeps
+    the trainable's name, which a restored Tuner (--resume) checks."""
+    def trial(config: dict):
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        return trainable(config)
+    trial.__name__ = trainable.__name__
+    return trial
+
+
 def build_tuner(sweep: Sweep):
     from ray import tune
     from orchestrator.sweep.callbacks import RecordWriter, SweepReporter
     from orchestrator.sweep.trainable import run_trial
     from orchestrator.sweep.trainable_fused import run_fused_trial
     cfg = sweep.cfg
-    trainable = tune.with_resources(run_fused_trial if cfg.fuse_seeds else run_trial,
+    trainable = tune.with_resources(quiet(run_fused_trial if cfg.fuse_seeds else run_trial),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
