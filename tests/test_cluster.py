@@ -251,9 +251,11 @@ def two_nodes(cluster):
 
 
 def sweep_args(cluster, uri, experiment, data_dir, storage, *extra):
+    # One trial per (variant, seed): these tests place single trials on nodes and kill them there.
     return [sys.executable, "-m", "orchestrator.run", "--address", cluster.address, "--tracking-uri", uri,
             "--experiment-name", experiment, "--data-dir", str(data_dir), "--storage-path", str(storage),
-            "--variants", "base", "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
+            "--variants", "base", "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none",
+            "--fuse-seeds", "off", *extra]
 
 
 def start_driver(cluster, args, log: Path) -> subprocess.Popen:

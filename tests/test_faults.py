@@ -31,9 +31,11 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "
 
 
 def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    # One trial per (variant, seed), whatever the machine's CPUs: these tests interrupt single trials.
     return [sys.executable, "-m", "orchestrator.run", "--data-dir", str(data),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"),
-            "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
+            "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", "--fuse-seeds", "off",
+            *extra]
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -246,7 +248,8 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
     chaos = threading.Thread(target=fault, daemon=True)
     chaos.start()
     try:
-        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), compile=False, export="none",
+        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar),
+                                          compile=False, export="none", fuse_seeds="off",
                                           tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                                           latency_batch1_calls=20, report=False))
         out = orun.run_sweep(cfg)

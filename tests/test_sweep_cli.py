@@ -188,7 +188,7 @@ def test_the_console_has_no_system_metrics_chatter_and_the_runs_keep_the_metrics
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     out = subprocess.run([sys.executable, "-m", "orchestrator.run",
-                          *sweep_flags(tmp_path, tiny_cifar, "--epochs", "3")],
+                          *sweep_flags(tmp_path, tiny_cifar, "--epochs", "3", "--fuse-seeds", "off")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr
@@ -199,11 +199,34 @@ def test_the_console_has_no_system_metrics_chatter_and_the_runs_keep_the_metrics
     assert any(key.startswith("system/cpu") for key in run.data.metrics), sorted(run.data.metrics)
 
 
-# --- the end of a sweep --------------------------------------------------------------------------------------
+# --- --fuse-seeds auto ----------------------------------------------------------------------------------------
+PAPER_GRID = [(v, s) for v in ALL_VARIANTS for s in range(5)]  # 40 (variant, seed) pairs
+
+
+@pytest.mark.parametrize("resources, cpus_per_trial, gpus_per_trial, fuse, why", [
+    ({"CPU": 2.0}, 1, 0, True, "40 (variant, seed) pairs, 2 trial slots: 2 CPUs / 1 per trial"),
+    ({"CPU": 64.0}, 1, 0, False, "40 (variant, seed) pairs, 64 trial slots: 64 CPUs / 1 per trial"),
+    ({"CPU": 64.0}, 2, 0, True, "40 (variant, seed) pairs, 32 trial slots: 64 CPUs / 2 per trial"),
+    ({"CPU": 64.0, "GPU": 4.0}, 1, 0.125, True, "40 (variant, seed) pairs, 32 trial slots: 4 GPUs / 0.125 per trial"),
+    ({"CPU": 64.0, "GPU": 8.0}, 1, 0.125, False, "40 (variant, seed) pairs, 64 trial slots: 64 CPUs / 1 per trial"),
+    ({"CPU": 64.0, "GPU": 4.0}, 1, 0.1, False, "40 (variant, seed) pairs, 40 trial slots: 4 GPUs / 0.1 per trial"),
+])
+def test_fuse_seeds_auto_on_a_simulated_cluster(resources, cpus_per_trial, gpus_per_trial, fuse, why):
+    from orchestrator.sweep.preflight import fuse_seeds_choice
+    assert fuse_seeds_choice(PAPER_GRID, resources, cpus_per_trial, gpus_per_trial) == (fuse, why)
+
+
+def test_fuse_seeds_auto_never_fuses_one_seed_per_variant():
+    from orchestrator.sweep.preflight import fuse_seeds_choice
+    pairs = [(v, 0) for v in ALL_VARIANTS]
+    assert fuse_seeds_choice(pairs, {"CPU": 2.0}, 1, 0) == \
+        (False, "8 (variant, seed) pairs, 2 trial slots: 2 CPUs / 1 per trial; one seed per variant, nothing to fuse")
+
+
 @pytest.fixture(scope="module")
 def reported_sweep(tiny_cifar, tmp_path_factory, local_ray):
-    """A real sweep of base x 3 seeds on a 2-CPU local Ray, with a report (in its own folder), and what it
-    printed."""
+    """A real sweep of base x 3 seeds on a 2-CPU local Ray, with --fuse-seeds auto and a report (in its own
+    folder), and what it printed."""
     from orchestrator.sweep.config import SweepConfig
     tmp = tmp_path_factory.mktemp("fused-sweep")
     cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=3, epochs=1, data_dir=str(tiny_cifar), compile=False,
@@ -217,6 +240,16 @@ def reported_sweep(tiny_cifar, tmp_path_factory, local_ray):
     finally:
         os.chdir(cwd)
     return SimpleNamespace(out=out, console=console.getvalue(), tmp=tmp, uri=cfg.tracking_uri)
+
+
+def test_fuse_seeds_auto_fuses_more_pairs_than_a_2_cpu_ray_has_slots(reported_sweep):
+    line = "fuse seeds: on (auto: 3 (variant, seed) pairs, 2 trial slots: 2 CPUs / 1 per trial)"
+    assert line in reported_sweep.console.splitlines()
+    parent = MlflowClient(reported_sweep.uri).get_run(reported_sweep.out["parent_run_id"])
+    assert parent.data.tags["fuse_seeds"] == "on"
+    assert parent.data.tags["fuse_seeds_reason"] == line[len("fuse seeds: on ("):-1]
+    assert json.loads(parent.data.tags["config_json"])["fuse_seeds"] == "on"  # what --resume reads back
+    assert [p.name for p in Path(reported_sweep.out["storage_path"]).glob("base-seeds*")] == ["base-seeds0-1-2"]
 
 
 def test_a_sweep_ends_with_percent_its_protocol_caveat_and_where_its_report_went(reported_sweep):
@@ -233,3 +266,20 @@ def test_a_sweep_ends_with_percent_its_protocol_caveat_and_where_its_report_went
     for row in table[1:]:
         variant, seed, status, epoch, accuracy = row.split()[:5]
         assert accuracy == f"{100 * runs[int(seed)].data.metrics['val_accuracy']:.2f}", row  # percent, not 0.xx
+
+
+def test_fuse_seeds_auto_keeps_one_trial_per_pair_that_fits_and_resume_keeps_the_choice(tiny_cifar, tmp_path,
+                                                                                       local_ray, capsys):
+    from orchestrator.sweep.config import SweepConfig
+    cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=1, data_dir=str(tiny_cifar),
+                                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                      storage_path=str(tmp_path / "ray"), report=False))
+    sweep = orun.open_sweep(cfg)  # Ray up, the choice made, the parent run started; no trial yet
+    assert "fuse seeds: off (auto: 2 (variant, seed) pairs, 2 trial slots: 2 CPUs / 1 per trial)" in \
+        capsys.readouterr().out.splitlines()
+    assert sweep.cfg.fuse_seeds == "off" and orun.trial_specs(sweep) == [{"variant": "base", "seed": 0},
+                                                                          {"variant": "base", "seed": 1}]
+    # Resumed, the sweep trains as it started, whatever the command line says now.
+    resumed = orun.open_sweep(cfg.replace(resume=True, sweep_id=sweep.sweep_id, fuse_seeds="on"))
+    assert "fuse seeds: off (as the sweep being resumed started)" in capsys.readouterr().out.splitlines()
+    assert resumed.sweep_id == sweep.sweep_id and resumed.cfg.fuse_seeds == "off"

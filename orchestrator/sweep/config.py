@@ -22,6 +22,7 @@ SECTIONS = ("what to run", "resume", "protocol", "data", "speed", "device", "mea
 SECTION_OF = {"device": "device"}
 # What --quick means, for each of these flags that is not given explicitly (2 epochs don't repay a compile).
 QUICK = {"variants": ("base", "v6"), "seeds": 2, "epochs": 2, "subset_per_class": 500, "compile": False}
+FUSE_CHOICES = ("auto", "on", "off")
 __all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_parser"]
 
 
@@ -54,9 +55,11 @@ class SweepConfig:
     report: bool = option(True, "report", "write the report (tables, figures) when the sweep ends")
     results_dir: str = option("", "report", "write one JSON record per finished trial here (<variant>-seed<k>.json); "
                                           "records of another protocol in it are refused")
-    fuse_seeds: bool = option(False, "speed", "train the seeds of a variant as one stacked network in one Ray trial "
-                                            "(orchestrator.training.fused): the same numbers up to float rounding, one MLflow "
-                                            "run per seed, fewer and faster steps")
+    fuse_seeds: str = option("auto", "speed", choices=FUSE_CHOICES, help=(
+        "train the seeds of a variant as one stacked network in one Ray trial (orchestrator.training.fused): the "
+        "same numbers up to float rounding, one MLflow run per seed, fewer and faster steps. auto = fuse when the "
+        "sweep has more (variant, seed) pairs than the cluster has trial slots; on/off force it (a bare "
+        "--fuse-seeds is on, --no-fuse-seeds off)"))
     skip_existing: bool = option(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
                                                 "no record of this protocol yet")
 
@@ -77,6 +80,8 @@ class SweepConfig:
             (self.train.device != "cuda" or self.gpus_per_trial > 0,
              "--device cuda needs a GPU for every trial: pass --gpus-per-trial, e.g. 0.125 (8 trials share a GPU)"),
             (self.max_failures >= 0, f"--max-failures must be >= 0 (got {self.max_failures})"),
+            (self.fuse_seeds in FUSE_CHOICES,
+             f"--fuse-seeds must be one of {', '.join(FUSE_CHOICES)} (got {self.fuse_seeds!r})"),
             (bool(self.experiment_name.strip()), "--experiment-name must not be empty"),
             (bool(self.storage_path.strip()), "--storage-path must not be empty"),
             (bool(self.results_dir) or not self.skip_existing,
@@ -95,6 +100,8 @@ class SweepConfig:
     def from_flags(cls, values: dict) -> "SweepConfig":
         """A SweepConfig from flat field values (lists become tuples); unknown names are ignored."""
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if isinstance(values.get("fuse_seeds"), bool):  # the boolean flag of sweeps stored before auto existed
+            values["fuse_seeds"] = "on" if values["fuse_seeds"] else "off"
         train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
         return cls(train=TrainConfig(**train), **{k: v for k, v in values.items() if k in SWEEP_FIELDS})
 
@@ -166,6 +173,11 @@ def _add_field(group, f: dataclasses.Field) -> None:
         # A string default goes through `type` too, and shows in --help as the user would type it.
         group.add_argument(flag, type=_parse_tuple(typing.get_args(hint)[0]), metavar="A,B,...",
                            **{**kw, "default": ",".join(map(str, f.default))})
+    elif f.metadata.get("choices") == FUSE_CHOICES:
+        # auto|on|off, and the on/off spelling of the boolean flag it replaced: --fuse-seeds, --no-fuse-seeds
+        group.add_argument(flag, nargs="?", const="on", choices=FUSE_CHOICES, metavar="{auto,on,off}", **kw)
+        group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="off",
+                           default=argparse.SUPPRESS, help=f"same as {flag} off")  # --fuse-seeds' default holds
     else:
         group.add_argument(flag, type=_typed(hint), choices=f.metadata.get("choices"), **kw)
 
@@ -234,6 +246,8 @@ def load_config_file(path: str) -> dict:
         if name not in _HINTS or name == "train":
             raise ConfigError(f"config file {path}: unknown key {key!r}: keys are the flag names of "
                               f"`python -m orchestrator.run --help` without the leading -- (e.g. epochs, seed-list)")
+        if name == "fuse_seeds" and isinstance(value, bool):  # as the boolean flag it replaced: on/off
+            value = "on" if value else "off"
         values[name] = _from_toml(path, key, value, _HINTS[name])
     return values
 

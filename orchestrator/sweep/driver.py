@@ -91,11 +91,13 @@ def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, Swee
     return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
 
 
-def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict) -> str:
+def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict,
+                     fuse_reason: str) -> str:
     uri = cfg.tracking_uri
-    flags = cfg.to_flags()
+    flags = cfg.to_flags()  # fuse_seeds as decided (on/off), so that --resume keeps the choice
     parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
         **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
+        "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
         "git_commit": records.git_state()["git_commit"],
         "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
         "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
@@ -126,20 +128,32 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
         return None
     storage = preflight.check_storage(storage or cfg.storage_path)
     owns_ray = preflight.start_ray(cfg)
+    cfg, fuse_reason = choose_fuse_seeds(cfg, pairs, resumed=parent_run_id is not None)
+    print(f"fuse seeds: {cfg.fuse_seeds} ({fuse_reason})", flush=True)
     experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
     source_tags = tracking.source_tags(records.git_state()["git_commit"])
     if parent_run_id is None:
-        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags)
+        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags, fuse_reason)
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
     return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray)
 
 
+def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tuple[SweepConfig, str]:
+    """The config with --fuse-seeds decided (on or off), and why. auto looks at the cluster Ray is now up on
+    (preflight.fuse_seeds_choice); a resumed sweep keeps the choice it started with, as its stored config says."""
+    if cfg.fuse_seeds != "auto":
+        return cfg, "as the sweep being resumed started" if resumed else f"--fuse-seeds {cfg.fuse_seeds}"
+    import ray
+    fuse, why = preflight.fuse_seeds_choice(pairs, ray.cluster_resources(), cfg.cpus_per_trial, cfg.gpus_per_trial)
+    return cfg.replace(fuse_seeds="on" if fuse else "off"), f"auto: {why}"
+
+
 # --- 2. build the tuner -------------------------------------------------------------------------------
 def trial_specs(sweep: Sweep) -> list[dict]:
-    """One Tune trial per (variant, seed), or with --fuse-seeds one per variant: {"variant", "seeds": [...]}."""
-    if not sweep.cfg.fuse_seeds:
+    """One Tune trial per (variant, seed), or with fused seeds one per variant: {"variant", "seeds": [...]}."""
+    if sweep.cfg.fuse_seeds != "on":
         return sweep.pairs
     variants = dict.fromkeys(p["variant"] for p in sweep.pairs)  # in order, once each
     return [{"variant": v, "seeds": [p["seed"] for p in sweep.pairs if p["variant"] == v]} for v in variants]
@@ -168,7 +182,7 @@ def build_tuner(sweep: Sweep):
     from orchestrator.sweep.trainable import run_trial
     from orchestrator.sweep.trainable_fused import run_fused_trial
     cfg = sweep.cfg
-    trainable = tune.with_resources(quiet(run_fused_trial if cfg.fuse_seeds else run_trial),
+    trainable = tune.with_resources(quiet(run_fused_trial if cfg.fuse_seeds == "on" else run_trial),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -4,6 +4,7 @@ Each raises with one line naming the problem and the fix, so bad input never sta
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -157,3 +158,22 @@ def check_resumable(cfg: SweepConfig, uri: str) -> None:
     if db is not None and not db.is_file():
         raise SweepError(f"no MLflow store at {db}, so no sweep to resume: pass the --tracking-uri the sweep "
                          f"used, or start a new sweep without --resume")
+
+
+def fuse_seeds_choice(pairs: list, resources: dict, cpus_per_trial: int, gpus_per_trial: float) -> tuple[bool, str]:
+    """Whether `--fuse-seeds auto` fuses each variant's seeds into one trial, and why (for the console and the
+    parent run). Fuse when the sweep has more (variant, seed) pairs than the cluster runs trials at once: fused
+    trials take fewer, faster steps. Otherwise one trial per pair, so a large cluster runs everything at once.
+    `pairs` are the (variant, seed) pairs to train (dicts or tuples), `resources` ray.cluster_resources()."""
+    variants = [p["variant"] if isinstance(p, dict) else p[0] for p in pairs]
+    cpus = resources.get("CPU", 0)
+    slots, why = int(cpus // cpus_per_trial), f"{cpus:g} CPUs / {cpus_per_trial} per trial"
+    if gpus_per_trial > 0:
+        gpus = resources.get("GPU", 0)
+        gpu_slots = math.floor(gpus / gpus_per_trial + 1e-9)  # 1 GPU / 0.1 is 10 slots, not 9.0 of float //
+        if gpu_slots < slots:
+            slots, why = gpu_slots, f"{gpus:g} GPUs / {gpus_per_trial:g} per trial"
+    counts = f"{len(pairs)} (variant, seed) pairs, {slots} trial slots: {why}"
+    if max((variants.count(v) for v in set(variants)), default=0) < 2:
+        return False, f"{counts}; one seed per variant, nothing to fuse"
+    return len(pairs) > slots, counts
