@@ -353,8 +353,8 @@ def run_sweep(cfg: SweepConfig) -> dict | None:
 def end_interrupted(sweep: Sweep, trials_stopped: bool) -> None:
     """End the interrupted sweep's parent run and its open trial runs KILLED, resumable. A further Ctrl-C or
     SIGTERM meanwhile is ignored: it would leave some runs RUNNING forever, and the sweep is stopping anyway.
-    Interrupted twice, fit() returns before Tune stopped the trials, which would then end their runs FAILED
-    after these are marked: Ray stops them first (unless the caller runs Ray: a test, a notebook)."""
+    Interrupted twice, fit() is cut short before Tune stopped the trials, which would then end their runs
+    FAILED after these are marked: Ray stops them first (unless the caller runs Ray: a test, a notebook)."""
     with ignoring_interrupts():
         if not trials_stopped and sweep.owns_ray:
             import ray
@@ -374,9 +374,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Stopping: a further Ctrl-C or SIGTERM would only cut Ray's shutdown at exit short, with a traceback.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
+        if argv is None:  # the command itself, which is exiting (not a caller's process, e.g. a notebook's)
+            # A further Ctrl-C or SIGTERM would only cut Ray's shutdown at exit short, with a traceback.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
     if out is not None and out["failed_trials"]:
