@@ -53,12 +53,13 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     # The store exists before this test polls it: two processes creating one SQLite store race on its schema.
     tracking.ensure_experiment(uri, EXPERIMENT)
     client = MlflowClient(uri)
-    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "4")
+    # 8 epochs: the third trial starts as the first finishes, and must not finish too before Ctrl-C lands.
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "8")
     log = tmp_path / "driver.err"
     driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(log, "wb"))
 
-    # Interrupt once a trial has finished: on 2 CPUs the third trial still has its 4 epochs ahead then. (Waiting
+    # Interrupt once a trial has finished: on 2 CPUs the third trial still has its 8 epochs ahead then. (Waiting
     # for one mid-training as well left a window of a tiny epoch or two, which a loaded CI machine missed.)
     def one_finished():
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
@@ -86,7 +87,7 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     runs = trial_runs(client)
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
     for r in runs:
-        assert_complete_trial_run(client, r, epochs=4)
+        assert_complete_trial_run(client, r, epochs=8)
         if r.info.run_name in before:  # finished before Ctrl-C: the same run, not trained again
             assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
     sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
@@ -211,8 +212,10 @@ def test_full_or_read_only_disk_fails_in_one_line_before_any_trial(mode, what, e
 # --- the tracking server goes away mid-sweep -----------------------------------------------------------
 def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
     """SIGKILL the MLflow server once the first epoch is in its store, keep it down while both trials train on
-    (until one has checkpointed another epoch, then 2 s, plus its restart), restart it on the same port and store. Epochs logged meanwhile are retried by MLflow's client
-    (7 retries, exponential backoff: ~4 min) and arrive; each epoch is in the store exactly once."""
+    (until one has checkpointed another epoch, then 2 s, plus its restart), restart it on the same port and store.
+    Epochs logged meanwhile are retried by MLflow's client (7 retries, exponential backoff: ~4 min) and arrive;
+    each epoch is in the store exactly once. 6 epochs: after the first is in the store, the trials have epochs
+    enough ahead that a loaded machine cannot finish them all before the server is down."""
     port, store = free_port(), tmp_path / "server"
     server = start_tracking_server(store, port)
     uri = f"http://127.0.0.1:{port}"
@@ -248,7 +251,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
     chaos = threading.Thread(target=fault, daemon=True)
     chaos.start()
     try:
-        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar),
+        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=6, data_dir=str(tiny_cifar),
                                           compile=False, export="none", fuse_seeds="off",
                                           tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                                           latency_batch1_calls=20, report=False))
@@ -261,7 +264,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"], "lost or duplicate runs"
         logged_while_down = []
         for r in runs:
-            assert_complete_trial_run(client, r, epochs=3)
+            assert_complete_trial_run(client, r, epochs=6)
             logged_while_down += [m for key in EPOCH_METRICS for m in client.get_metric_history(r.info.run_id, key)
                                   if outage["down_ms"] <= m.timestamp < outage["up_ms"]]
         # The fault really hit logging: epochs were logged (client-side timestamp) while nothing listened.
