@@ -20,9 +20,9 @@ test: install
 run: install
 	$(PY) -m orchestrator.run --seeds $(SEEDS)
 
-# The README's first look: 2 short epochs of base and v6, 2 seeds each (a few minutes on 2 cores).
+# The README's first look: --quick is 2 short epochs of base and v6, 2 seeds each (a few minutes on 2 cores).
 quick: install
-	$(PY) -m orchestrator.run --quick --variants base,v6 --seeds 2
+	$(PY) -m orchestrator.run --quick
 
 report: install
 	$(PY) -m orchestrator.report

@@ -212,7 +212,7 @@ BAD_INPUTS = [
              "error: cannot reach the Ray cluster at no-such-host.invalid:6379"),
     # storage
     BadInput("storage path", "`--storage-path /dev/null/ray_results`", ("--storage-path", "/dev/null/ray_results"),
-             "error: storage path /dev/null/ray_results is not writable (Not a directory)"),
+             "error: --storage-path /dev/null/ray_results cannot be created: /dev/null is not a directory"),
 ]
 
 

@@ -1,5 +1,5 @@
-"""Faults injected for real into real sweeps (local Ray, real MLflow): Ctrl-C on the driver, the tracking server
-going away mid-sweep, a full or read-only disk at start, a diverging trial, and a kernel that crashed trials.
+"""Faults injected for real into real sweeps (local Ray, real MLflow): Ctrl-C or SIGTERM on the driver, the tracking
+server going away mid-sweep, a full or read-only disk at start, a diverging trial, and a kernel that crashed trials.
 
 A SIGKILLed trial and a SIGKILLed driver are tested in test_orchestrator.py; a lost worker node in test_cluster.py.
 """
@@ -31,9 +31,20 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "
 
 
 def driver_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    # One trial per (variant, seed), whatever the machine's CPUs: these tests interrupt single trials.
     return [sys.executable, "-m", "orchestrator.run", "--data-dir", str(data),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"),
-            "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", *extra]
+            "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none", "--fuse-seeds", "off",
+            *extra]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of a driver's process group (the local Ray it started), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 # --- the driver gets Ctrl-C ---------------------------------------------------------------------------
@@ -42,12 +53,13 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     # The store exists before this test polls it: two processes creating one SQLite store race on its schema.
     tracking.ensure_experiment(uri, EXPERIMENT)
     client = MlflowClient(uri)
-    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "4")
+    # 8 epochs: the third trial starts as the first finishes, and must not finish too before Ctrl-C lands.
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1,2", "--epochs", "8")
     log = tmp_path / "driver.err"
     driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(log, "wb"))
 
-    # Interrupt once a trial has finished: on 2 CPUs the third trial still has its 4 epochs ahead then. (Waiting
+    # Interrupt once a trial has finished: on 2 CPUs the third trial still has its 8 epochs ahead then. (Waiting
     # for one mid-training as well left a window of a tiny epoch or two, which a loaded CI machine missed.)
     def one_finished():
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
@@ -60,11 +72,7 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
         os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: SIGINT to the foreground group
         code = driver.wait(timeout=240)
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # anything of that group still alive
-        except ProcessLookupError:
-            pass
-        driver.wait()
+        kill_group(driver)  # anything of that group still alive
     err = log.read_text(errors="replace")
     assert code == 130, err[-3000:]
     assert "interrupted: continue with `python -m orchestrator.run --resume`" in err.splitlines(), err[-3000:]
@@ -79,11 +87,57 @@ def test_ctrl_c_on_the_driver_then_resume_finishes_only_unfinished_trials(tiny_c
     runs = trial_runs(client)
     assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1", "base-seed2"], "duplicate runs"
     for r in runs:
-        assert_complete_trial_run(client, r, epochs=4)
+        assert_complete_trial_run(client, r, epochs=8)
         if r.info.run_name in before:  # finished before Ctrl-C: the same run, not trained again
             assert (r.info.run_id, r.info.end_time) == before[r.info.run_name]
     sweeps = client.search_runs([sweep.info.experiment_id], "tags.kind = 'sweep'")
     assert [(s.info.run_id, s.info.status) for s in sweeps] == [(sweep.info.run_id, "FINISHED")]
+
+
+# --- the driver gets SIGTERM ------------------------------------------------------------------------------
+def test_sigterm_on_the_driver_ends_its_runs_killed_and_resume_finishes_them(tiny_cifar, tmp_path):
+    """`kill <driver pid>` (a scheduler's time limit, a closed session): as Ctrl-C, the sweep stops with exit 130,
+    its parent and open trial runs end KILLED (not RUNNING forever), Ray dumps no C++ stacks, and --resume
+    finishes the same runs. 12 epochs: the trials are found mid-training with many epochs left, a window that
+    a loaded machine's delay before the signal cannot close."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking.ensure_experiment(uri, EXPERIMENT)
+    client = MlflowClient(uri)
+    args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "12")
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(args, cwd=REPO, env=ENV, start_new_session=True, stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT)
+
+    def training() -> bool:
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        try:
+            return any(r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "val_accuracy")
+                       for r in trial_runs(client))
+        except Exception:  # the store is busy: poll again
+            return False
+    try:
+        wait_for(training, 420, "a trial that has logged an epoch")
+        os.kill(driver.pid, signal.SIGTERM)  # the driver alone, as `kill <pid>` does
+        code = driver.wait(timeout=240)
+    finally:
+        kill_group(driver)
+    out = log.read_text(errors="replace")
+    assert code == 130, out[-3000:]
+    assert "interrupted: continue with `python -m orchestrator.run --resume`" in out.splitlines(), out[-3000:]
+    assert "SIGTERM received" not in out and "Traceback" not in out, out[-3000:]  # no C++ stack dumps
+    [sweep] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.kind = 'sweep'")
+    assert sweep.info.status == "KILLED" and "sweep_status" not in sweep.data.tags
+    statuses = {r.info.run_name: r.info.status for r in trial_runs(client)}
+    assert "KILLED" in statuses.values() and set(statuses.values()) <= {"KILLED", "FINISHED"}, statuses
+    run_ids = {r.info.run_name: r.info.run_id for r in trial_runs(client)}
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = trial_runs(client)
+    assert {r.info.run_name: r.info.run_id for r in runs} == run_ids, "the resumed sweep opened new runs"
+    for r in runs:
+        assert_complete_trial_run(client, r, epochs=12)
+    assert client.get_run(sweep.info.run_id).info.status == "FINISHED"
 
 
 # --- a kernel bug that aborted trials -----------------------------------------------------------------------
@@ -158,8 +212,10 @@ def test_full_or_read_only_disk_fails_in_one_line_before_any_trial(mode, what, e
 # --- the tracking server goes away mid-sweep -----------------------------------------------------------
 def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
     """SIGKILL the MLflow server once the first epoch is in its store, keep it down while both trials train on
-    (until one has checkpointed another epoch, then 2 s, plus its restart), restart it on the same port and store. Epochs logged meanwhile are retried by MLflow's client
-    (7 retries, exponential backoff: ~4 min) and arrive; each epoch is in the store exactly once."""
+    (until one has checkpointed another epoch, then 2 s, plus its restart), restart it on the same port and store.
+    Epochs logged meanwhile are retried by MLflow's client (7 retries, exponential backoff: ~4 min) and arrive;
+    each epoch is in the store exactly once. 6 epochs: after the first is in the store, the trials have epochs
+    enough ahead that a loaded machine cannot finish them all before the server is down."""
     port, store = free_port(), tmp_path / "server"
     server = start_tracking_server(store, port)
     uri = f"http://127.0.0.1:{port}"
@@ -195,7 +251,8 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
     chaos = threading.Thread(target=fault, daemon=True)
     chaos.start()
     try:
-        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), compile=False, export="none",
+        cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=6, data_dir=str(tiny_cifar),
+                                          compile=False, export="none", fuse_seeds="off",
                                           tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                                           latency_batch1_calls=20, report=False))
         out = orun.run_sweep(cfg)
@@ -207,7 +264,7 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         assert sorted(r.info.run_name for r in runs) == ["base-seed0", "base-seed1"], "lost or duplicate runs"
         logged_while_down = []
         for r in runs:
-            assert_complete_trial_run(client, r, epochs=3)
+            assert_complete_trial_run(client, r, epochs=6)
             logged_while_down += [m for key in EPOCH_METRICS for m in client.get_metric_history(r.info.run_id, key)
                                   if outage["down_ms"] <= m.timestamp < outage["up_ms"]]
         # The fault really hit logging: epochs were logged (client-side timestamp) while nothing listened.

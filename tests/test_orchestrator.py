@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(tmp_path, data_dir, **kw) -> SweepConfig:
+    # One trial per (variant, seed), as these tests count and kill them (--fuse-seeds auto: tests/test_sweep_cli.py).
     base = dict(data_dir=str(data_dir), epochs=2, compile=False, export="none", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                storage_path=str(tmp_path / "ray_results"), latency_batch1_calls=20, report=False)
+                storage_path=str(tmp_path / "ray_results"), latency_batch1_calls=20, report=False, fuse_seeds="off")
     return SweepConfig.from_flags({**base, **kw})
 
 
@@ -59,7 +60,8 @@ def test_config_file_sets_any_field_and_command_line_flags_win(tmp_path):
     assert isinstance(cfg.train.lr, float)
     cfg = parse_config(["--config", str(path), "--epochs", "5", "--channels-last", "--variants", "alpha"])
     assert (cfg.train.epochs, cfg.train.channels_last, cfg.variants, cfg.seed_values()) == (5, True, ("alpha",), (3, 7))
-    assert parse_config(["--config", str(path), "--quick"]).train.epochs == 2  # --quick still means 2 epochs
+    quick = parse_config(["--config", str(path), "--quick"])  # --quick fills in only what the file leaves out
+    assert (quick.train.epochs, quick.train.subset_per_class) == (3, 500)
 
 
 def test_all_pages_follows_page_tokens_for_runs_and_logged_models(tmp_path):
@@ -258,7 +260,8 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(tiny_cifar, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [sys.executable, "-m", "orchestrator.run", "--variants", "base", "--seed-list", "0,1,2",
             "--epochs", "2", "--data-dir", str(tiny_cifar), "--tracking-uri", uri, "--storage-path",
-            str(tmp_path / "ray"), "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none"]
+            str(tmp_path / "ray"), "--latency-batch1-calls", "20", "--no-report", "--no-compile", "--export", "none",
+            "--fuse-seeds", "off"]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

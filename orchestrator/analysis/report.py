@@ -224,17 +224,34 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="list the sweeps in the store, one line each, and exit")
     args = p.parse_args(argv)
     try:
-        if args.list:
-            print("\n".join(list_sweeps(args.tracking_uri, args.experiment_name)) or "no sweeps yet")
-            return 0
-        if args.results:
-            out = write_report(load_records(args.results), Path(args.out or args.results))
-        else:
-            out = build_report(args.tracking_uri, args.experiment_name, args.sweep, args.out)
+        out = _run(args)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logged = "" if args.results else " (also logged to the sweep's parent run under report/)"
-    print(f"\nreport written to {out}/report.md{logged}")
+    if out is not None:
+        logged = "" if args.results else " (also logged to the sweep's parent run under report/)"
+        print(f"\nreport written to {out}/report.md{logged}")
     return 0
 
+
+def _run(args) -> Path | None:
+    """main's work; bad input (an output folder that cannot be one, a tracking URI that is not one, a server that
+    does not answer, any refusal of the store) raises ReportError with one line."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.cli import directory_problem
+    from orchestrator.sweep.tracking import TrackingError, check_readable
+    flag, out_dir = ("--out", args.out) if args.out else ("--results", args.results)
+    problem = directory_problem(out_dir) if out_dir and not args.list else None
+    if problem:
+        raise ReportError(f"{flag} {out_dir} {problem}: pass a writable directory")
+    if args.results:
+        return write_report(load_records(args.results), Path(args.out or args.results))
+    try:
+        check_readable(args.tracking_uri)  # in seconds: MLflow's client would retry a dead server for minutes
+        if args.list:
+            print("\n".join(list_sweeps(args.tracking_uri, args.experiment_name)) or "no sweeps yet")
+            return None
+        return build_report(args.tracking_uri, args.experiment_name, args.sweep, args.out)
+    except (TrackingError, MlflowException) as e:
+        raise ReportError(str(e).strip().splitlines()[0]) from None

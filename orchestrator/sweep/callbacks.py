@@ -59,10 +59,13 @@ def eta_line(trials) -> str:
     line = (f"sweep: {finished}/{len(trials)} trials finished, {running} running; {epochs_done} of {epochs_total} "
             f"epochs done; ")
     if epochs_done >= epochs_total:
-        return line + "ETA 0 min"
+        # Every epoch trained, but trials still measure latency, export and log their models: not done yet.
+        return line + ("finishing (measuring, exporting)" if running else "ETA 0 min")
     if not epoch_seconds:
         return line + "ETA after the first epoch"
     eta_s = (epochs_total - epochs_done) * sum(epoch_seconds) / len(epoch_seconds) / max(running, 1)
+    if eta_s < 60:  # never "ETA 0 min" while an epoch is left
+        return line + "ETA < 1 min"
     return line + f"ETA {eta_s / 3600:.1f} h" if eta_s >= 3600 else line + f"ETA {eta_s / 60:.0f} min"
 
 

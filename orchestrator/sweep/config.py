@@ -16,8 +16,13 @@ from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
 ALL_VARIANTS = tuple(list_models())
-SECTIONS = ("what to run", "protocol", "data", "speed", "measurement", "cluster", "tracking", "report")
-QUICK = {"epochs": 2, "subset_per_class": 500, "compile": False}  # what --quick means (2 epochs don't repay a compile)
+SECTIONS = ("what to run", "resume", "protocol", "data", "speed", "device", "measurement", "cluster", "tracking",
+            "report")
+# A field's help section where the CLI shows it elsewhere than its TrainConfig declares (that file is training's).
+SECTION_OF = {"device": "device"}
+# What --quick means, for each of these flags that is not given explicitly (2 epochs don't repay a compile).
+QUICK = {"variants": ("base", "v6"), "seeds": 2, "epochs": 2, "subset_per_class": 500, "compile": False}
+FUSE_CHOICES = ("auto", "on", "off")
 __all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_parser"]
 
 
@@ -29,7 +34,9 @@ class SweepConfig:
                                      "comma-separated model variants: " + ",".join(ALL_VARIANTS))
     seeds: int = option(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
     seed_list: tuple[int, ...] = option((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
-    quick: bool = option(False, "what to run", "first look in minutes: 2 epochs on a stratified 500-per-class subset")
+    quick: bool = option(False, "what to run", "first look in minutes: variants base,v6, 2 seeds, 2 epochs on a "
+                                              "stratified 500-per-class subset, uncompiled; any of these flags given "
+                                              "explicitly (or in --config) wins")
     download: bool = option(False, "data", "download CIFAR-10 (official MD5 checked) into the data directory if missing")
     # --- Ray -------------------------------------------------------------------------------------
     address: str = option("", "cluster", "address of an existing Ray cluster (host:port or 'auto'); default: a local Ray")
@@ -38,9 +45,9 @@ class SweepConfig:
     max_failures: int = option(2, "cluster", "restarts of a crashed trial from its last checkpoint")
     storage_path: str = option("ray_results", "cluster", "Ray Tune storage (local path, NFS path or s3:// / gs:// "
                                                        "URI); must be shared by all nodes of a multi-node cluster")
-    resume: bool = option(False, "cluster", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
-                                          "finished trials")
-    sweep_id: str = option("", "cluster", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
+    resume: bool = option(False, "resume", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
+                                         "finished trials; what to run comes from the stored sweep")
+    sweep_id: str = option("", "resume", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
     # --- MLflow ----------------------------------------------------------------------------------
     tracking_uri: str = option(DEFAULT_TRACKING_URI, "tracking", "MLflow tracking URI (sqlite:///path or http://host:port)")
     experiment_name: str = option(DEFAULT_EXPERIMENT, "tracking", "MLflow experiment name")
@@ -48,9 +55,11 @@ class SweepConfig:
     report: bool = option(True, "report", "write the report (tables, figures) when the sweep ends")
     results_dir: str = option("", "report", "write one JSON record per finished trial here (<variant>-seed<k>.json); "
                                           "records of another protocol in it are refused")
-    fuse_seeds: bool = option(False, "speed", "train the seeds of a variant as one stacked network in one Ray trial "
-                                            "(orchestrator.training.fused): the same numbers up to float rounding, one MLflow "
-                                            "run per seed, fewer and faster steps")
+    fuse_seeds: str = option("auto", "speed", choices=FUSE_CHOICES, help=(
+        "train the seeds of a variant as one stacked network in one Ray trial (orchestrator.training.fused): the "
+        "same numbers up to float rounding, one MLflow run per seed, fewer and faster steps. auto = fuse when the "
+        "sweep has more (variant, seed) pairs than the cluster has trial slots; on/off force it (a bare "
+        "--fuse-seeds is on, --no-fuse-seeds off)"))
     skip_existing: bool = option(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
                                                 "no record of this protocol yet")
 
@@ -71,6 +80,8 @@ class SweepConfig:
             (self.train.device != "cuda" or self.gpus_per_trial > 0,
              "--device cuda needs a GPU for every trial: pass --gpus-per-trial, e.g. 0.125 (8 trials share a GPU)"),
             (self.max_failures >= 0, f"--max-failures must be >= 0 (got {self.max_failures})"),
+            (self.fuse_seeds in FUSE_CHOICES,
+             f"--fuse-seeds must be one of {', '.join(FUSE_CHOICES)} (got {self.fuse_seeds!r})"),
             (bool(self.experiment_name.strip()), "--experiment-name must not be empty"),
             (bool(self.storage_path.strip()), "--storage-path must not be empty"),
             (bool(self.results_dir) or not self.skip_existing,
@@ -89,6 +100,8 @@ class SweepConfig:
     def from_flags(cls, values: dict) -> "SweepConfig":
         """A SweepConfig from flat field values (lists become tuples); unknown names are ignored."""
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if isinstance(values.get("fuse_seeds"), bool):  # the boolean flag of sweeps stored before auto existed
+            values["fuse_seeds"] = "on" if values["fuse_seeds"] else "off"
         train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
         return cls(train=TrainConfig(**train), **{k: v for k, v in values.items() if k in SWEEP_FIELDS})
 
@@ -122,21 +135,33 @@ def _typed(kind):
     return parse
 
 
+class Verbatim(str):
+    """Help text whose line breaks are kept (the examples): the help formatter reflows any other text."""
+
+
 class _HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default unless it is empty (an empty default means 'none', which the help text says)."""
+    """Shows every flag's default unless it is empty ("" or no items: the help text says what that means), and
+    prints Verbatim text as written."""
 
     def _get_help_string(self, action):
-        default = action.default
-        if action.help and "%(default)" not in action.help and default not in ("", None, (), False, argparse.SUPPRESS):
+        empty = action.default is None or action.default is argparse.SUPPRESS or action.default in ("", ())
+        if action.help and "%(default)" not in action.help and not empty:
             return action.help + " (default: %(default)s)"
         return action.help
 
+    def _fill_text(self, text, width, indent):
+        if isinstance(text, Verbatim):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
-EPILOG = """examples:
-  python -m orchestrator.run --quick --variants base,v6 --seeds 2        # a first look in minutes
+
+EPILOG = Verbatim("""examples:
+  python -m orchestrator.run --quick                  # a first look in minutes: base and v6, 2 seeds, 2 epochs
+  python -m orchestrator.run --quick --epochs 3 --variants base,v1,v6   # the same, with these flags instead
   python -m orchestrator.run --seeds 5 --results-dir results/paper-grid --skip-existing   # the paper's grid
+  python -m orchestrator.run --resume                 # continue the latest interrupted sweep
   python -m orchestrator.run --address auto --tracking-uri http://10.0.0.1:5000 --storage-path s3://bucket/rr
-"""
+""")
 
 
 def _add_field(group, f: dataclasses.Field) -> None:
@@ -148,6 +173,11 @@ def _add_field(group, f: dataclasses.Field) -> None:
         # A string default goes through `type` too, and shows in --help as the user would type it.
         group.add_argument(flag, type=_parse_tuple(typing.get_args(hint)[0]), metavar="A,B,...",
                            **{**kw, "default": ",".join(map(str, f.default))})
+    elif f.metadata.get("choices") == FUSE_CHOICES:
+        # auto|on|off, and the on/off spelling of the boolean flag it replaced: --fuse-seeds, --no-fuse-seeds
+        group.add_argument(flag, nargs="?", const="on", choices=FUSE_CHOICES, metavar="{auto,on,off}", **kw)
+        group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="off",
+                           default=argparse.SUPPRESS, help=f"same as {flag} off")  # --fuse-seeds' default holds
     else:
         group.add_argument(flag, type=_typed(hint), choices=f.metadata.get("choices"), **kw)
 
@@ -160,7 +190,7 @@ def build_parser(prog: str = "python -m orchestrator.run", description: str = ""
     fields = [*SWEEP_FIELDS.values(), *TRAIN_FIELDS.values()]
     for section in SECTIONS:
         group = parser.add_argument_group(section)
-        for f in (f for f in fields if f.metadata["section"] == section):
+        for f in (f for f in fields if SECTION_OF.get(f.name, f.metadata["section"]) == section):
             _add_field(group, f)
     return parser
 
@@ -216,23 +246,35 @@ def load_config_file(path: str) -> dict:
         if name not in _HINTS or name == "train":
             raise ConfigError(f"config file {path}: unknown key {key!r}: keys are the flag names of "
                               f"`python -m orchestrator.run --help` without the leading -- (e.g. epochs, seed-list)")
+        if name == "fuse_seeds" and isinstance(value, bool):  # as the boolean flag it replaced: on/off
+            value = "on" if value else "off"
         values[name] = _from_toml(path, key, value, _HINTS[name])
     return values
 
 
-def with_quick(values: dict) -> dict:
-    """--quick is shorthand for 2 epochs on a 500-per-class subset, uncompiled (a subset given explicitly is kept)."""
+def with_quick(values: dict, given: set[str]) -> dict:
+    """--quick's values (QUICK) for the flags not given explicitly: the command line and --config win."""
     if not values.get("quick"):
         return values
-    return {**values, **QUICK, "subset_per_class": values.get("subset_per_class") or QUICK["subset_per_class"]}
+    return {**values, **{k: v for k, v in QUICK.items() if k not in given}}
+
+
+def given_flags(argv, **parser_kw) -> set[str]:
+    """The fields the command line sets explicitly (argparse's defaults can't tell `--epochs 10` from none)."""
+    parser = build_parser(**parser_kw)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # a flag not given then leaves no attribute at all
+    return set(vars(parser.parse_args(argv))) - {"config"}
 
 
 def parse_config(argv=None, **parser_kw) -> SweepConfig:
     """The command line (and its --config file) as a validated SweepConfig, with --quick applied once, here."""
     parser = build_parser(**parser_kw)
     args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**load_config_file(args.config))  # file values become defaults: flags given still win
+    from_file = load_config_file(args.config) if args.config else {}
+    if from_file:
+        parser.set_defaults(**from_file)  # file values become defaults: flags given still win
         args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "config"}
-    return SweepConfig.from_flags(with_quick(values)).validate()
+    given = set(from_file) | given_flags(argv, **parser_kw)
+    return SweepConfig.from_flags(with_quick(values, given)).validate()

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -21,6 +22,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live tab
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import data  # noqa: E402
+from orchestrator.cli import ignoring_interrupts, sigterm_as_ctrl_c  # noqa: E402
 from orchestrator.sweep import preflight, records, tracking  # noqa: E402
 from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config  # noqa: E402
 from orchestrator.names import fused_trial_name, parse_ray_trial_name, trial_name  # noqa: E402
@@ -28,6 +30,7 @@ from orchestrator.sweep.preflight import SweepError  # noqa: E402
 
 TABLE_COLUMNS = ["variant", "seed", "status", "epoch", "val_accuracy", "best_val_accuracy",
                  "latency_ms_per_image", "latency_ms_batch1"]
+PERCENT_COLUMNS = ("val_accuracy", "best_val_accuracy")  # fractions in the trials' metrics; % as the tables show
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Sweep:
     pairs: list[dict]              # {"variant", "seed"} of each (variant, seed) this sweep trains
     protocol: dict | None          # the records' protocol, with --results-dir
     source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
+    owns_ray: bool = False         # this driver started (or connected to) Ray: its caller did not
 
     @property
     def path(self) -> str:
@@ -86,11 +90,13 @@ def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, Swee
     return run.data.tags["sweep_id"], run.info.run_id, stored, run.data.tags["ray_storage_path"]
 
 
-def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict) -> str:
+def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict,
+                     fuse_reason: str) -> str:
     uri = cfg.tracking_uri
-    flags = cfg.to_flags()
+    flags = cfg.to_flags()  # fuse_seeds as decided (on/off), so that --resume keeps the choice
     parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
         **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
+        "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
         "git_commit": records.git_state()["git_commit"],
         "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
         "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
@@ -106,33 +112,47 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     # Cheap checks that write nothing come first, so bad input leaves no store, experiment or run behind.
     preflight.check_address(cfg.address)
     preflight.check_device(cfg)
+    preflight.check_output_dirs(cfg)
     tracking.check_tracking(uri)
     sweep_id, parent_run_id, storage = new_sweep_id(), None, None
     if cfg.resume:
         preflight.check_resumable(cfg, uri)
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
-        preflight.check_device(cfg)  # the stored config's --device
+        preflight.check_device(cfg)  # the stored config's --device and output folders
+        preflight.check_output_dirs(cfg)
     data_fingerprint = preflight.check_data(cfg)
     pairs = preflight.trials_to_run(cfg, data_fingerprint)
     if not pairs:
         print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
         return None
     storage = preflight.check_storage(storage or cfg.storage_path)
-    preflight.start_ray(cfg)
+    owns_ray = preflight.start_ray(cfg)
+    cfg, fuse_reason = choose_fuse_seeds(cfg, pairs, resumed=parent_run_id is not None)
+    print(f"fuse seeds: {cfg.fuse_seeds} ({fuse_reason})", flush=True)
     experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
     source_tags = tracking.source_tags(records.git_state()["git_commit"])
     if parent_run_id is None:
-        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags)
+        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags, fuse_reason)
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
-    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags)
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray)
+
+
+def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tuple[SweepConfig, str]:
+    """The config with --fuse-seeds decided (on or off), and why. auto looks at the cluster Ray is now up on
+    (preflight.fuse_seeds_choice); a resumed sweep keeps the choice it started with, as its stored config says."""
+    if cfg.fuse_seeds != "auto":
+        return cfg, "as the sweep being resumed started" if resumed else f"--fuse-seeds {cfg.fuse_seeds}"
+    import ray
+    fuse, why = preflight.fuse_seeds_choice(pairs, ray.cluster_resources(), cfg.cpus_per_trial, cfg.gpus_per_trial)
+    return cfg.replace(fuse_seeds="on" if fuse else "off"), f"auto: {why}"
 
 
 # --- 2. build the tuner -------------------------------------------------------------------------------
 def trial_specs(sweep: Sweep) -> list[dict]:
-    """One Tune trial per (variant, seed), or with --fuse-seeds one per variant: {"variant", "seeds": [...]}."""
-    if not sweep.cfg.fuse_seeds:
+    """One Tune trial per (variant, seed), or with fused seeds one per variant: {"variant", "seeds": [...]}."""
+    if sweep.cfg.fuse_seeds != "on":
         return sweep.pairs
     variants = dict.fromkeys(p["variant"] for p in sweep.pairs)  # in order, once each
     return [{"variant": v, "seeds": [p["seed"] for p in sweep.pairs if p["variant"] == v]} for v in variants]
@@ -226,6 +246,20 @@ def summarize(results):
     return df.sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
+def summary_text(summary, train_cfg) -> str:
+    """The summary as the console shows it: accuracies in % (as the report's tables), and a warning line when
+    the protocol is not the paper's (as report.md says)."""
+    shown = summary.rename(columns={c: f"{c}_pct" for c in PERCENT_COLUMNS})
+    for c in PERCENT_COLUMNS:
+        shown[f"{c}_pct"] = [f"{100 * x:.2f}" if x == x and x is not None else "-" for x in summary[c]]
+    text = shown.to_string(index=False, na_rep="-")
+    differences = records.differences_from_paper(records.protocol_of(train_cfg, ""))
+    if differences:
+        text += (f"\n⚠ not the paper's protocol: {'; '.join(differences)}. Accuracies are not comparable with "
+                 f"the paper's.")
+    return text
+
+
 # The report's per-variant statistics (orchestrator.analysis.study.summarize) that the parent run carries.
 SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latency_ms_per_image_mean",
                    "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
@@ -250,14 +284,14 @@ def log_summary_metrics(sweep: Sweep) -> None:
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
     if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
-        # Ctrl-C: Tune saved its state (running trials as RUNNING) and returned, then stopped those trials. The
-        # sweep is interrupted, not done: leave it resumable (never sweep_status=finished); main() says how.
-        client.set_terminated(sweep.parent_run_id, status="KILLED")
+        # Ctrl-C or SIGTERM: Tune saved its state (running trials as RUNNING) and returned, then stopped those
+        # trials. The sweep is interrupted, not done: run_sweep ends its runs KILLED, resumable.
         raise KeyboardInterrupt
     if sweep.protocol:
         write_missing_records(sweep, results)
     summary = summarize(results)
-    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary.to_string(index=False), flush=True)
+    print(f"\nsweep {sweep.sweep_id} finished in {wall_seconds:.0f} s\n" + summary_text(summary, sweep.cfg.train),
+          flush=True)
     client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
     failed_trials = close_errored_runs(sweep, results)
     log_summary_metrics(sweep)
@@ -267,9 +301,14 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     if sweep.cfg.report:
         from orchestrator.analysis.report import ReportError, build_report
         try:
-            build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+            out = build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
+            print(f"\nreport written to {out}/report.md (also logged to the sweep's parent run under report/)",
+                  flush=True)
         except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
             print(f"no report: {e}", file=sys.stderr)
+    else:
+        print(f"no report (--no-report): `python -m orchestrator.report --sweep {sweep.sweep_id}` builds it",
+              flush=True)
     return {"sweep_id": sweep.sweep_id, "parent_run_id": sweep.parent_run_id, "experiment_id": sweep.experiment_id,
             "summary": summary, "wall_seconds": wall_seconds, "storage_path": sweep.path,
             "failed_trials": failed_trials}
@@ -285,10 +324,32 @@ def run_sweep(cfg: SweepConfig) -> dict | None:
     print(f"sweep {sweep.sweep_id}: {len(sweep.cfg.variants)} variants x {len(sweep.cfg.seed_values())} seeds, "
           f"{sweep.cfg.train.epochs} epochs" + (f", {skipped} skipped (records in {cfg.results_dir})" if skipped else "")
           + f"; MLflow run {sweep.parent_run_id} in {sweep.cfg.tracking_uri}", flush=True)
-    tuner = build_tuner(sweep)
-    started = time.perf_counter()
-    results = tuner.fit()
-    return close_sweep(sweep, results, time.perf_counter() - started)
+    results = None
+    try:
+        tuner = build_tuner(sweep)
+        started = time.perf_counter()
+        with sigterm_as_ctrl_c():
+            results = tuner.fit()
+        return close_sweep(sweep, results, time.perf_counter() - started)
+    except (KeyboardInterrupt, SystemExit):
+        end_interrupted(sweep, trials_stopped=results is not None)
+        raise
+
+
+def end_interrupted(sweep: Sweep, trials_stopped: bool) -> None:
+    """End the interrupted sweep's parent run and its open trial runs KILLED, resumable. A further Ctrl-C or
+    SIGTERM meanwhile is ignored: it would leave some runs RUNNING forever, and the sweep is stopping anyway.
+    Interrupted twice, fit() is cut short before Tune stopped the trials, which would then end their runs
+    FAILED after these are marked: Ray stops them first (unless the caller runs Ray: a test, a notebook)."""
+    with ignoring_interrupts():
+        if not trials_stopped and sweep.owns_ray:
+            import ray
+            ray.shutdown()
+        try:
+            tracking.end_open_runs(sweep.cfg.tracking_uri, sweep.experiment_id, sweep.sweep_id, "KILLED")
+        except Exception as e:  # the store is gone too: the interruption is what the user must hear about
+            print(f"warning: sweep {sweep.sweep_id}'s runs may still show RUNNING in MLflow ({type(e).__name__})",
+                  file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -299,6 +360,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if argv is None:  # the command itself, which is exiting (not a caller's process, e.g. a notebook's)
+            # A further Ctrl-C or SIGTERM would only cut Ray's shutdown at exit short, with a traceback.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
         return 130
     if out is not None and out["failed_trials"]:

@@ -4,6 +4,7 @@ Each raises with one line naming the problem and the fix, so bad input never sta
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 import data
 from orchestrator.sweep import records
 from orchestrator.sweep.config import ConfigError, SweepConfig
+from orchestrator.cli import directory_problem
 from orchestrator.names import sqlite_path
 
 
@@ -55,6 +57,19 @@ def trials_to_run(cfg: SweepConfig, data_fingerprint: str) -> list[dict]:
     return pairs
 
 
+def check_output_dirs(cfg: SweepConfig) -> None:
+    """--results-dir and a local --storage-path must be (or become) directories, the records' one writable: a
+    file there would otherwise cost the whole sweep's records, found only when the first trial ends. Creates
+    nothing. (check_storage then writes into the storage path, which finds a full or read-only disk too.)"""
+    outputs = [("--results-dir", cfg.results_dir, True)] if cfg.results_dir else []
+    if "://" not in cfg.storage_path:
+        outputs.append(("--storage-path", cfg.storage_path, False))
+    for flag, path, writable in outputs:
+        problem = directory_problem(path, writable)
+        if problem:
+            raise SweepError(f"{flag} {path} {problem}: pass a writable directory")
+
+
 def check_storage(path: str) -> str:
     if "://" in path:  # s3://, gs://, NFS mounts via file:// are checked by Ray/pyarrow themselves
         return path
@@ -95,10 +110,13 @@ def check_device(cfg: SweepConfig) -> None:
                          f"a GPU machine with a CUDA build of torch, or pass --device auto (or cpu)")
 
 
-def start_ray(cfg: SweepConfig) -> None:
+def start_ray(cfg: SweepConfig) -> bool:
+    """Start (or connect to) Ray and check the cluster's resources; whether this call did it, so that the
+    driver leaves alone a Ray its caller (a test, a notebook) started."""
     import ray
     from ray.exceptions import AuthenticationError
     check_address(cfg.address)
+    started = not ray.is_initialized()
     try:
         if cfg.address:
             ray.init(address=cfg.address, ignore_reinit_error=True)
@@ -127,6 +145,7 @@ def start_ray(cfg: SweepConfig) -> None:
     if cfg.gpus_per_trial > 0 and cfg.gpus_per_trial > gpus:
         fix = "add GPU nodes" if cfg.train.device == "cuda" else "use --gpus-per-trial 0 or add GPU nodes"
         raise SweepError(f"--gpus-per-trial {cfg.gpus_per_trial:g} but the cluster has {gpus:g} GPUs: {fix}")
+    return started
 
 
 def check_resumable(cfg: SweepConfig, uri: str) -> None:
@@ -139,3 +158,22 @@ def check_resumable(cfg: SweepConfig, uri: str) -> None:
     if db is not None and not db.is_file():
         raise SweepError(f"no MLflow store at {db}, so no sweep to resume: pass the --tracking-uri the sweep "
                          f"used, or start a new sweep without --resume")
+
+
+def fuse_seeds_choice(pairs: list, resources: dict, cpus_per_trial: int, gpus_per_trial: float) -> tuple[bool, str]:
+    """Whether `--fuse-seeds auto` fuses each variant's seeds into one trial, and why (for the console and the
+    parent run). Fuse when the sweep has more (variant, seed) pairs than the cluster runs trials at once: fused
+    trials take fewer, faster steps. Otherwise one trial per pair, so a large cluster runs everything at once.
+    `pairs` are the (variant, seed) pairs to train (dicts or tuples), `resources` ray.cluster_resources()."""
+    variants = [p["variant"] if isinstance(p, dict) else p[0] for p in pairs]
+    cpus = resources.get("CPU", 0)
+    slots, why = int(cpus // cpus_per_trial), f"{cpus:g} CPUs / {cpus_per_trial} per trial"
+    if gpus_per_trial > 0:
+        gpus = resources.get("GPU", 0)
+        gpu_slots = math.floor(gpus / gpus_per_trial + 1e-9)  # 1 GPU / 0.1 is 10 slots, not 9.0 of float //
+        if gpu_slots < slots:
+            slots, why = gpu_slots, f"{gpus:g} GPUs / {gpus_per_trial:g} per trial"
+    counts = f"{len(pairs)} (variant, seed) pairs, {slots} trial slots: {why}"
+    if max((variants.count(v) for v in set(variants)), default=0) < 2:
+        return False, f"{counts}; one seed per variant, nothing to fuse"
+    return len(pairs) > slots, counts

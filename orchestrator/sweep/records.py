@@ -48,6 +48,14 @@ def paper_protocol() -> dict:
     return protocol_of(TrainConfig(), "")
 
 
+def differences_from_paper(protocol: dict) -> list[str]:
+    """How a protocol differs from the paper's, one phrase per field ("epochs 2 (paper 10)"); empty when it is
+    the paper's. The data's fingerprint is not compared: the paper's copy of CIFAR-10 is not at hand."""
+    paper = paper_protocol()
+    return [f"{name} {protocol.get(name)!r} (paper {paper[name]!r})" for name in PROTOCOL_FIELDS
+            if protocol.get(name) != paper[name]]
+
+
 def protocol_hash(protocol: dict) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -49,6 +49,15 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///path/to/mlflow.db or http://host:port")
 
 
+def check_readable(uri: str, timeout_s: float = 5.0) -> None:
+    """For commands that only read (the report): a bare path is refused and a server must answer within
+    seconds, each in one line. Creates nothing: a missing SQLite file is the reader's to report."""
+    if "://" not in uri:
+        resolve_tracking_uri(uri)  # raises with the line `run` gives
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout_s)
+
+
 def _check_server(uri: str, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
@@ -191,6 +200,27 @@ def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, tags: dict) -> 
     run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep_id}",
                                        tags={"kind": "sweep", "sweep_id": sweep_id, **tags})
     return run.info.run_id
+
+
+# How a trial's run ends when Tune stops it (or Ctrl-C reaches it): the trainable records the exception as FAILED.
+INTERRUPTIONS = ("SystemExit", "KeyboardInterrupt")
+INTERRUPTED_REASON = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM); --resume continues this run"
+
+
+def end_open_runs(uri: str, experiment_id: str, sweep_id: str, status: str = "KILLED") -> list[str]:
+    """End an interrupted sweep's parent run and each trial run still RUNNING, or FAILED by the interruption
+    itself, as `status`; the names of the trial runs ended. Nothing marks the sweep finished, so --resume finds
+    it (a resumed trial sets its run RUNNING again). Other ends (FINISHED, a crash, a divergence) are kept."""
+    client, ended = MlflowClient(uri), []
+    for run in find_runs(uri, experiment_id, sweep_id=sweep_id):
+        trial = run.data.tags.get("kind") == "trial"
+        stopped = run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(INTERRUPTIONS)
+        if run.info.status == "RUNNING" or (trial and stopped):
+            if trial:
+                client.set_tag(run.info.run_id, "failure_reason", INTERRUPTED_REASON)
+                ended.append(run.info.run_name)
+            client.set_terminated(run.info.run_id, status=status)
+    return sorted(ended)
 
 
 def finish_sweep_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -9,6 +9,7 @@ the checkpoint, and stays out; the others go on. (Deterministic: a retry would d
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -124,6 +125,9 @@ class Trial:
 
 
 def run_trial(config: dict) -> None:
+    # MLflow's system-metrics monitor logs a start and a stop per run at INFO, which floods the driver's console
+    # (some after the sweep's summary): warnings only. The metrics are logged as before.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     cfg, sweep, spec = TrainConfig(**config["train"]), config["sweep"], config["trial"]
     fused = "seeds" in spec
     variant, seeds = spec["variant"], [int(s) for s in spec.get("seeds", [spec.get("seed")])]
