@@ -79,6 +79,8 @@ def load_published(results_dir: str | Path) -> list[Published]:
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             raise PublishedError(f"{path} is missing or is not the file its record names (sha256 differs): "
                                  f"restore it from git, or retrain that trial")
+        if "spec" in record:  # an architecture of a spec file or a search: the record holds it
+            models.register_spec(record["variant"], models.from_dict(record["spec"]))
         model = models.create_model(record["variant"])
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         fmt = eval_format(record)

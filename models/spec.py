@@ -315,7 +315,11 @@ def load_spec(path: str | Path) -> NetSpec:
     if parse is None:
         raise SpecError(f"{path}: unknown suffix {path.suffix!r}; name spec files .toml or .json")
     try:
-        return from_dict(parse(path.read_text()))
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read it ({e.strerror}); pass the path of a spec file") from None
+    try:
+        return from_dict(parse(text))
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -9,7 +9,9 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import models
 from models import list_models
 from orchestrator.cli import ArgumentParser
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
@@ -34,6 +36,10 @@ class SweepConfig:
                                      "comma-separated model variants: " + ",".join(ALL_VARIANTS))
     seeds: int = option(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
     seed_list: tuple[int, ...] = option((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
+    spec: tuple[str, ...] = option((), "what to run", "architecture spec files (.toml or .json, see the README's "
+                                                     "Models), comma-separated: each trains like a variant, named "
+                                                     "after its file (my-net.toml: my-net); --variants then "
+                                                     "defaults to none")
     quick: bool = option(False, "what to run", "first look in minutes: variants base,v6, 2 seeds, 2 epochs on a "
                                               "stratified 500-per-class subset, uncompiled; any of these flags given "
                                               "explicitly (or in --config) wins")
@@ -66,10 +72,29 @@ class SweepConfig:
     def seed_values(self) -> tuple[int, ...]:
         return self.seed_list or tuple(range(self.seeds))
 
+    def specs(self) -> dict[str, models.NetSpec]:
+        """The --spec files' architectures by name (the file's stem). A bad file, a bad field in it or a name taken
+        by another architecture is one ConfigError line."""
+        specs = {}
+        for path in self.spec:
+            try:
+                spec = models.load_spec(path)
+            except models.SpecError as e:
+                raise ConfigError(f"--spec {e}") from None
+            name = Path(path).stem
+            taken = name in specs or (name in models.list_models() and models.registered_spec(name) != spec)
+            if taken or "-seed" in name or not name:
+                raise ConfigError(f"--spec {path}: the name {name!r} is taken by another architecture (or holds "
+                                  f"'-seed'): rename the file")
+            specs[name] = spec
+        return specs
+
     def validate(self) -> "SweepConfig":
-        bad = [v for v in self.variants if v not in ALL_VARIANTS]
+        known = (*ALL_VARIANTS, *self.specs())
+        bad = [v for v in self.variants if v not in known]
         if bad or not self.variants:
-            raise ConfigError(f"unknown variant {','.join(bad) or '(none)'}: choose from {','.join(ALL_VARIANTS)}")
+            raise ConfigError(f"unknown variant {','.join(bad) or '(none)'}: choose from {','.join(ALL_VARIANTS)}, "
+                              f"or pass an architecture with --spec FILE.toml")
         checks = [
             (self.seeds >= 1, f"--seeds must be >= 1 (got {self.seeds})"),
             (all(s >= 0 for s in self.seed_list), f"--seed-list takes non-negative integers (got {self.seed_list})"),
@@ -277,4 +302,13 @@ def parse_config(argv=None, **parser_kw) -> SweepConfig:
         args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "config"}
     given = set(from_file) | given_flags(argv, **parser_kw)
-    return SweepConfig.from_flags(with_quick(values, given)).validate()
+    return SweepConfig.from_flags(with_specs(with_quick(values, given), given)).validate()
+
+
+def with_specs(values: dict, given: set[str]) -> dict:
+    """--spec files train as variants named after them: beside the --variants given, or alone."""
+    if not values.get("spec"):
+        return values
+    names = tuple(Path(path).stem for path in values["spec"])
+    variants = tuple(values["variants"]) if "variants" in given else ()
+    return {**values, "variants": tuple(dict.fromkeys((*variants, *names)))}

@@ -15,13 +15,14 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live table, with our columns
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import data  # noqa: E402
+import models  # noqa: E402
 from orchestrator.cli import ignoring_interrupts, sigterm_as_ctrl_c  # noqa: E402
 from orchestrator.sweep import preflight, records, tracking  # noqa: E402
 from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config  # noqa: E402
@@ -45,6 +46,7 @@ class Sweep:
     protocol: dict | None          # the records' protocol, with --results-dir
     source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
     owns_ray: bool = False         # this driver started (or connected to) Ray: its caller did not
+    specs: dict = field(default_factory=dict)  # --spec architectures by name, as models.to_dict gives them
 
     @property
     def path(self) -> str:
@@ -56,7 +58,7 @@ class Sweep:
         from orchestrator.sweep.trainable import FAULT_ENV
         return {"sweep_id": self.sweep_id, "parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
                 "tracking_uri": self.cfg.tracking_uri, "cpus_per_trial": self.cfg.cpus_per_trial,
-                "source_tags": self.source_tags, "fault": os.environ.get(FAULT_ENV, "")}
+                "source_tags": self.source_tags, "fault": os.environ.get(FAULT_ENV, ""), "specs": self.specs}
 
 
 def library_versions() -> dict:
@@ -120,6 +122,8 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
         preflight.check_device(cfg)  # the stored config's --device and output folders
         preflight.check_output_dirs(cfg)
+    for name, spec in cfg.specs().items():  # this process builds them too (preflight, records, the report)
+        models.register_spec(name, spec)
     data_fingerprint = preflight.check_data(cfg)
     pairs = preflight.trials_to_run(cfg, data_fingerprint)
     if not pairs:
@@ -136,7 +140,8 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     else:
         tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
-    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray)
+    specs = {name: models.to_dict(spec) for name, spec in cfg.specs().items()}
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray, specs)
 
 
 def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tuple[SweepConfig, str]:
