@@ -74,11 +74,7 @@ class Study:
     def protocol_differences(self) -> list[str]:
         """How this study's protocol differs from the paper's ("epochs 2 (paper 10)"); empty when it is the
         paper's. The data's fingerprint is not compared: the paper's copy of CIFAR-10 is not at hand."""
-        if self.protocol is None:
-            return []
-        paper = records.paper_protocol()
-        return [f"{name} {self.protocol.get(name)!r} (paper {paper[name]!r})" for name in records.PROTOCOL_FIELDS
-                if self.protocol.get(name) != paper[name]]
+        return [] if self.protocol is None else records.differences_from_paper(self.protocol)
 
     @property
     def comparable(self) -> bool:
