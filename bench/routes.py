@@ -65,7 +65,7 @@ def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devic
         load_state(trainer, state)
     trainer.model.train()
     if graphed:
-        from orchestrator.training.cuda_graph import graphed_step  # CUDA only
+        from orchestrator.training.single import graphed_step  # CUDA only
         step = graphed_step(trainer, cfg.batch_size)
     else:
         step = make_step(trainer, compiled=cfg.compile)

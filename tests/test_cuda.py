@@ -25,6 +25,7 @@ from orchestrator.training.device import resolve_device
 from orchestrator.training.fused import FusedSeeds
 from orchestrator.training.protocol import (Seed, TrialData, build, eval_batch_size, load_trial_data, seed_everything,
                                             snapshot)
+from orchestrator.training import single
 from orchestrator.training.single import SingleSeed, forward_backward_step, make_step
 from orchestrator.training.train import train
 
@@ -105,7 +106,7 @@ def test_evaluation_batch_depends_on_the_device():
 def test_graphed_step_refuses_a_cpu_trainer_and_leaves_it_untouched():
     trainer = fresh_trainer()
     with pytest.raises(ValueError, match=r"a CUDA graph needs a trainer on a CUDA device, got one on cpu"):
-        cuda_graph.graphed_step(trainer, 4)
+        single.graphed_step(trainer, 4)
     group = trainer.optimizer.param_groups[0]
     assert group["capturable"] is False and group["lr"] == 5e-4
 
@@ -132,11 +133,11 @@ def test_restore_undoes_the_warm_up_in_place(steps_before):
         for x, y in b[:steps_before]:
             step(x.contiguous(memory_format=t.memory_format), y)
     addresses = [p.data_ptr() for p in warmed.model.parameters()]
-    saved = cuda_graph.snapshot(cuda_graph.seed_tensors(warmed))
+    saved = cuda_graph.snapshot(single.seed_tensors(warmed))
     for x, y in b[steps_before:steps_before + 3]:  # the warm-up: three real steps
         warmed.optimizer.zero_grad(set_to_none=True)
         forward_backward_step(warmed.model, warmed.optimizer, x.contiguous(memory_format=warmed.memory_format), y)
-    cuda_graph.restore(cuda_graph.seed_tensors(warmed), saved)
+    cuda_graph.restore(single.seed_tensors(warmed), saved)
     assert [p.data_ptr() for p in warmed.model.parameters()] == addresses
     if steps_before:
         for a, b_ in zip(_state_of(warmed), _state_of(reference), strict=True):
@@ -259,7 +260,7 @@ def test_graphed_training_matches_eager_cuda_training(variant, deterministic_cud
     sequence = batches(50, dev)
     eager, graphed = fresh_trainer(variant, dev), fresh_trainer(variant, dev)
     eager_losses = run_steps(eager, make_step(eager, compiled=False), sequence)
-    graphed_losses = run_steps(graphed, cuda_graph.graphed_step(graphed, 4), sequence)
+    graphed_losses = run_steps(graphed, single.graphed_step(graphed, 4), sequence)
     torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
     probe = torch.cat([x for x, _ in batches(16, dev, seed=1)])  # 64 images neither run trained on
     torch.testing.assert_close(train_mode_logits(graphed.model, probe), train_mode_logits(eager.model, probe),
@@ -274,7 +275,7 @@ def test_replayed_graph_honours_the_schedulers_lr_change(deterministic_cudnn):
     runs = {}
     for kind in ("eager", "graphed"):
         trainer = fresh_trainer("base", dev, lr_patience=0, lr_threshold=10.0)
-        step = make_step(trainer, compiled=False) if kind == "eager" else cuda_graph.graphed_step(trainer, 4)
+        step = make_step(trainer, compiled=False) if kind == "eager" else single.graphed_step(trainer, 4)
         run_steps(trainer, step, sequence[:10])
         trainer.scheduler.step(0.5)
         trainer.scheduler.step(0.5)  # lr 5e-4 -> 5e-5, in place
@@ -299,7 +300,7 @@ def test_a_short_batch_runs_eager_on_the_same_model_optimizer_and_grads(determin
     sequence = full[:4] + [(full[4][0][:3], full[4][1][:3])] + full[5:]  # a 3-image batch in the middle
     eager, graphed = fresh_trainer("base", dev), fresh_trainer("base", dev)
     eager_losses = run_steps(eager, make_step(eager, compiled=False), sequence[:4])
-    step = cuda_graph.graphed_step(graphed, 4)
+    step = single.graphed_step(graphed, 4)
     graphed_losses = run_steps(graphed, step, sequence[:4])
     grads = [p.grad.data_ptr() for p in graphed.model.parameters()]
     eager_losses += run_steps(eager, make_step(eager, compiled=False), sequence[4:])

@@ -23,7 +23,7 @@ import data
 import models
 from models.budget import macs_per_image
 from models.spec import from_dict, load_spec, spec_hash, to_dict
-from orchestrator.search import driver, proxy, space
+from orchestrator.search import command, driver, proxy, space
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.results import rank
 from orchestrator.search.trainable import BudgetError, run_candidate
@@ -152,7 +152,7 @@ def test_ranking_puts_full_proxy_candidates_first_and_flags_the_pareto_front():
     (["--resume", "--name", "nope"], "no MLflow store at"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_trial(flags, message, tiny_cifar, tmp_path, capsys):
-    assert driver.main(search_args(tmp_path, tiny_cifar) + flags) == 2
+    assert command.main(search_args(tmp_path, tiny_cifar) + flags) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
@@ -163,7 +163,7 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
                                                                                      local_ray):
     """6 candidates one at a time (so ASHA's decisions repeat on a machine), 2 epochs, on data whose test batch
     is garbage: the search ran, so it never read the test set."""
-    assert driver.main(search_args(tmp_path, no_test_set, "--name", "s1", "--candidates", "6",
+    assert command.main(search_args(tmp_path, no_test_set, "--name", "s1", "--candidates", "6",
                                    "--concurrent", "1", "--top-k", "2", "--revalidate-seeds", "2")) == 0
     uri, client = f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [parent] = runs_of(uri, "search")
@@ -198,7 +198,7 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
 
 
 def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):
-    assert driver.main(search_args(tmp_path, tiny_cifar, "--name", "mo", "--candidates", "4", "--proxy-epochs",
+    assert command.main(search_args(tmp_path, tiny_cifar, "--name", "mo", "--candidates", "4", "--proxy-epochs",
                                    "1", "--objective", "accuracy,macs")) == 0
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     [parent] = runs_of(uri, "search")
@@ -265,7 +265,7 @@ def write_records(folder: Path, accuracies: dict[str, list[float]]) -> None:
 
 def test_proxy_check_reports_the_spearman_correlation_with_the_records(tiny_cifar, tmp_path, local_ray, capsys):
     write_records(tmp_path / "grid", {"base": [0.70, 0.71], "v5": [0.66], "v6": [0.77], "alpha": [0.78]})
-    code = driver.main(search_args(tmp_path, tiny_cifar, "--proxy-check", "--name", "pc", "--results",
+    code = command.main(search_args(tmp_path, tiny_cifar, "--proxy-check", "--name", "pc", "--results",
                                    str(tmp_path / "grid"), "--variants", "base,v5,v6"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     [parent] = runs_of(uri, "proxy-check")

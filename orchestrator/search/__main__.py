@@ -1,8 +1,8 @@
 """`python -m orchestrator.search`: architecture search under the paper's storage budget
-(orchestrator.search.driver)."""
+(orchestrator.search.command)."""
 import sys
 
-from orchestrator.search.driver import main
+from orchestrator.search.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from models import MAX_PARAMS, get_spec
 from models.spec import to_dict
 from orchestrator.search import tracking as search_tracking
+from orchestrator.search.driver import open_search
 from orchestrator.search.config import ConfigError, SearchConfig
 from orchestrator.sweep import records
 
@@ -92,7 +93,6 @@ def _report(cfg: SearchConfig, rho: float, rows: list[dict], protocol: dict) -> 
 
 def run_proxy_check(cfg: SearchConfig) -> int:
     """The check; exit code 0 when rho >= TRUST_RHO, 1 below it (2 for bad input, raised)."""
-    from orchestrator.search.driver import open_search
     if cfg.resume:
         raise ConfigError("--resume does not apply to --proxy-check: run the check again (it is one command)")
     full, protocol = full_protocol_accuracy(cfg.results)

@@ -274,23 +274,3 @@ def run_search(cfg: SearchConfig) -> dict:
     out = close_search(search, results, time.perf_counter() - started)
     print_summary(search, out)
     return {**out, "search": search}
-
-
-def main(argv=None) -> int:
-    from orchestrator.search.config import parse_config
-    from orchestrator.search import results as tables
-    try:
-        cfg = parse_config(argv)
-        if cfg.proxy_check:
-            from orchestrator.search.check import run_proxy_check
-            return run_proxy_check(cfg)
-        out = run_search(cfg)
-    except (ConfigError, data.DataError, tracking.TrackingError, SweepError, SearchError, records.RecordError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # Tune saved the search: --resume continues it
-        print(f"interrupted: {e or 'continue with `python -m orchestrator.search --resume`'}", file=sys.stderr)
-        return 130
-    if out["search"].cfg.revalidate:
-        return tables.revalidate(out["commands"])
-    return 0

@@ -3,8 +3,7 @@
 At batch 4 a step of these ~136k-parameter CNNs is a few hundred tiny kernels (forward, backward, Adam); on a GPU
 its time goes to launching them from Python, not to running them. A CUDA graph records the step's kernels once
 and replays them all with one launch. `CapturedStep` captures any training step that keeps its state in tensors;
-`graphed_step(seed, batch_size)` is one seed's (orchestrator.training.single), `FusedSeeds.graphed` the K fused
-seeds' (orchestrator.training.fused): step(x, y) -> (losses, hits), tensors on the device, no host sync.
+`single.graphed_step` captures one seed's step, `FusedSeeds.graphed_step` the K fused seeds' one: step(x, y) -> (losses, hits), tensors on the device, no host sync.
 
 What PyTorch's CUDA-graph docs ("Whole-network capture", CUDA semantics notes) require, and how it is met here:
 
@@ -38,9 +37,6 @@ from typing import Callable
 
 import torch
 
-from orchestrator.training.adam import float32_lr
-from orchestrator.training.protocol import Seed
-from orchestrator.training.single import forward_backward_step
 
 WARMUP_STEPS = 3  # the docs' example; the lazy initialisations (Adam's state, cuDNN/cuBLAS handles) happen in the first
 
@@ -131,23 +127,3 @@ def check_device(device: torch.device) -> None:
     if device.type != "cuda":
         raise ValueError(f"a CUDA graph needs a trainer on a CUDA device, got one on {device}: on CPU the trainers "
                          f"step eagerly or compiled, whatever --cuda-graph says")
-
-
-def seed_tensors(s: Seed) -> dict[str, torch.Tensor]:
-    """Everything a step of seed `s` changes: its parameters, buffers and Adam state, by name."""
-    return {**{f"param.{n}": p for n, p in s.model.named_parameters()},
-            **{f"buffer.{n}": b for n, b in s.model.named_buffers()},
-            **{f"adam.{n}": t for n, t in s.optimizer.tensors().items()}}
-
-
-def graphed_step(s: Seed, batch_size: int) -> CapturedStep:
-    """One seed's training step (single.forward_backward_step) as a CUDA graph: torch's Adam made capturable, grads
-    set to None before the capture (the graph allocates them), zeroed in place before an eager step."""
-    check_device(next(s.model.parameters()).device)
-    model, optimizer = s.model, s.optimizer
-    lrs = optimizer.make_capturable()
-    return CapturedStep(lambda x, y: forward_backward_step(model, optimizer, x, y), lambda: seed_tensors(s),
-                        batch_size=batch_size,
-                        memory_format=s.memory_format, prepare=lambda: optimizer.zero_grad(set_to_none=True),
-                        before_eager=lambda: optimizer.zero_grad(set_to_none=False),
-                        context=lambda: float32_lr(lrs))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from orchestrator.training import protocol
+from orchestrator.training.adam import float32_lr
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.loss import cross_entropy
 from orchestrator.training.protocol import EpochStats, Seed, TrialData, make_seed, snapshot
@@ -38,6 +39,27 @@ def make_step(s: Seed, compiled: bool):
     return torch.compile(step) if compiled else step
 
 
+def seed_tensors(s: Seed) -> dict[str, torch.Tensor]:
+    """Everything a step of seed `s` changes: its parameters, buffers and Adam state, by name."""
+    return {**{f"param.{n}": p for n, p in s.model.named_parameters()},
+            **{f"buffer.{n}": b for n, b in s.model.named_buffers()},
+            **{f"adam.{n}": t for n, t in s.optimizer.tensors().items()}}
+
+
+def graphed_step(s: Seed, batch_size: int):
+    """One seed's training step (single.forward_backward_step) as a CUDA graph: torch's Adam made capturable, grads
+    set to None before the capture (the graph allocates them), zeroed in place before an eager step."""
+    from orchestrator.training.cuda_graph import CapturedStep, check_device  # CUDA only: CPU runs never import it
+    check_device(next(s.model.parameters()).device)
+    model, optimizer = s.model, s.optimizer
+    lrs = optimizer.make_capturable()
+    return CapturedStep(lambda x, y: forward_backward_step(model, optimizer, x, y), lambda: seed_tensors(s),
+                        batch_size=batch_size,
+                        memory_format=s.memory_format, prepare=lambda: optimizer.zero_grad(set_to_none=True),
+                        before_eager=lambda: optimizer.zero_grad(set_to_none=False),
+                        context=lambda: float32_lr(lrs))
+
+
 class SingleSeed:
     """One seed of `variant`, built as a trial builds it (resumed from `state`, a checkpoint of either trainer)."""
 
@@ -49,7 +71,6 @@ class SingleSeed:
         self.memory_format = self.eval_format = s.memory_format
         self.graphed = device.type == "cuda" and cfg.cuda_graph
         if self.graphed:
-            from orchestrator.training.cuda_graph import graphed_step  # CUDA only: CPU runs never import it
             self.step = graphed_step(s, cfg.batch_size)
         else:
             self.step = make_step(s, cfg.compile)
