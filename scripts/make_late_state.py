@@ -2,7 +2,7 @@
 
 Why: V6 holds thousands of subnormal weights and Adam moments after ~5 epochs, and only then is a step several
 times slower without flushing. A benchmark that starts from a fresh model never sees that, so `bench`
-times the state this script saves (orchestrator/bench/late_states/). It is a real trial's checkpoint, not a
+times the state this script saves (bench/late_states/). It is a real trial's checkpoint, not a
 synthetic one: about an hour of one core for V6 to epoch 7.
 
     python scripts/make_late_state.py --variant v6 --epochs 7 --out /tmp/late
