@@ -1,6 +1,7 @@
 """The README stays true: every flag of every command it documents is named in it, every command in its code
-blocks parses with that command's own parser, every `make` target and every file it names exists, its layout lists
-every module, and its examples (a spec, a sweep config, the MLflow model, a published model on a PNG) run."""
+blocks (and in docs/) parses with that command's own parser, every `make` target and every file it names exists,
+its layout lists every module, and its examples (a spec, a sweep config, the MLflow model, a published model on a
+PNG) run."""
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,8 @@ def test_every_flag_is_in_the_readme(command, monkeypatch):
 
 
 def test_the_readme_results_table_is_what_the_published_records_give():
-    table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["results_table"](REPO / "results" / "paper-grid-unfused")
+    results_table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["results_table"]
+    table = results_table(REPO / "results" / "paper-grid-unfused")
     assert table in README.read_text(), "update README's Results: python scripts/results_table.py"
 
 
@@ -137,14 +139,15 @@ def _commands(line: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def _documented_commands() -> list[tuple[str, list[str]]]:
-    return [c for line in _shell_lines(README.read_text()) for c in _commands(line)]
+def _documented_commands(*docs: Path) -> list[tuple[str, list[str]]]:
+    return [c for doc in docs or (README, *DOCS) for line in _shell_lines(doc.read_text()) for c in _commands(line)]
 
 
 def test_the_readme_runs_commands_and_every_block_says_its_language():
-    openings = re.findall(r"^```(\w*)$", README.read_text(), re.M)[::2]  # fences alternate: open, close
-    assert all(openings), "README: a code block without a language (bash, python, toml or text)"
-    commands = {c for c, _ in _documented_commands()}
+    for doc in (README, *DOCS):
+        openings = re.findall(r"^```(\w*)$", doc.read_text(), re.M)[::2]  # fences alternate: open, close
+        assert all(openings), f"{doc.name}: a code block without a language (bash, python, toml or text)"
+    commands = {c for c, _ in _documented_commands(README)}
     assert {"orchestrator.run", "orchestrator.report", "orchestrator.search", "bench.published"} <= commands, commands
 
 
@@ -171,7 +174,8 @@ def test_every_make_target_in_the_readme_exists():
     code = "\n".join(_blocks(text, "bash", "sh") + re.findall(r"`([^`\n]+)`", text))
     targets = set(re.findall(r"(?:^|[\s;&|(])make[ \t]+([A-Za-z_][\w-]*)(?!\S*=)", code, re.M))
     assert {"install", "quick", "run", "ui", "test"} <= targets, targets
-    assert not targets - _makefile_targets(), f"README names make targets the Makefile lacks: {targets - _makefile_targets()}"
+    unknown = targets - _makefile_targets()
+    assert not unknown, f"README names make targets the Makefile lacks: {unknown}"
 
 
 NAMED_PATH = re.compile(r"(?<![\w/.~-])((?:results|docs|scripts)/[^\s`'\"()\[\]|,;:]*)")
