@@ -2,7 +2,7 @@
 
 Why: V6 holds thousands of subnormal weights and Adam moments after ~5 epochs, and only then is a step several
 times slower without flushing. A benchmark that starts from a fresh model never sees that, so `bench`
-times the state this script saves (orchestrator/bench/late_states/). It is a real trial's checkpoint, not a
+times the state this script saves (bench/late_states/). It is a real trial's checkpoint, not a
 synthetic one: about an hour of one core for V6 to epoch 7.
 
     python scripts/make_late_state.py --variant v6 --epochs 7 --out /tmp/late
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=7, help="train this many epochs (default: 7)")
     p.add_argument("--keep-from", type=int, default=5, help="save the checkpoints of this epoch on (default: 5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    p.add_argument("--data-dir", default="", help="CIFAR-10 directory (default: $CIFAR10_DIR or ./data)")
+    p.add_argument("--data-dir", default="",
+                   help="CIFAR-10 directory (default: $CIFAR10_DIR, else ~/.cache/resnet-revisited/cifar10)")
     p.add_argument("--out", type=Path, required=True, help="folder for <variant>-seed<k>-epoch<e>-noflush.pt")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
