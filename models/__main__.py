@@ -3,6 +3,7 @@
 `python -m models SPEC.toml [SPEC.json ...]`: price each spec file from the spec alone (params, size, MACs, hash)
 against the paper's budget; exit 0 when all fit, 1 when one is over the budget, 2 when one is not a valid spec.
 """
+import argparse
 import sys
 
 from . import budget
@@ -39,7 +40,10 @@ def describe(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("specs", nargs="*", metavar="SPEC", help="spec files (.toml or .json) to price against the "
+                                                               "paper's budget; none: print the zoo")
+    paths = parser.parse_args(argv).specs
     return max(describe(p) for p in paths) if paths else zoo()
 
 

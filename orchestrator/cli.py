@@ -17,6 +17,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+class Verbatim(str):
+    """Help text whose line breaks are kept (the examples): the help formatter reflows any other text."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every flag's default unless it is empty ("" or no items: the help text says what that means), and
+    prints Verbatim text as written."""
+
+    def _get_help_string(self, action):
+        empty = action.default is None or action.default is argparse.SUPPRESS or action.default in ("", ())
+        if action.help and "%(default)" not in action.help and not empty:
+            return action.help + " (default: %(default)s)"
+        return action.help
+
+    def _fill_text(self, text, width, indent):
+        if isinstance(text, Verbatim):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def directory_problem(path: str | os.PathLike, writable: bool = True) -> str | None:
     """What keeps `path` from being a directory (that this process can write into, creating it and its missing
     parents if need be), in a few words; None when nothing does. Creates and writes nothing."""

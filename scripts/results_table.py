@@ -40,7 +40,7 @@ def results_table(results_dir: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(REPO / "results" / "paper-grid"),
                    help="the records' folder, with its report (default results/paper-grid)")
     args = p.parse_args(argv)

@@ -56,7 +56,7 @@ def _mains():
     import bench.pipeline
     import bench.published
     from orchestrator.analysis import report
-    from orchestrator.search import driver as search
+    from orchestrator.search import command as search
     from orchestrator.sweep import driver, server
     return {"orchestrator.run": lambda: driver.main([]), "orchestrator.report": lambda: report.main([]),
             "orchestrator.search": lambda: search.main([]),

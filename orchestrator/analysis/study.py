@@ -21,11 +21,11 @@ from orchestrator.sweep import records
 from orchestrator.names import sqlite_path, trial_name
 from orchestrator.sweep.tracking import all_pages
 
-# What the report reads of what every trial logs (orchestrator.training.train.EPOCH_METRICS / FINAL_METRICS; a test
+# What the report reads of what every trial logs (orchestrator.training.metrics: EPOCH_METRICS, FINAL_METRICS; a test
 # keeps these a subset of those, so a renamed metric cannot silently empty a table).
 CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 TABLE_METRICS = ("final_val_accuracy", "latency_ms_per_image", "latency_ms_batch1", "size_mb", "param_count")
-# The deployment view (orchestrator.training.export.EXPORT_METRICS), where the trials exported their models.
+# The deployment view (orchestrator.training.metrics.EXPORT_METRICS), where the trials exported their models.
 DEPLOYMENT_METRICS = ("onnx_bytes", "int8_bytes", "onnx_val_accuracy", "int8_val_accuracy",
                       "ort_latency_ms_batch1_fp32", "ort_latency_ms_batch1_int8", "ort_latency_ms_per_image_fp32",
                       "ort_latency_ms_per_image_int8")

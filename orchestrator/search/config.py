@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from models import MAX_PARAMS, list_models
 from models.variants import PAPER_SPECS
-from orchestrator.cli import ArgumentParser
+from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.search import space
 from orchestrator.training.config import ConfigError, option
@@ -158,19 +158,19 @@ def _variants(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-EPILOG = """examples:
+EPILOG = Verbatim("""examples:
   python -m orchestrator.search --name first --candidates 60          # the search, the paper's budget
   python -m orchestrator.search --resume --name first                 # continue it after an interruption
   python -m orchestrator.search --objective accuracy,macs --candidates 100
   python -m orchestrator.search --proxy-check --results results/paper-grid   # is the proxy trustworthy?
-"""
+""")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m orchestrator.search", epilog=EPILOG,
                             description="Architecture search under the paper's storage budget: Ray Tune + Optuna "
                                         "TPE + ASHA over a proxy protocol, every candidate an MLflow run.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=HelpFormatter)
     groups = {section: parser.add_argument_group(section) for section in SECTIONS}
     for f in dataclasses.fields(SearchConfig):
         flag, hint = "--" + f.name.replace("_", "-"), _HINTS[f.name]
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         if hint is bool:
             groups[f.metadata["section"]].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hint) is tuple:
-            groups[f.metadata["section"]].add_argument(flag, type=_variants, metavar="A,B,...", **kw)
+            groups[f.metadata["section"]].add_argument(flag, type=_variants, metavar="A,B,...",
+                                                       **{**kw, "default": ",".join(f.default)})
         else:
             groups[f.metadata["section"]].add_argument(flag, type=_typed(hint), choices=f.metadata["choices"], **kw)
     return parser

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import models
 from models import list_models
-from orchestrator.cli import ArgumentParser
+from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
@@ -160,26 +160,6 @@ def _typed(kind):
     return parse
 
 
-class Verbatim(str):
-    """Help text whose line breaks are kept (the examples): the help formatter reflows any other text."""
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows every flag's default unless it is empty ("" or no items: the help text says what that means), and
-    prints Verbatim text as written."""
-
-    def _get_help_string(self, action):
-        empty = action.default is None or action.default is argparse.SUPPRESS or action.default in ("", ())
-        if action.help and "%(default)" not in action.help and not empty:
-            return action.help + " (default: %(default)s)"
-        return action.help
-
-    def _fill_text(self, text, width, indent):
-        if isinstance(text, Verbatim):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
-
-
 EPILOG = Verbatim("""examples:
   python -m orchestrator.run --quick                  # a first look in minutes: base and v6, 2 seeds, 2 epochs
   python -m orchestrator.run --quick --epochs 3 --variants base,v1,v6   # the same, with these flags instead
@@ -208,7 +188,7 @@ def _add_field(group, f: dataclasses.Field) -> None:
 
 
 def build_parser(prog: str = "python -m orchestrator.run", description: str = "") -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter, epilog=EPILOG)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, epilog=EPILOG)
     parser.add_argument("--config", default="", metavar="FILE.toml",
                         help="read field values from a TOML file (keys are these flags without the leading --: "
                              "epochs = 2, variants = [\"base\", \"v6\"]); flags given here override it")
