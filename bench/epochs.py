@@ -14,7 +14,7 @@ from bench.inputs import even_per_class, load
 from bench.measure import (interleaved, latency_rounds, matmul_peak_gflops, paired, per_second, rotated,
                            step_components)
 from bench.plain import paper_adam, plain_epoch, plain_loader, tutorial_step
-from bench.routes import TrainConfig, cycle, fresh_model, train, trainer_format
+from bench.routes import TrainConfig, cycle, fresh_model, train
 from bench.sizes import BATCH
 from bench.sharing import Load
 
@@ -65,7 +65,7 @@ def throughput_summary(row: dict, cfg: TrainConfig, variant: str, device, peak_g
     plain = statistics.median(row["plain_images_per_second"])
     return {
         **row, "components": {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]},
-        "macs_per_image": macs, "channels_last": trainer_format(cfg, variant, device) == torch.channels_last,
+        "macs_per_image": macs, "channels_last": fresh_model(cfg, variant, device)[1] == torch.channels_last,
         "trainer_median_images_per_second": trainer, "plain_median_images_per_second": plain,
         "speedup": paired(row, "trainer_images_per_second", "plain_images_per_second"),
         "eval_median_images_per_second": statistics.median(row["eval_images_per_second"]),

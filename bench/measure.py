@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import data
 import models
 from bench.plain import paper_adam, plain_loader
-from bench.routes import Route, TrainConfig, cycle, measure_latency, sync, torch_threads, trainer_format
+from bench.routes import Route, TrainConfig, cycle, fresh_model, measure_latency, sync, torch_threads
 
 
 def rotated(names: list, r: int) -> list:
@@ -112,7 +112,7 @@ def step_components(cfg: TrainConfig, variant: str, device, seconds: float, imag
     routes = {}
     for name, fmt, fused, batches in (
             ("plain", torch.contiguous_format, None, cycle(lambda epoch: plain_loader(images, labels, focus))),
-            ("trainer", trainer_format(cfg, variant, device), cfg.fused_adam, cycle(train_set.batches))):
+            ("trainer", fresh_model(cfg, variant, device)[1], cfg.fused_adam, cycle(train_set.batches))):
         torch.manual_seed(0)
         model = models.create_model(variant).to(device=device, memory_format=fmt).train()
         routes[name] = (model, paper_adam(model.parameters(), fused=fused), fmt, batches)
