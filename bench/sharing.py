@@ -51,9 +51,9 @@ class Load:
             try:
                 with p.oneshot():
                     key, t = (p.pid, p.create_time()), p.cpu_times()
-                self._cpu[key] = t.user + t.system
-                if key not in self._labels:
+                if key not in self._labels:  # first the label: a process without one is not counted
                     self._labels[key] = process_label(p)
+                self._cpu[key] = t.user + t.system
             except psutil.Error:
                 pass
         by_label = {}

@@ -21,7 +21,7 @@ import torch
 
 import data
 from bench.inputs import load
-from bench.late_state import count_subnormal, late_state_path, load_late_state
+from bench.late_state import count_subnormal, load_late_state
 from bench.measure import latency_rounds, paired, time_rounds, timed
 from bench.plain import plain_step
 from bench.routes import Route, TrainConfig, fresh_model, fused_step, trainer_step
@@ -91,12 +91,12 @@ def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 
 def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The late-epoch state: training steps and inference with subnormals flushed and not."""
-    state = load_late_state(LATE_VARIANT)
+    path, state = load_late_state(LATE_VARIANT)
     subnormal_params, subnormal_moments = count_subnormal(state)
     d, train_set, focus = step_data(args, sizes, cfg)
     trainer = default_route(args.device, sizes)
     cfg = dataclasses.replace(cfg, compile=trainer == "compiled")
-    log(f"late state: {late_state_path(LATE_VARIANT).name}, epoch {state['epoch']}, {subnormal_params} subnormal "
+    log(f"late state: {path.name}, epoch {state['epoch']}, {subnormal_params} subnormal "
         f"parameters, {subnormal_moments} subnormal exp_avg entries; {trainer} trainer and plain, flushed and not")
 
     def plain(flush):  # each route trains its own copy: a flushed step writes the subnormals back as zeros
@@ -109,7 +109,7 @@ def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
     left = {name: count_subnormal({"model": r.step.model.state_dict(), "optimizer": r.step.optimizer.state_dict()})
             for name, r in routes.items()}
-    out = {"state": late_state_path(LATE_VARIANT).name, "epoch": state["epoch"], "trainer_route": trainer,
+    out = {"state": path.name, "epoch": state["epoch"], "trainer_route": trainer,
            "subnormal_parameters": subnormal_params, "subnormal_exp_avg": subnormal_moments,
            "subnormal_after_timing": left, "ms_per_round": times,
            **{f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()},
