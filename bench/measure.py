@@ -30,19 +30,15 @@ def interleaved(work: dict, rounds: int) -> dict[str, list]:
     return out
 
 
-def ms_per_call(fn, n: int, device) -> float:
+def timed(route: Route, calls: int, device) -> float:
+    """ms per model-step over `calls` calls of the route, with its denormal flushing."""
+    torch.set_flush_denormal(route.flush)
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
+    for _ in range(calls):
+        route.step()
     sync(device)
-    return (time.perf_counter() - t0) / n * 1e3
-
-
-def timed(route: Route, calls: int, device) -> float:
-    """ms per model-step of `calls` calls of the route, with its denormal flushing."""
-    torch.set_flush_denormal(route.flush)
-    return ms_per_call(route.step, calls, device) / route.per_call
+    return (time.perf_counter() - t0) / calls * 1e3 / route.per_call
 
 
 def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> dict[str, list[float]]:

@@ -231,11 +231,10 @@ def bench_parallel(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 
 def bench_orchestration(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
-    same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs. With part
-    1's rate of base, trials are sized to train for sizes.grid_train_seconds each. Structural overhead: what Ray +
-    MLflow add in parts that hardly depend on outside load: start-up once, how much later the trials begin, trial
-    time outside the epochs (checkpoints, logging, model upload), and the CPU share of Ray's daemons and driver
-    (everything of ours in the Ray phase that is not a trial worker), against K trial cores."""
+    same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs; with part
+    1's rate of base, trials train for sizes.grid_train_seconds each. Structural overhead: what Ray adds that
+    outside load hardly moves: start-up, later trial starts, trial time outside the epochs, and its daemons' and
+    driver's CPU (everything of ours in the Ray phase that is not a trial worker) against K trial cores."""
     k, variant = args.parallel_k, "base"
     rate = earlier.get("throughput", {}).get("variants", {}).get(variant, {}).get("trainer_median_images_per_second", 0)
     sweep = orchestration_grid(args, sizes, cfg, variant, rate)
