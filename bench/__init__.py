@@ -19,8 +19,8 @@ Parts (`--parts`, `--skip`; the defaults depend on the device):
    pipeline     data.TrainSet building the paper's batches against the plain route (epochs.py; not run by default)
 
 The rest: cli (command line, environment, result writer), routes (the routes timed; the one module that imports
-the trainer), plain (the yardstick route), measure (the interleaved-rounds timer, peak, step components), workers
-(load accounting, the worker pool), inputs (the images), sizes, table and sections (the Markdown report).
+the trainer), plain (the yardstick route), measure (the interleaved rounds, the timers), sharing (also the load
+accounting and the worker pool), inputs (the images), late_state, sizes, table (the Markdown report).
 Writes OUT-DIR/bench-<quick|full>-<time>.{md,json} (a --parts run: bench-parts, merged) and prints the Markdown.
 """
 from bench.cli import main, parse_args

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 import data
@@ -65,11 +66,8 @@ def names(csv: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in csv.split(",") if x.strip())
 
 
-def comma_separated_ints(csv: str) -> tuple[int, ...]:
-    return tuple(int(k) for k in names(csv))
-
-
-FLAG_TYPES = {"int": int, "float": float, "tuple": comma_separated_ints}  # a Sizes field's annotation -> its parser
+# a Sizes field's annotation -> its flag's parser
+FLAG_TYPES = {"int": int, "float": float, "tuple": lambda csv: tuple(int(k) for k in names(csv))}
 
 
 def check_args(args) -> None:
@@ -96,14 +94,14 @@ def check_args(args) -> None:
 
 
 def resolve(args) -> Sizes:
-    """The defaults that depend on the machine (cores, K, sizes), and the data every part reads."""
+    """The defaults that depend on the machine (cores, K, sizes, an MPS daemon), and the data every part reads."""
     args.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     args.parallel_k = args.parallel_k or (2 if args.device.type == "cuda" else args.cores)
-    args.mps = args.device.type == "cuda" and mps_running()
-    if set(args.parts) - NEED_NO_DATA:
-        args.data_dir, args.data_label = resolve_data(args.data_dir)
-    else:
-        args.data_label = "none read"
+    # an NVIDIA MPS control daemon: processes then share the GPU through it
+    args.mps = args.device.type == "cuda" and any((p.info.get("name") or "").startswith("nvidia-cuda-mps")
+                                                  for p in psutil.process_iter(["name"]))
+    args.data_dir, args.data_label = (resolve_data(args.data_dir) if set(args.parts) - NEED_NO_DATA
+                                      else (args.data_dir, "none read"))
     return sizes_of(args)
 
 
@@ -111,12 +109,6 @@ def sizes_of(args) -> Sizes:
     sizes = QUICK if args.quick else GPU if args.device.type == "cuda" else FULL
     return dataclasses.replace(sizes, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
                                          if "flag" in f.metadata and getattr(args, f.name) is not None})
-
-
-def mps_running() -> bool:
-    """Whether an NVIDIA MPS control daemon is up (then processes share the GPU through it)."""
-    import psutil
-    return any((p.info.get("name") or "").startswith("nvidia-cuda-mps") for p in psutil.process_iter(["name"]))
 
 
 def environment(args, sizes: Sizes, argv) -> dict:
@@ -163,7 +155,9 @@ def main(argv=None) -> int:
     for part in args.parts:  # written after each part: a part that fails or is cut off keeps the ones before
         res[part] = PARTS[part](args, sizes, cfg, log, res)
         env["bench_seconds"] = time.perf_counter() - t_start
-        write_results(res, stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".md").write_text(render(res))
+        stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     print("\n" + render(res) + f"\nwrote {stem}.md and {stem}.json ({env['bench_seconds']:.0f} s)")
     return 0
 
@@ -184,9 +178,3 @@ def main_with_parts(parts: str):
         argv = list(sys.argv[1:] if argv is None else argv)
         return main(argv if any(a.startswith("--parts") for a in argv) else ["--parts", parts, *argv])
     return run
-
-
-def write_results(res: dict, stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(render(res))
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))

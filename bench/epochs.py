@@ -11,11 +11,12 @@ import torch
 import data
 import models
 from bench.inputs import even_per_class, load
-from bench.measure import matmul_peak_gflops, paired, per_second, rotated, step_components
+from bench.measure import (interleaved, latency_rounds, matmul_peak_gflops, paired, per_second, rotated,
+                           step_components)
 from bench.plain import paper_adam, plain_epoch, plain_loader, tutorial_step
-from bench.routes import TrainConfig, cycle, fresh_model, measure_latency, train, trainer_format
+from bench.routes import TrainConfig, cycle, fresh_model, train
 from bench.sizes import BATCH
-from bench.workers import Load
+from bench.sharing import Load
 
 
 def bench_throughput(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
@@ -64,7 +65,7 @@ def throughput_summary(row: dict, cfg: TrainConfig, variant: str, device, peak_g
     plain = statistics.median(row["plain_images_per_second"])
     return {
         **row, "components": {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]},
-        "macs_per_image": macs, "channels_last": trainer_format(cfg, variant, device) == torch.channels_last,
+        "macs_per_image": macs, "channels_last": fresh_model(cfg, variant, device)[1] == torch.channels_last,
         "trainer_median_images_per_second": trainer, "plain_median_images_per_second": plain,
         "speedup": paired(row, "trainer_images_per_second", "plain_images_per_second"),
         "eval_median_images_per_second": statistics.median(row["eval_images_per_second"]),
@@ -83,8 +84,8 @@ def bench_epoch(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     result = train(cfg, "base", 0, trial_data=d, device=args.device, measure=False)
     wall = time.perf_counter() - t0
     h = result["history"][0]
-    focus = torch.tensor(data.parse_focus_classes(cfg.focus_classes))
-    images = len(d.train_labels) + int(torch.isin(d.train_labels, focus).sum())  # originals + focused copies
+    images = data.TrainSet(d.train_images, d.train_labels,  # originals + focused copies
+                           focus_classes=data.parse_focus_classes(cfg.focus_classes)).num_samples()
     train_seconds = images / h["train_images_per_second"]
     log(f"  base, {images:,} images: epoch {h['epoch_seconds']:.1f} s (train {train_seconds:.1f} s), "
         f"train() call {wall:.1f} s, val accuracy {h['val_accuracy']:.3f}")
@@ -103,15 +104,9 @@ def bench_latency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     d = load(args.data_dir, val_images=sizes.latency_images)
     log(f"latency: {len(d.val_labels)} validation images, {sizes.batch1_calls} batch-1 calls, "
         f"{sizes.latency_repeats} repeats")
-    rows = {v: {"latency_ms_per_image": [], "latency_ms_batch1": []} for v in args.variants}
     load_ = Load()
-    for _ in range(sizes.latency_repeats):
-        for v in args.variants:
-            model, fmt = fresh_model(cfg, v, args.device)
-            m = measure_latency(model, d.val_images, d.val_labels, args.device, batch1_calls=sizes.batch1_calls,
-                                memory_format=fmt)
-            for key in rows[v]:
-                rows[v][key].append(m[key])
+    rows = latency_rounds({v: (lambda v=v: fresh_model(cfg, v, args.device), True) for v in args.variants},
+                          d.val_images, d.val_labels, sizes, args.device)
     return {"images": len(d.val_labels), "batch1_calls": sizes.batch1_calls, "variants": rows, "load": load_.stop()}
 
 
@@ -138,10 +133,8 @@ def bench_pipeline(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
         base_step()
     log(f"pipeline: {len(d.train_labels):,} training images, focused epoch of {ours.num_samples():,} samples, "
         f"{sizes.rounds} rounds of ~{sizes.pipeline_seconds:g} s each")
-    rates = {name: [] for name in work}
-    for r in range(sizes.rounds):
-        for name in rotated(list(work), r):
-            rates[name].append(per_second(work[name], sizes.pipeline_seconds))
+    rates = interleaved({name: lambda r, fn=fn: per_second(fn, sizes.pipeline_seconds) for name, fn in work.items()},
+                        sizes.rounds)
     ours_rate, plain_rate = statistics.median(rates["ours"]), statistics.median(rates["plain"])
     step_ms = 1e3 / statistics.median(rates["step"])
     return {"train_images": len(d.train_labels), "samples_per_epoch": ours.num_samples(), "rounds": sizes.rounds,

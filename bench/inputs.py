@@ -13,6 +13,7 @@ from bench.routes import TrialData
 
 SYNTHETIC = Path(tempfile.gettempdir()) / "bench-synthetic-cifar10"  # made once, reused by later runs
 
+
 def resolve_data(data_dir: str | None) -> tuple[str, str]:
     """(the CIFAR-10 directory every part and worker reads, what it holds): --data-dir, else $CIFAR10_DIR, else the
     default cache. When none was named and the cache holds none (a bare GPU machine), synthetic images of
@@ -24,19 +25,14 @@ def resolve_data(data_dir: str | None) -> tuple[str, str]:
     except data.DataError:
         if data_dir or os.environ.get("CIFAR10_DIR"):
             raise
-    if not (SYNTHETIC / "test_batch.bin").is_file():
-        write_synthetic()
+    if not (SYNTHETIC / "test_batch.bin").is_file():  # written whole to a temp dir, then renamed: never half
+        tmp = Path(tempfile.mkdtemp(prefix=SYNTHETIC.name + "-"))
+        data.write_cifar10_binary(tmp, *data.synthetic_cifar10(5000, seed=0), *data.synthetic_cifar10(1000, seed=1))
+        try:
+            tmp.rename(SYNTHETIC)
+        except OSError:  # another run wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(SYNTHETIC), f"synthetic ({SYNTHETIC}: 50,000 training images of CIFAR-10's size, no CIFAR-10 found)"
-
-
-def write_synthetic() -> None:
-    """50,000 training and 10,000 validation images (data.synthetic_cifar10), written whole or not at all."""
-    tmp = Path(tempfile.mkdtemp(prefix=SYNTHETIC.name + "-"))
-    data.write_cifar10_binary(tmp, *data.synthetic_cifar10(5000, seed=0), *data.synthetic_cifar10(1000, seed=1))
-    try:
-        tmp.rename(SYNTHETIC)
-    except OSError:  # another run wrote it first
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(root: str, per_class: int = 0, val_images: int | None = None) -> TrialData:

@@ -29,14 +29,11 @@ def count_subnormal(state: dict) -> tuple[int, int]:
     return params, moments
 
 
-def late_state_path(variant: str = "v6") -> Path:
+def load_late_state(variant: str = "v6") -> tuple[Path, dict]:
+    """The newest late state of `variant` kept in late_states/: its path and the state (weights_only: a state file
+    is data, never code)."""
     paths = sorted(LATE_STATES.glob(f"{variant}-seed*-epoch*-noflush.pt"))
     if not paths:
         raise FileNotFoundError(f"no late state for {variant} in {LATE_STATES}: make one with "
                                 f"`python scripts/make_late_state.py --variant {variant} --out {LATE_STATES}`")
-    return paths[-1]
-
-
-def load_late_state(variant: str = "v6") -> dict:
-    # weights_only: a state file is data, never code.
-    return torch.load(late_state_path(variant), map_location="cpu", weights_only=True)
+    return paths[-1], torch.load(paths[-1], map_location="cpu", weights_only=True)

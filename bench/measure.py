@@ -1,4 +1,5 @@
-"""The benchmark's timers: the interleaved rounds every part uses, the peak matmul rate, where a step's time goes."""
+"""The benchmark's timers: the interleaved rounds every part uses, routes' steps, latency, the peak matmul rate,
+where a step's time goes."""
 from __future__ import annotations
 
 import statistics
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 import data
 import models
 from bench.plain import paper_adam, plain_loader
-from bench.routes import Route, TrainConfig, cycle, sync, torch_threads, trainer_format
+from bench.routes import Route, TrainConfig, cycle, fresh_model, measure_latency, sync, torch_threads
 
 
 def rotated(names: list, r: int) -> list:
@@ -19,29 +20,50 @@ def rotated(names: list, r: int) -> list:
     return names[r % len(names):] + names[:r % len(names)]
 
 
-def ms_per_call(fn, n: int, device) -> float:
+def interleaved(work: dict, rounds: int) -> dict[str, list]:
+    """The interleaved rounds every part runs: each of `work`'s functions called once a round with the round's
+    number, in rotated order; what each returned, round by round."""
+    out = {name: [] for name in work}
+    for r in range(rounds):
+        for name in rotated(list(work), r):
+            out[name].append(work[name](r))
+    return out
+
+
+def timed(route: Route, calls: int, device) -> float:
+    """ms per model-step over `calls` calls of the route, with its denormal flushing."""
+    torch.set_flush_denormal(route.flush)
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
+    for _ in range(calls):
+        route.step()
     sync(device)
-    return (time.perf_counter() - t0) / n * 1e3
+    return (time.perf_counter() - t0) / calls * 1e3 / route.per_call
 
 
 def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> dict[str, list[float]]:
-    """ms per model-step of each route, per round, the routes interleaved in rotated order in one process; a few
-    warm-up calls first (on CUDA more: the first captures the graph, then allocations settle)."""
+    """ms per model-step of each route, per round, the routes interleaved in one process; a few warm-up calls
+    first (on CUDA more: the first captures the graph, then allocations settle)."""
     for route in routes.values():
-        torch.set_flush_denormal(route.flush)
-        for _ in range(10 if device.type == "cuda" else 3):
-            route.step()
-    times = {name: [] for name in routes}
-    for r in range(rounds):
-        for name in rotated(list(routes), r):
-            torch.set_flush_denormal(routes[name].flush)
-            times[name].append(ms_per_call(routes[name].step, calls, device) / routes[name].per_call)
+        timed(route, 10 if device.type == "cuda" else 3, device)
+    times = interleaved({name: lambda r, route=route: timed(route, calls, device) for name, route in routes.items()},
+                        rounds)
     torch.set_flush_denormal(True)
     return times
+
+
+def latency_rounds(models: dict, images, labels, sizes, device) -> dict:
+    """`measure_latency`'s two definitions (per image in batches of 4, batch 1) of each of `models` ({name:
+    (a function giving a model and its memory format, whether to flush denormals)}), interleaved over
+    sizes.latency_repeats: {name: {definition: [ms, one per repeat]}}."""
+    def measure(make, flush: bool) -> dict:
+        model, fmt = make()
+        return measure_latency(model, images, labels, device, batch1_calls=sizes.batch1_calls, memory_format=fmt,
+                               flush_denormals=flush)
+    got = interleaved({name: lambda r, m=m: measure(*m) for name, m in models.items()}, sizes.latency_repeats)
+    torch.set_flush_denormal(True)
+    return {name: {key: [m[key] for m in ms] for key in ("latency_ms_per_image", "latency_ms_batch1")}
+            for name, ms in got.items()}
 
 
 def per_second(fn, seconds: float) -> float:
@@ -51,15 +73,6 @@ def per_second(fn, seconds: float) -> float:
         total += fn()
         if (elapsed := time.perf_counter() - t0) >= seconds:
             return total / elapsed
-
-
-def first_call_seconds(route: Route, device) -> float:
-    """The first call alone: what compiling (or capturing a CUDA graph) costs a trial once."""
-    torch.set_flush_denormal(route.flush)
-    t0 = time.perf_counter()
-    route.step()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def paired(times: dict, a: str, b: str) -> float:
@@ -95,7 +108,7 @@ def step_components(cfg: TrainConfig, variant: str, device, seconds: float, imag
     routes = {}
     for name, fmt, fused, batches in (
             ("plain", torch.contiguous_format, None, cycle(lambda epoch: plain_loader(images, labels, focus))),
-            ("trainer", trainer_format(cfg, variant, device), cfg.fused_adam, cycle(train_set.batches))):
+            ("trainer", fresh_model(cfg, variant, device)[1], cfg.fused_adam, cycle(train_set.batches))):
         torch.manual_seed(0)
         model = models.create_model(variant).to(device=device, memory_format=fmt).train()
         routes[name] = (model, paper_adam(model.parameters(), fused=fused), fmt, batches)

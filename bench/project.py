@@ -53,18 +53,18 @@ def trial_tail_seconds(v: str, lat: dict | None) -> float:
 
 
 def trials_at_once(res: dict, k: int) -> tuple[int, float, bool]:
-    """(trials at once, their speed-up over one alone, whether it was measured)."""
+    """(trials at once, their speed-up over one alone, whether it was measured): part 3's, else the concurrency
+    part's best K, else K unmeasured."""
     if res.get("parallel"):
-        par = res["parallel"]
-        return par["k"], par["k"] * par["efficiency"], True
+        return res["parallel"]["k"], res["parallel"]["k"] * res["parallel"]["efficiency"], True
     rows = {int(n): r["speedup"] for n, r in (res.get("concurrency") or {}).get("k", {}).items() if r.get("speedup")}
-    if rows:
-        best = max(rows, key=rows.get)
-        return best, rows[best], True
-    return k, float(k), False
+    best = max(rows, key=rows.get, default=None)
+    return (best, rows[best], True) if rows else (k, float(k), False)
 
 
 def orchestration_seconds(orch: dict | None, trials: int, pairs: int, k: int, train_wall: float) -> float:
+    """Ray/MLflow's share of the grid's wall time: start-up once, each trial's later start, each pair's time
+    outside the epochs, and its daemons' share of the cores all along (see ASSUMPTIONS)."""
     if not orch:
         return 0.0
     return (max(0.0, orch["fixed_seconds"]) + (orch["late_start_seconds"] * trials

@@ -21,8 +21,8 @@ from orchestrator.training.protocol import TrialData, build, evaluate, load_stat
 from orchestrator.training.single import make_step
 from orchestrator.training.train import speed_in_effect, train
 
-__all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "measure_latency", "sync", "torch_threads",
-           "train", "evaluate", "export", "latency", "records", "speed_in_effect", "cycle", "Route", "trainer_step", "fused_step", "fresh_model", "trainer_format", "run_sweep"]
+__all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "evaluate", "export", "latency", "measure_latency",
+           "records", "speed_in_effect", "sync", "torch_threads", "train"]  # taken from the trainer for the rest
 
 
 @dataclasses.dataclass
@@ -44,14 +44,10 @@ def cycle(make_epoch):
 
 
 def fresh_model(cfg: TrainConfig, variant: str, device) -> tuple[torch.nn.Module, torch.memory_format]:
-    """A fresh model as the trainer builds it, and the memory format its inputs take."""
+    """A fresh model as the trainer builds it, and the memory format its inputs take (protocol.build keeps V2/Alpha
+    contiguous on CPU: a oneDNN bug)."""
     s = build(cfg, variant, device)
     return s.model, s.memory_format
-
-
-def trainer_format(cfg: TrainConfig, variant: str, device) -> torch.memory_format:
-    """The memory format the trainer really uses (protocol.build keeps V2/Alpha contiguous on CPU: a oneDNN bug)."""
-    return fresh_model(cfg, variant, device)[1]
 
 
 def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, device, graphed: bool = False,

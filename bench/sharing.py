@@ -1,102 +1,266 @@
-"""Trials sharing the machine: K one-thread trials at once (3), the same grid through Ray Tune + MLflow and through
-plain processes (4), and K processes training on one device at once (concurrency)."""
+"""Trials sharing the machine: CPU-load accounting (`Load`), the one pool of spawned worker processes, and the parts
+that use them: K one-thread trials at once (3), the same grid through Ray Tune + MLflow and through plain processes
+(4), and K processes training on one device at once (concurrency)."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
+import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from bench.inputs import even_per_class
-from bench.measure import rotated
-from bench.routes import SweepConfig, TrainConfig, run_sweep
-from bench.workers import RAY_WORKER, Load, Workers, ray_trial_stats
+import psutil
+import torch
+
+import data
+from bench.inputs import even_per_class, load
+from bench.measure import interleaved
+from bench.routes import SweepConfig, TrainConfig, run_sweep, sync, train, trainer_step
 
 CONCURRENCY_PER_CLASS = 100  # each concurrency worker's synthetic training set: 1,400 samples an epoch
+RAY_WORKER = "Ray workers (trials)"
 
 
+def machine_busy_seconds() -> float:
+    """Busy CPU-seconds of the whole machine since boot: every state but idle and iowait (psutil.cpu_times)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, state, 0.0) for state in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+class Load:
+    """CPU use during a phase, in cores: the whole machine, this process and everything it started (workers, Ray's
+    daemons and trial processes; sampled every 0.5 s, so a child that lives < 0.5 s is missed), and the rest:
+    other people's processes, which this benchmark cannot control."""
+
+    def __init__(self):
+        self._cpu, self._labels, self._base, self.samples = {}, {}, {}, []
+        self._sample()
+        self._base, self.samples = dict(self._cpu), []  # CPU already spent before the phase
+        self._t0, self._busy0, self._stop = time.time(), machine_busy_seconds(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        """Each process's CPU-seconds so far (a process that ended keeps its last), and by label since the start."""
+        me = psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    key, t = (p.pid, p.create_time()), p.cpu_times()
+                if key not in self._labels:  # first the label: a process without one is not counted
+                    self._labels[key] = process_label(p)
+                self._cpu[key] = t.user + t.system
+            except psutil.Error:
+                pass
+        by_label = {}
+        for key, cpu in self._cpu.items():
+            by_label[self._labels[key]] = by_label.get(self._labels[key], 0.0) + cpu - self._base.get(key, 0.0)
+        self.samples.append((time.time(), by_label))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def cores_between(self, t0: float, t1: float) -> dict | None:
+        """Our CPU by process label between two times (nearest samples), in cores; None if too short."""
+        inside = [(t, c) for t, c in self.samples if t0 <= t <= t1]
+        if len(inside) < 4:
+            return None
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        return {k: (b.get(k, 0.0) - a.get(k, 0.0)) / (tb - ta) for k in b}
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        wall, by_label = time.time() - self._t0, self.samples[-1][1]
+        ours, machine = sum(by_label.values()), machine_busy_seconds() - self._busy0
+        return {"wall_seconds": wall, "machine_cores": machine / wall, "ours_cores": ours / wall,
+                "other_cores": max(0.0, machine - ours) / wall,
+                "ours_by_process_cores": {k: v / wall for k, v in sorted(by_label.items(), key=lambda kv: -kv[1])}}
+
+
+def process_label(p) -> str:
+    """A short name for one of our processes: Ray's titles ('ray::ImplicitFunc'), daemons, scripts, workers."""
+    try:
+        cmd = p.cmdline()
+    except Exception:
+        return "?"
+    if not cmd:
+        return p.name()
+    if cmd[0].startswith("ray::") or any(a.endswith(("default_worker.py", "setup_worker.py")) for a in cmd):
+        return RAY_WORKER
+    if any("multiprocessing" in a for a in cmd):
+        return "spawned worker"
+    if "-m" in cmd[:-1]:
+        return "python -m " + cmd[cmd.index("-m") + 1]
+    scripts = [os.path.basename(a) for a in cmd[1:] if a.endswith(".py")]
+    return scripts[0] if scripts else os.path.basename(cmd[0])
+
+
+# --- the worker pool -------------------------------------------------------------------------------------------------
+def serve(conn, threads: int, device: str) -> None:
+    """A worker's life: requests from the pipe until None, each answered ('ok', result) or ('error', message)."""
+    torch.set_num_threads(threads)
+    cache = {}
+    while (msg := conn.recv()) is not None:
+        try:
+            conn.send(("ok", WORK[msg["kind"]](msg, cache, torch.device(device))))
+        except Exception as e:  # report, keep serving: the driver decides
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def work_epoch(msg, cache, device) -> dict:
+    """One training epoch of `train()` on a subset, started at msg['start_at'] so K processes overlap."""
+    key = (msg["data_dir"], msg["per_class"], msg["val_images"])
+    if key not in cache:
+        cache[key] = load(*key)
+    d, cfg, ends = cache[key], TrainConfig(**msg["cfg"]), []
+    samples = data.TrainSet(d.train_images, d.train_labels, augment=cfg.augment,
+                            focus_classes=data.parse_focus_classes(cfg.focus_classes)).num_samples()
+    time.sleep(max(0.0, msg["start_at"] - time.time()))
+    h = train(cfg, msg["variant"], msg["seed"], trial_data=d, device=device, measure=False,
+              on_epoch_end=lambda seed, epoch, metrics, make_state: ends.append(time.time()))["history"][0]
+    train_s = samples / h["train_images_per_second"]
+    t_end = ends[0] - (h["epoch_seconds"] - train_s)  # the callback comes after the (tiny) validation pass
+    return {"images_per_second": h["train_images_per_second"], "start": t_end - train_s, "end": t_end}
+
+
+def work_trial(msg, cache, device) -> dict:
+    """One whole trial exactly as the Ray trainable runs it (it loads its own data and measures latency)."""
+    t0 = time.time()
+    history = train(TrainConfig(**msg["cfg"]), msg["variant"], msg["seed"], device=device)["history"]
+    return trial_stats(t0, time.time(), [h["epoch_seconds"] for h in history],
+                       [h["train_images_per_second"] for h in history])
+
+
+def work_steps(msg, cache, device) -> dict:
+    """`variant` trained with train()'s step on the device (one CUDA graph there) for msg['seconds'] from
+    msg['start_at']: the model-steps made. The first request builds and warms the route, so that the K workers'
+    timed requests start together."""
+    if "steps" not in cache:
+        x, y = data.synthetic_cifar10(msg["per_class"], seed=0)  # a step's time does not depend on the images
+        cache["steps"] = trainer_step(TrainConfig(compile=False), msg["variant"], data.TrainSet(x, y, device=device),
+                                      device, graphed=device.type == "cuda")
+        for _ in range(10):
+            cache["steps"]()
+        sync(device)
+    time.sleep(max(0.0, msg["start_at"] - time.time()))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < msg["seconds"]:
+        cache["steps"]()
+        n += 1
+    sync(device)
+    return {"steps": n, "seconds": time.perf_counter() - t0}
+
+
+WORK = {"epoch": work_epoch, "trial": work_trial, "steps": work_steps}
+
+
+class Workers:
+    """K spawned processes, each with `threads` torch threads, serving WORK requests over pipes; ended when the
+    `with` block is left. A request that fails raises RuntimeError in `run` (the worker keeps serving)."""
+
+    def __init__(self, k: int, threads: int, device):
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for _ in range(k):
+            parent, child = ctx.Pipe()
+            self.conns.append(parent)
+            self.procs.append(ctx.Process(target=serve, args=(child, threads, str(device)), daemon=True))
+            self.procs[-1].start()
+
+    def run(self, requests: list[dict]) -> list[dict]:
+        """requests[i] to worker i, all at once (the workers past the last request stay idle); their results."""
+        for conn, request in zip(self.conns, requests):
+            conn.send(request)
+        replies = [conn.recv() for conn in self.conns[:len(requests)]]
+        for i, (status, value) in enumerate(replies):
+            if status != "ok":
+                raise RuntimeError(f"worker {i}: {value}")
+        return [value for _, value in replies]
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for conn, p in zip(self.conns, self.procs):
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+
+
+# --- the parts -------------------------------------------------------------------------------------------------------
 def bench_parallel(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """K one-thread processes each training an epoch at once, against one of them alone, interleaved."""
     k, variant = args.parallel_k, "base"
     per_class = even_per_class(sizes.parallel_per_class, args.data_dir)
-    cfg = dataclasses.replace(cfg, epochs=1)
-    workers = Workers(k, 1, args.device)
     log(f"parallel: K={k} processes x 1 thread, {variant}, {14 * per_class} samples per epoch, {sizes.rounds} rounds")
-
-    def request(seed):
-        return {"kind": "epoch", "cfg": cfg.to_dict(), "variant": variant, "seed": seed, "data_dir": args.data_dir,
-                "per_class": per_class, "val_images": 50, "start_at": time.time() + 0.5}
-    try:
-        workers.run([[request(0)] for _ in range(k)])  # warm-up: imports, data load, first-epoch allocations
-        singles, aggregates, overlaps, other_cores = [], [], [], []
-        for r in range(sizes.rounds):
-            for mode in rotated(["single", "all"], r):
-                n = 1 if mode == "single" else k
-                load = Load()
-                res = [x[0] for x in workers.run([[request(r + 1)] for _ in range(n)] + [[]] * (k - n))[:n]]
-                other_cores.append(load.stop()["other_cores"])
-                if mode == "single":
-                    singles.append(res[0]["images_per_second"])
-                else:
-                    aggregates.append(sum(x["images_per_second"] for x in res))
-                    start, end = max(x["start"] for x in res), min(x["end"] for x in res)
-                    union = max(x["end"] for x in res) - min(x["start"] for x in res)
-                    overlaps.append(max(0.0, end - start) / union)
-            log(f"  round {r + 1}: single {singles[-1]:.0f} img/s, {k} at once {aggregates[-1]:.0f} img/s")
-    finally:
-        workers.close()
-    single, aggregate = statistics.median(singles), statistics.median(aggregates)
+    request = {"kind": "epoch", "cfg": dataclasses.replace(cfg, epochs=1).to_dict(), "variant": variant,
+               "data_dir": args.data_dir, "per_class": per_class, "val_images": 50}
+    with Workers(k, 1, args.device) as workers:
+        def at_once(n: int, seed: int) -> dict:
+            """n workers' epochs started together: images/s summed, how much the epochs overlapped, others' load."""
+            load_ = Load()
+            res = workers.run([dict(request, seed=seed, start_at=time.time() + 0.5)] * n)
+            start, end = max(x["start"] for x in res), min(x["end"] for x in res)
+            union = max(x["end"] for x in res) - min(x["start"] for x in res)
+            out = {"images_per_second": sum(x["images_per_second"] for x in res),
+                   "overlap": max(0.0, end - start) / union, "other_cores": load_.stop()["other_cores"]}
+            if seed:  # seed 0 is the warm-up
+                log(f"  round {seed}: {n} at once {out['images_per_second']:.0f} img/s")
+            return out
+        at_once(k, 0)  # warm-up: imports, data load, first-epoch allocations
+        runs = interleaved({"single": lambda r: at_once(1, r + 1), "all": lambda r: at_once(k, r + 1)}, sizes.rounds)
+    singles, aggregates = ([x["images_per_second"] for x in runs[mode]] for mode in ("single", "all"))
     return {"k": k, "variant": variant, "samples_per_epoch": 14 * per_class, "single_images_per_second": singles,
-            "aggregate_images_per_second": aggregates, "overlap_fraction": overlaps,
-            "other_processes_cores": other_cores, "single_median": single, "aggregate_median": aggregate,
+            "aggregate_images_per_second": aggregates, "overlap_fraction": [x["overlap"] for x in runs["all"]],
+            "other_processes_cores": [x["other_cores"] for mode in runs.values() for x in mode],
+            "single_median": statistics.median(singles), "aggregate_median": statistics.median(aggregates),
             # each round's pair ran back to back: paired per round, then the median
             "efficiency": statistics.median(a / (k * b) for a, b in zip(aggregates, singles))}
 
 
-@dataclasses.dataclass
-class GridPhase:
-    """One route through the orchestration grid: its wall time, CPU load, per-trial stats, and when it began
-    (time.time(), the clock the trials' start/end use); the Ray route also splits out ray.init and tuner.fit."""
-    wall_seconds: float
-    load: dict
-    trials: list[dict]
-    began: float
-    init_seconds: float = 0.0
-    fit_seconds: float = 0.0
-
-
 def bench_orchestration(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
-    same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs.
-    With part 1's rate of base, trials are sized to train for sizes.grid_train_seconds each."""
+    same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs; with part
+    1's rate of base, trials train for sizes.grid_train_seconds each. Structural overhead: what Ray adds that
+    outside load hardly moves: start-up, later trial starts, trial time outside the epochs, and its daemons' and
+    driver's CPU (everything of ours in the Ray phase that is not a trial worker) against K trial cores."""
     k, variant = args.parallel_k, "base"
     rate = earlier.get("throughput", {}).get("variants", {}).get(variant, {}).get("trainer_median_images_per_second", 0)
     sweep = orchestration_grid(args, sizes, cfg, variant, rate)
-    per_class = sweep.train.subset_per_class
-    log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on {per_class}/class, "
-        f"{k} at once")
+    log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on "
+        f"{sweep.train.subset_per_class}/class, {k} at once")
     plain = plain_grid(sweep.train, variant, k, args.device)
-    trial_seconds = [x["seconds"] for x in plain.trials]
-    log(f"  plain train() in {k} processes: {plain.wall_seconds:.1f} s (trials "
+    trial_seconds = [x["seconds"] for x in plain["trials"]]
+    log(f"  plain train() in {k} processes: {plain['wall_seconds']:.1f} s (trials "
         f"{', '.join(f'{seconds:.0f}' for seconds in trial_seconds)} s)")
     ray = ray_grid(sweep, k, args.device)
-    log(f"  run_sweep (Ray Tune + MLflow): {ray.wall_seconds:.1f} s (ray.init {ray.init_seconds:.1f} s, tuner.fit "
-        f"{ray.fit_seconds:.1f} s)")
-    fixed = ray.wall_seconds - ray.fit_seconds  # ray.init, driver checks, MLflow parent run, summary: once per sweep
-    fit_start = ray.began + fixed  # near enough: what follows tuner.fit (summary, finishing the parent) is quick
-    return {"k": k, "variant": variant, "epochs": sizes.grid_epochs, "per_class": per_class,
-            "plain_wall_seconds": plain.wall_seconds, "plain_trial_seconds": trial_seconds,
-            "plain_trials": plain.trials, "ray_trials": ray.trials, "plain_load": plain.load, "ray_load": ray.load,
-            "ray_first_trial_start_seconds": min(t["start"] for t in ray.trials) - fit_start,
-            "plain_first_trial_start_seconds": min(t["start"] for t in plain.trials) - plain.began,
-            "ray_wall_seconds": ray.wall_seconds, "ray_init_seconds": ray.init_seconds,
-            "ray_fit_seconds": ray.fit_seconds, "fixed_seconds": fixed,
-            "extra_seconds_per_wave": ray.fit_seconds - plain.wall_seconds,
-            **structural_overhead(fixed, plain.wall_seconds, plain.trials, ray.trials, plain.began, fit_start,
-                                  ray.load, k),
-            "overhead": ray.wall_seconds / plain.wall_seconds - 1, "min_trial_seconds": min(trial_seconds)}
+    log(f"  run_sweep (Ray Tune + MLflow): {ray['wall_seconds']:.1f} s (ray.init {ray['init_seconds']:.1f} s, "
+        f"tuner.fit {ray['fit_seconds']:.1f} s)")
+    fixed = ray["wall_seconds"] - ray["fit_seconds"]  # ray.init, driver checks, MLflow parent run: once per sweep
+    late = max(0.0, ray["first_trial_start_seconds"] - plain["first_trial_start_seconds"])
+    plain_outside, ray_outside = (statistics.median(t["seconds"] - t["epoch_seconds"] for t in phase["trials"])
+                                  for phase in (plain, ray))
+    outside = max(0.0, ray_outside - plain_outside)
+    steady = ray["load"]["steady_by_process_cores"]
+    daemons = max(0.0, sum(steady.values()) - steady.get(RAY_WORKER, 0.0))
+    return {"k": k, "variant": variant, "epochs": sizes.grid_epochs, "per_class": sweep.train.subset_per_class,
+            **{f"plain_{key}": value for key, value in plain.items()},
+            **{f"ray_{key}": value for key, value in ray.items()}, "plain_trial_seconds": trial_seconds,
+            "fixed_seconds": fixed, "extra_seconds_per_wave": ray["fit_seconds"] - plain["wall_seconds"],
+            "late_start_seconds": late, "outside_epochs_extra_seconds": outside, "daemon_cores": daemons,
+            "structural_overhead": (fixed + late + outside) / plain["wall_seconds"] + daemons / k,
+            "overhead": ray["wall_seconds"] / plain["wall_seconds"] - 1, "min_trial_seconds": min(trial_seconds)}
 
 
 def orchestration_grid(args, sizes, cfg: TrainConfig, variant: str, images_per_second: float) -> SweepConfig:
@@ -111,28 +275,33 @@ def orchestration_grid(args, sizes, cfg: TrainConfig, variant: str, images_per_s
                        max_failures=0, gpus_per_trial=(1 / args.parallel_k if args.device.type == "cuda" else 0.0))
 
 
-def plain_grid(train_cfg: TrainConfig, variant: str, k: int, device) -> GridPhase:
-    """The grid as plain `train()` calls, one trial in each of K spawned processes (process start included)."""
-    load = Load()
+def trial_stats(start: float, end: float, epoch_seconds: list, rates: list) -> dict:
+    return {"start": start, "end": end, "seconds": end - start, "epoch_seconds": sum(epoch_seconds),
+            "train_images_per_second": statistics.mean(rates) if rates else float("nan")}
+
+
+def plain_grid(train_cfg: TrainConfig, variant: str, k: int, device) -> dict:
+    """The grid as plain `train()` calls, one trial in each of K spawned processes (process start included): its
+    wall time, CPU load, per-trial stats and when the first trial began."""
+    load_ = Load()
     t0, began = time.perf_counter(), time.time()
-    workers = Workers(k, 1, device)
-    try:
-        trials = workers.run([[{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": seed}]
+    with Workers(k, 1, device) as workers:
+        trials = workers.run([{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": seed}
                               for seed in range(k)])
-    finally:
-        workers.close()
-    wall = time.perf_counter() - t0
-    return GridPhase(wall_seconds=wall, load=load.stop(), trials=[x for w in trials for x in w], began=began)
+    return {"wall_seconds": time.perf_counter() - t0, "load": load_.stop(), "trials": trials,
+            "first_trial_start_seconds": min(t["start"] for t in trials) - began}
 
 
-def ray_grid(cfg: SweepConfig, k: int, device) -> GridPhase:
-    """The grid through `ray.init` + `run_sweep` (Tune, MLflow SQLite in a temp dir); Ray's trial stats from MLflow."""
+def ray_grid(cfg: SweepConfig, k: int, device) -> dict:
+    """The grid through `ray.init` + `run_sweep` (Tune, MLflow SQLite in a temp dir): plain_grid's figures (the
+    first start counted from tuner.fit's), ray.init's and tuner.fit's seconds; the trials' from their MLflow runs."""
     import ray
+    from mlflow import MlflowClient
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     cfg = dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "ray_results"),
                               experiment_name="bench")
     started_here = not ray.is_initialized()
-    load = Load()
+    load_ = Load()
     t0, began = time.perf_counter(), time.time()
     try:
         if started_here:
@@ -141,10 +310,15 @@ def ray_grid(cfg: SweepConfig, k: int, device) -> GridPhase:
         init_seconds = time.perf_counter() - t0
         out = run_sweep(cfg)
         wall = time.perf_counter() - t0
-        ray_load = load.stop()
-        trials = ray_trial_stats(cfg.tracking_uri, out)
+        ray_load = load_.stop()
+        client = MlflowClient(cfg.tracking_uri)  # each trial's child run: its life, its logged epoch times and rates
+        trials = [trial_stats(r.info.start_time / 1e3, r.info.end_time / 1e3,
+                              [m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")],
+                              [m.value for m in client.get_metric_history(r.info.run_id, "train_images_per_second")])
+                  for r in client.search_runs([out["experiment_id"]],
+                                              f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")]
         # Ray's own CPU while all K trials train: its steady cost over a long sweep (start-up is counted apart)
-        steady = load.cores_between(max(t["start"] for t in trials) + 2, min(t["end"] for t in trials) - 2)
+        steady = load_.cores_between(max(t["start"] for t in trials) + 2, min(t["end"] for t in trials) - 2)
         ray_load["steady_by_process_cores"] = steady or ray_load["ours_by_process_cores"]
     finally:
         if started_here:
@@ -153,43 +327,27 @@ def ray_grid(cfg: SweepConfig, k: int, device) -> GridPhase:
     statuses = list(out["summary"]["status"])
     if statuses != ["done"] * k:
         raise RuntimeError(f"orchestration grid did not finish cleanly: {statuses}")
-    return GridPhase(wall_seconds=wall, load=ray_load, trials=trials, began=began, init_seconds=init_seconds,
-                     fit_seconds=out["wall_seconds"])
-
-
-def structural_overhead(fixed, plain_wall, plain_trials, ray_trials, plain_start, fit_start, ray_load, k) -> dict:
-    """What Ray + MLflow add, from parts that hardly depend on outside load: start-up once, how much later the
-    trials begin, trial time outside the epochs (checkpoints, logging, model upload), and the CPU share of Ray's
-    daemons and driver (everything of ours in the Ray phase that is not a trial worker), against K trial cores."""
-    med = lambda ts, f: statistics.median(f(t) for t in ts)  # noqa: E731
-    late = max(0.0, min(t["start"] for t in ray_trials) - fit_start - (min(t["start"] for t in plain_trials) - plain_start))
-    outside = max(0.0, med(ray_trials, lambda t: t["seconds"] - t["epoch_seconds"])
-                  - med(plain_trials, lambda t: t["seconds"] - t["epoch_seconds"]))
-    steady = ray_load["steady_by_process_cores"]
-    daemons = max(0.0, sum(steady.values()) - steady.get(RAY_WORKER, 0.0))
-    return {"late_start_seconds": late, "outside_epochs_extra_seconds": outside, "daemon_cores": daemons,
-            "structural_overhead": (fixed + late + outside) / plain_wall + daemons / k}
+    fit_start = began + wall - out["wall_seconds"]  # near enough: what follows tuner.fit (the summary) is quick
+    return {"wall_seconds": wall, "load": ray_load, "trials": trials,
+            "first_trial_start_seconds": min(t["start"] for t in trials) - fit_start, "init_seconds": init_seconds,
+            "fit_seconds": out["wall_seconds"]}
 
 
 def bench_concurrency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """Aggregate model-steps/s of K processes training base at once on the device with train()'s step, and the
     speed-up over one process. A K that fails (out of memory, say) is reported, and the next K runs."""
     out = {"variant": "base", "mps": args.mps, "k": {}}
+    request = {"kind": "steps", "variant": "base", "per_class": CONCURRENCY_PER_CLASS, "seconds": 0.0, "start_at": 0.0}
     for k in sorted(set(sizes.k_list) | {1}):
-        workers = Workers(k, 1, args.device)
-        request = {"kind": "steps", "variant": "base", "per_class": CONCURRENCY_PER_CLASS, "seconds": 0.0,
-                   "start_at": 0.0}
         try:
-            workers.run([[request]] * k)  # set up and warm up: build, capture, first allocations
-            timed = dict(request, seconds=sizes.concurrency_seconds, start_at=time.time() + 0.5)
-            got = [w[0] for w in workers.run([[timed]] * k)]
+            with Workers(k, 1, args.device) as workers:
+                workers.run([request] * k)  # set up and warm up: build, capture, first allocations
+                got = workers.run([dict(request, seconds=sizes.concurrency_seconds, start_at=time.time() + 0.5)] * k)
             window = max(m["seconds"] for m in got)
             row = {"processes": k, "steps": [m["steps"] for m in got], "window_seconds": window,
                    "model_steps_per_second": sum(m["steps"] for m in got) / window}
         except (RuntimeError, EOFError, OSError) as e:  # a failed request, or a worker that died
             row = {"error": f"{type(e).__name__}: {e}"}
-        finally:
-            workers.close()
         out["k"][str(k)] = row
         log(f"  K={k}: " + (row.get("error") or f"{row['model_steps_per_second']:.0f} model-steps/s"))
     one = out["k"]["1"].get("model_steps_per_second")

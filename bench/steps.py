@@ -21,10 +21,10 @@ import torch
 
 import data
 from bench.inputs import load
-from bench.late_state import count_subnormal, late_state_path, load_late_state
-from bench.measure import first_call_seconds, paired, time_rounds
+from bench.late_state import count_subnormal, load_late_state
+from bench.measure import latency_rounds, paired, time_rounds, timed
 from bench.plain import plain_step
-from bench.routes import Route, TrainConfig, fresh_model, fused_step, measure_latency, trainer_step
+from bench.routes import Route, TrainConfig, fresh_model, fused_step, trainer_step
 
 LATE_VARIANT = "v6"  # the variant whose late epochs hold subnormals (base, v3 and v5 end with none)
 
@@ -74,7 +74,8 @@ def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
            "routes": ["plain", "eager", "graph" if args.device.type == "cuda" else "compiled", "fused"]}
     for v in args.variants:
         routes, not_timed = step_routes(args, sizes, cfg, v, d, train_set, focus)
-        compile_seconds = {trainer: first_call_seconds(routes[trainer], args.device)} if trainer != "eager" else {}
+        # the default route's first call alone: compiling or capturing, what a trial pays once
+        compile_seconds = {trainer: timed(routes[trainer], 1, args.device) / 1e3} if trainer != "eager" else {}
         times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
         row = {f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()}
         row.update({"ms_per_round": times, "compile_seconds": compile_seconds, "trainer_route": trainer,
@@ -90,12 +91,12 @@ def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 
 def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     """The late-epoch state: training steps and inference with subnormals flushed and not."""
-    state = load_late_state(LATE_VARIANT)
+    path, state = load_late_state(LATE_VARIANT)
     subnormal_params, subnormal_moments = count_subnormal(state)
     d, train_set, focus = step_data(args, sizes, cfg)
     trainer = default_route(args.device, sizes)
     cfg = dataclasses.replace(cfg, compile=trainer == "compiled")
-    log(f"late state: {late_state_path(LATE_VARIANT).name}, epoch {state['epoch']}, {subnormal_params} subnormal "
+    log(f"late state: {path.name}, epoch {state['epoch']}, {subnormal_params} subnormal "
         f"parameters, {subnormal_moments} subnormal exp_avg entries; {trainer} trainer and plain, flushed and not")
 
     def plain(flush):  # each route trains its own copy: a flushed step writes the subnormals back as zeros
@@ -108,7 +109,7 @@ def bench_late(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
     left = {name: count_subnormal({"model": r.step.model.state_dict(), "optimizer": r.step.optimizer.state_dict()})
             for name, r in routes.items()}
-    out = {"state": late_state_path(LATE_VARIANT).name, "epoch": state["epoch"], "trainer_route": trainer,
+    out = {"state": path.name, "epoch": state["epoch"], "trainer_route": trainer,
            "subnormal_parameters": subnormal_params, "subnormal_exp_avg": subnormal_moments,
            "subnormal_after_timing": left, "ms_per_round": times,
            **{f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()},
@@ -126,14 +127,7 @@ def late_latency(state: dict, d, sizes, device) -> dict:
     model, fmt = fresh_model(TrainConfig(), LATE_VARIANT, device)
     model.load_state_dict(state["model"])
     vx, vy = d.val_images[:sizes.latency_images], d.val_labels[:sizes.latency_images]
-    rows = {flush: {"latency_ms_per_image": [], "latency_ms_batch1": []} for flush in (True, False)}
-    for _ in range(sizes.latency_repeats):
-        for flush in rows:
-            m = measure_latency(model, vx, vy, device, batch1_calls=sizes.batch1_calls, memory_format=fmt,
-                                flush_denormals=flush)
-            for key in rows[flush]:
-                rows[flush][key].append(m[key])
-    torch.set_flush_denormal(True)
+    rows = latency_rounds({flush: (lambda: (model, fmt), flush) for flush in (True, False)}, vx, vy, sizes, device)
     med = {flush: {key: statistics.median(xs) for key, xs in row.items()} for flush, row in rows.items()}
     return {"flushed": rows[True], "not_flushed": rows[False], "images": len(vy),
             "per_image_slowdown": med[False]["latency_ms_per_image"] / med[True]["latency_ms_per_image"],
