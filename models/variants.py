@@ -6,6 +6,7 @@ pool, then a head. V2 and Alpha add dense skips: SkipConn2d projections from wha
 on, added to a block's output before its ReLU, with stride 1, 2 or 4 to match the receiving resolution.
 """
 from functools import partial
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from .blocks import BottleneckResBlock, DepthwiseResBlock, FireResBlock, ResBlock, SkipConn2d
 from .registry import add_model, registered_spec
-from .spec import IMAGE_CHANNELS, NUM_CLASSES, BlockSpec, HeadSpec, NetSpec
+from .spec import IMAGE_CHANNELS, NUM_CLASSES, BlockSpec, HeadSpec, NetSpec, load_spec
 
 
 class FCHead(nn.Sequential):
@@ -147,3 +148,17 @@ PAPER_SPECS = {
 }
 for _name, _spec in PAPER_SPECS.items():
     register_spec(_name, _spec)
+
+
+def register_spec_files(folder: Path) -> list[str]:
+    """Register every spec file in `folder` under its file's stem, in name order; the names registered. A search's
+    winner becomes a named variant this way: its spec saved as models/specs/<name>.toml."""
+    names = []
+    for path in sorted(folder.glob("*.toml")):
+        register_spec(path.stem, load_spec(path))
+        names.append(path.stem)
+    return names
+
+
+SPEC_FILES = Path(__file__).with_name("specs")  # alpha.toml (the paper's Alpha, as an example) and discoveries
+register_spec_files(SPEC_FILES)

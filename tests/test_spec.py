@@ -326,3 +326,21 @@ def test_python_m_models_prices_spec_files(tmp_path, capsys):
     assert main([str(alpha), str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {bad}: spec: missing field")
+
+
+def test_spec_files_in_a_folder_become_named_variants(tmp_path):
+    """How a search's winner joins the registry: its spec saved as models/specs/<name>.toml is create_model(name)
+    at import. Here on a folder of the test's own, in a child process (the registry is the process's): a new name
+    registers, the paper's Alpha again is a no-op."""
+    import subprocess
+    import sys
+    spec = models.fit_to_budget(models.NetSpec((models.BlockSpec("res", 8), models.BlockSpec("res", 16)),
+                                               pool_after=(1, 2), head=models.HeadSpec("gap")))
+    models.dump_toml(spec, tmp_path / "test-winner.toml")
+    models.dump_toml(models.get_spec("alpha"), tmp_path / "alpha.toml")
+    code = ("import sys, models\nfrom pathlib import Path\nfrom models.variants import register_spec_files\n"
+            "print(register_spec_files(Path(sys.argv[1])))\n"
+            "print(models.count_parameters(models.create_model('test-winner')))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["['alpha', 'test-winner']", str(models.param_count(spec))]
