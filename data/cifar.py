@@ -120,7 +120,7 @@ def _one_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _check_counts(counts: dict[Path, int]) -> None:
+def check_counts(counts: dict[Path, int]) -> None:
     """Per-file and cross-file consistency; see the module docstring for the rule."""
     for path, n in counts.items():
         if n == 0:
@@ -210,11 +210,11 @@ def load_cifar10(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, tor
     names = TRAIN_FILES if split == "train" else (TEST_FILE,)
     if layout == "bin":
         counts = _bin_counts(d)  # all six files, so a test file cut on a record boundary is caught too
-        _check_counts(counts)
+        check_counts(counts)
         parts = [_read_bin(d / f"{n}.bin") for n in names]
     else:
         parts = [_read_py(d / n) for n in names]
-        _check_counts({d / n: len(p[1]) for n, p in zip(names, parts)})
+        check_counts({d / n: len(p[1]) for n, p in zip(names, parts)})
     for n, (_, labels) in zip(names, parts):
         bad = (labels < 0) | (labels > 9)
         if bad.any():

@@ -111,16 +111,16 @@ def test_head_tracking_command_serves_on_the_private_ip(tmp_path):
 def test_detach_stops_only_the_server_it_recorded(tmp_path):
     """A second `ray up` reruns the head's commands: the server recorded in server.pid is stopped first; a pid
     that now belongs to another program is left alone. (Stand-in processes: starting MLflow twice costs ~1 min.)"""
-    from orchestrator.sweep.tracking import _stop_recorded_server
+    from orchestrator.sweep.server import stop_recorded_server
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     ours = subprocess.Popen([*sleeper, "mlflow", "server"], start_new_session=True)
     other = subprocess.Popen(sleeper, start_new_session=True)
     try:
         (tmp_path / "server.pid").write_text(f"{other.pid}\n")
-        _stop_recorded_server(tmp_path / "server.pid")
+        stop_recorded_server(tmp_path / "server.pid")
         assert other.poll() is None, "stopped a process that is not our server"
         (tmp_path / "server.pid").write_text(f"{ours.pid}\n")
-        _stop_recorded_server(tmp_path / "server.pid")
+        stop_recorded_server(tmp_path / "server.pid")
         assert ours.wait(timeout=30) == -signal.SIGTERM
     finally:
         for proc in (ours, other):

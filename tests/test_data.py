@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import data
 from data import augment as A
-from data.cifar import RECORD_BYTES, _check_counts
+from data.cifar import RECORD_BYTES, check_counts
 
 FOCUS = (2, 3, 4, 5)
 
@@ -74,7 +74,7 @@ def test_binary_file_cut_on_a_record_boundary_is_caught(small, tmp_path):
     # the official set: once one file holds 10,000 images, every file must
     counts = {Path(f"/d/data_batch_{i}.bin"): 10_000 for i in range(1, 6)} | {Path("/d/test_batch.bin"): 9_000}
     with pytest.raises(data.DataError, match=r"test_batch\.bin: holds 9,000 images, expected 10,000"):
-        _check_counts(counts)
+        check_counts(counts)
 
 
 def test_bad_label_and_missing_file(small, tmp_path):

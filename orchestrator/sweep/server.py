@@ -37,7 +37,7 @@ def check_bind_host(host: str) -> None:
                             f"ssh -L, or put authentication in front of it and pass --allow-public")
 
 
-def _stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
+def stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
     """Stop the server an earlier --detach started (e.g. before `ray up` restarts the head), if it still runs."""
     import signal
     import time
@@ -77,7 +77,7 @@ def _detach(cmd: list[str], uri: str, run_dir: Path, timeout_s: float = 180.0) -
     import signal
     import time
     run_dir.mkdir(parents=True, exist_ok=True)
-    _stop_recorded_server(run_dir / "server.pid")
+    stop_recorded_server(run_dir / "server.pid")
     with open(run_dir / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
