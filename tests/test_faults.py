@@ -298,7 +298,10 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     sweep = client.search_runs([runs["base-seed0"].info.experiment_id], "tags.kind = 'sweep'")[0]
     assert sweep.info.status == "FAILED" and sweep.data.tags["sweep_status"] == "failed"
 
-    assert orun.main(driver_args(tmp_path, tiny_cifar, "--resume")[3:]) == 0
+    # The hint's id resumes it, also when given as Ray's folder name for the sweep (sweep-<id>).
+    sweep_id = last.split("--resume --sweep-id ")[1].split()[0].rstrip("`")
+    assert sweep_id == sweep.data.tags["sweep_id"], last
+    assert orun.main(driver_args(tmp_path, tiny_cifar, "--resume", "--sweep-id", f"sweep-{sweep_id}")[3:]) == 0
     runs = {r.info.run_name: r for r in trial_runs(client)}
     assert sorted(runs) == ["base-seed0", "base-seed1"]  # the retry continued the same run
     for r in runs.values():

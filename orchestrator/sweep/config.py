@@ -53,7 +53,8 @@ class SweepConfig:
                                                        "URI); must be shared by all nodes of a multi-node cluster")
     resume: bool = option(False, "resume", "continue the latest (or --sweep-id) interrupted sweep without rerunning "
                                          "finished trials; what to run comes from the stored sweep")
-    sweep_id: str = option("", "resume", "sweep id to resume (default: the latest unfinished sweep of the experiment)")
+    sweep_id: str = option("", "resume", "sweep id to resume, or Ray's folder name for it, sweep-<id> (default: the "
+                                         "latest unfinished sweep of the experiment)")
     # --- MLflow ----------------------------------------------------------------------------------
     tracking_uri: str = option(DEFAULT_TRACKING_URI, "tracking", "MLflow tracking URI (sqlite:///path or http://host:port)")
     experiment_name: str = option(DEFAULT_EXPERIMENT, "tracking", "MLflow experiment name")

@@ -78,11 +78,13 @@ def new_sweep_id() -> str:
 # --- 1. open the sweep ------------------------------------------------------------------------------
 def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, SweepConfig, str]:
     """(sweep_id, parent_run_id, stored config, storage path) of the sweep to resume."""
-    tags = {"kind": "sweep", **({"sweep_id": cfg.sweep_id} if cfg.sweep_id else {})}
+    # The id may be given as Ray's folder name for the sweep, sweep-<id>.
+    sweep_id = cfg.sweep_id.removeprefix("sweep-")
+    tags = {"kind": "sweep", **({"sweep_id": sweep_id} if sweep_id else {})}
     runs = [r for r in tracking.find_runs(cfg.tracking_uri, experiment_id, **tags)
             if r.data.tags.get("sweep_status") != "finished"]
     if not runs:
-        which = f"sweep {cfg.sweep_id!r}" if cfg.sweep_id else "an unfinished sweep"
+        which = f"sweep {sweep_id!r}" if sweep_id else "an unfinished sweep"
         raise SweepError(f"found no {which} to resume in experiment {cfg.experiment_name!r} at "
                          f"{cfg.tracking_uri}: check --sweep-id/--tracking-uri, or start a new sweep without --resume")
     run = runs[0]
