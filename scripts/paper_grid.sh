@@ -2,7 +2,9 @@
 # The paper's grid (8 variants x 5 seeds, the default protocol), fused, into results/paper-grid/, in two rounds:
 # seeds 0-2 of every variant, then seeds 3-4. Longest variants first, two trials at a time on a 2-core box, so
 # each fused group (one Tune trial of a variant's seeds) ends within a few hours. Rerun it to continue:
-# --skip-existing trains only the pairs without a record. Extra arguments go to every sweep (e.g. --address auto).
+# --skip-existing trains only the pairs without a record. A group cut short keeps its checkpoints in ray_results/:
+# finish it first with `python -m orchestrator.run --resume --sweep-id <id>` (the id: ray_results/sweep-<id>), or
+# its epochs are trained again. Extra arguments go to every sweep (e.g. --address auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
