@@ -1,12 +1,15 @@
-"""Print the README's Results table: the published Table 5 (results/paper-grid/table5.csv, built from the trial
-records by `python -m orchestrator.report --results results/paper-grid`) beside the paper's own numbers.
+"""Print the README's Results tables: the published Table 5 (results/paper-grid/table5.csv, built from the trial
+records by `python -m orchestrator.report --results results/paper-grid`) beside the paper's own numbers, and with
+--fused-check the fused regrid's seeds beside the unfused records of the same variants.
 
     python scripts/results_table.py [--results results/paper-grid]
+    python scripts/results_table.py --fused-check [--results results/paper-grid] [--unfused results/paper-grid-unfused]
 
-tests/test_readme.py checks that README.md holds exactly this table, so the README cannot drift from the records.
+tests/test_readme.py checks that README.md holds exactly these tables, so the README cannot drift from the records.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -18,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from models import reference  # noqa: E402
 from orchestrator.analysis import tables as fmt  # noqa: E402
 from orchestrator.cli import ArgumentParser  # noqa: E402
+from orchestrator.sweep import records  # noqa: E402
 
 
 def results_table(results_dir: Path) -> str:
@@ -39,12 +43,47 @@ def results_table(results_dir: Path) -> str:
     return fmt.to_markdown(pd.DataFrame(rows))
 
 
+def final_accuracies_pct(results_dir: Path) -> dict[str, dict[int, float]]:
+    """{variant: {seed: final validation accuracy in %}} of the records in `results_dir`."""
+    out: dict[str, dict[int, float]] = {}
+    for r in records.load_records(results_dir):
+        out.setdefault(r["variant"], {})[r["seed"]] = 100.0 * r["final"]["final_val_accuracy"]
+    return out
+
+
+def fused_check_table(fused_dir: Path, unfused_dir: Path) -> str:
+    """Each variant with at least two fused seeds and an unfused seed 0: the unfused seed 0, the fused seeds, their
+    mean and std, and the seed-0 difference."""
+    fused, unfused = final_accuracies_pct(fused_dir), final_accuracies_pct(unfused_dir)
+    paper = reference.load()
+    rows = []
+    for variant in paper.index:
+        seeds = fused.get(variant, {})
+        if len(seeds) < 2 or 0 not in seeds or 0 not in unfused.get(variant, {}):
+            continue
+        values = [seeds[k] for k in sorted(seeds)]
+        rows.append({
+            "Variant": paper.loc[variant, "paper_label"],
+            "unfused seed 0": fmt.num(unfused[variant][0], 2),
+            "fused, seeds 0, 1, …": " / ".join(fmt.num(v, 2) for v in values), "n": len(values),
+            "fused mean ± std": fmt.pm(statistics.mean(values), statistics.stdev(values), 2),
+            "unfused − fused, seed 0": f"{unfused[variant][0] - seeds[0]:+.2f}"})
+    return fmt.to_markdown(pd.DataFrame(rows))
+
+
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(REPO / "results" / "paper-grid"),
                    help="the records' folder, with its report (default results/paper-grid)")
+    p.add_argument("--fused-check", action="store_true",
+                   help="print the fused records beside the unfused ones (seed 0) instead of Table 5")
+    p.add_argument("--unfused", default=str(REPO / "results" / "paper-grid-unfused"),
+                   help="the unfused records' folder, for --fused-check (default results/paper-grid-unfused)")
     args = p.parse_args(argv)
-    print(results_table(Path(args.results)))
+    if args.fused_check:
+        print(fused_check_table(Path(args.results), Path(args.unfused)))
+    else:
+        print(results_table(Path(args.results)))
     return 0
 
 

@@ -89,6 +89,13 @@ def test_the_readme_results_table_is_what_the_published_records_give():
     assert table in README.read_text(), "update README's Results: python scripts/results_table.py"
 
 
+def test_the_readme_fused_check_is_what_the_fused_and_unfused_records_give():
+    fused_check_table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["fused_check_table"]
+    table = fused_check_table(REPO / "results" / "paper-grid", REPO / "results" / "paper-grid-unfused")
+    assert table.count("\n") >= 2, "no variant has fused seeds and an unfused seed 0 yet"
+    assert table in README.read_text(), "update README's Results: python scripts/results_table.py --fused-check"
+
+
 # --- the README's code blocks -------------------------------------------------------------------------
 def _blocks(text: str, *languages: str) -> list[str]:
     """The bodies of the fenced code blocks in `text` whose info string is one of `languages`."""
