@@ -1,6 +1,7 @@
 """The orchestrator end to end: the plain training function, the CLI's checks, and real sweeps through a
 local Ray and a real MLflow SQLite store (no mocks)."""
 import math
+import re
 import os
 import signal
 import subprocess
@@ -313,8 +314,27 @@ def test_a_long_epoch_shows_signs_of_life_without_new_steps(tiny_cifar, tmp_path
     monkeypatch.setattr(train_module, "PROGRESS_EVERY_STEPS", 10)
     monkeypatch.setattr(SignOfLife, "EVERY_SECONDS", 0.0)
     cfg = TrainConfig(data_dir=str(tiny_cifar), epochs=1, compile=False)
-    train(cfg, "base", 0, measure=False, on_progress=SignOfLife([run], "base-seed0", cfg.epochs))
+    sign_of_life = SignOfLife([run], "base-seed0", cfg.epochs)
+    train(cfg, "base", 0, measure=False, on_progress=sign_of_life)
+    sign_of_life.tagging.join(timeout=60)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("base-seed0: epoch 1/1")]
-    assert lines and "step 10/56 (18%)" in lines[0]
-    assert client.get_run(run.run_id).data.tags["progress"].startswith("epoch 1/1, step 50/56")
+    assert lines and "step 10/56 (18%)" in lines[0] and "step 50/56" in lines[-1]
+    assert re.fullmatch(r"epoch 1/1, step [1-5]0/56 \(\d+%\)", client.get_run(run.run_id).data.tags["progress"])
     assert not client.get_run(run.run_id).data.metrics  # no metric, no step: only the tag
+
+
+def test_a_sign_of_life_never_waits_for_the_tracking_server(capsys):
+    """A server that does not answer holds MLflow's client for minutes; the epoch must not wait for its tag."""
+    from orchestrator.sweep.trainable import SignOfLife
+
+    class UnansweredRun:  # a run whose server is down: every call hangs in MLflow's retries
+        def set_tags(self, tags):
+            time.sleep(60)
+
+    sign_of_life = SignOfLife([UnansweredRun()], "base-seed0", 10)
+    sign_of_life.EVERY_SECONDS = 0.0
+    started = time.monotonic()
+    for step in (500, 1000, 1500):
+        sign_of_life(1, step, 17_500)
+    assert time.monotonic() - started < 10, "the training thread waited for the progress tag"
+    assert capsys.readouterr().out.count("base-seed0: epoch 1/10") == 3

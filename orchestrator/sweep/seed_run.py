@@ -21,7 +21,7 @@ from mlflow.types import Schema, TensorSpec
 
 import data
 import models
-from orchestrator.sweep.tracking import TrialRun
+from orchestrator.sweep.tracking import INTERRUPTED_REASON, TrialRun
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import latency_context
 
@@ -85,6 +85,11 @@ class SeedRun:
     def fail(self, reason: str) -> None:
         self.stop_monitor()
         self.run.finish("FAILED", reason=reason)
+
+    def kill(self) -> None:
+        """Stopped by the sweep's interruption: KILLED and resumable, as the driver marks it too."""
+        self.stop_monitor()
+        self.run.finish("KILLED", reason=INTERRUPTED_REASON)
 
     def finish(self, result: dict) -> None:
         """Final metrics, both ONNX files, the model; then FINISHED, once, after everything is logged."""

@@ -202,7 +202,7 @@ def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, tags: dict) -> 
     return run.info.run_id
 
 
-# How a trial's run ends when Tune stops it (or Ctrl-C reaches it): the trainable records the exception as FAILED.
+# A run FAILED by one of these was stopped by the interruption, not broken: end_open_runs ends it KILLED too.
 INTERRUPTIONS = ("SystemExit", "KeyboardInterrupt")
 INTERRUPTED_REASON = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM); --resume continues this run"
 

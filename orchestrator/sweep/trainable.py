@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class SignOfLife:
 
     def __init__(self, runs: list, name: str, epochs: int):  # the seeds' TrialRuns
         self.runs, self.name, self.epochs, self.last = runs, name, epochs, time.monotonic()
+        self.tagging: threading.Thread | None = None
 
     def __call__(self, epoch: int, steps: int, steps_in_epoch: int) -> None:
         if time.monotonic() - self.last < self.EVERY_SECONDS:
@@ -60,8 +62,18 @@ class SignOfLife:
         self.last = time.monotonic()
         where = f"epoch {epoch}/{self.epochs}, step {steps:,}/{steps_in_epoch:,} ({steps / steps_in_epoch:.0%})"
         print(f"{self.name}: {where}", flush=True)
-        for run in self.runs:
-            run.set_tags({"progress": where})
+        # Off the training thread: with the tracking server down, MLflow's client retries a call for minutes, and a
+        # progress tag is not worth stalling (or failing) the epoch. While one is in flight, later ones are skipped.
+        if self.tagging is None or not self.tagging.is_alive():
+            self.tagging = threading.Thread(target=self.tag, args=(where,), daemon=True)
+            self.tagging.start()
+
+    def tag(self, where: str) -> None:
+        try:
+            for run in self.runs:
+                run.set_tags({"progress": where})
+        except Exception:  # only a progress tag: the epoch's own logging reports a lost server
+            pass
 
 
 class Trial:
@@ -151,8 +163,14 @@ def run_trial(config: dict) -> None:
                                       after_epoch=trial.after_epoch, export_dir=export_dir,
                                       on_progress=SignOfLife([trial.runs[s].run for s in training], name, cfg.epochs))
             except BaseException as e:
+                # Tune stops a trial of an interrupted sweep with SystemExit (Ctrl-C: KeyboardInterrupt), maybe
+                # after the driver has marked its runs KILLED: a FAILED written last would stick.
+                interrupted = isinstance(e, (SystemExit, KeyboardInterrupt))
                 for seed in trial.to_train():
-                    trial.runs[seed].fail(f"{type(e).__name__}: {e}")
+                    if interrupted:
+                        trial.runs[seed].kill()
+                    else:
+                        trial.runs[seed].fail(f"{type(e).__name__}: {e}")
                 raise
             for seed, result in results.items():
                 if not result["diverged"] and seed not in trial.diverged:
