@@ -85,7 +85,7 @@ def test_every_flag_is_in_the_readme(command, monkeypatch):
 
 def test_the_readme_results_table_is_what_the_published_records_give():
     results_table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["results_table"]
-    table = results_table(REPO / "results" / "paper-grid-unfused")
+    table = results_table(REPO / "results" / "paper-grid")
     assert table in README.read_text(), "update README's Results: python scripts/results_table.py"
 
 
