@@ -1,8 +1,8 @@
 """The orchestrator end to end: the plain training function, the CLI's checks, and real sweeps through a
 local Ray and a real MLflow SQLite store (no mocks)."""
 import math
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

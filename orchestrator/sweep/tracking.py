@@ -202,8 +202,9 @@ def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, tags: dict) -> 
     return run.info.run_id
 
 
-# A run FAILED by one of these was stopped by the interruption, not broken: end_open_runs ends it KILLED too.
-INTERRUPTIONS = ("SystemExit", "KeyboardInterrupt")
+# How Tune stops a trial of an interrupted sweep (Ctrl-C: KeyboardInterrupt). A trial so stopped ends its runs
+# KILLED; a run FAILED by one of these (its failure_reason starts with the name) is ended KILLED by end_open_runs.
+INTERRUPTIONS = (SystemExit, KeyboardInterrupt)
 INTERRUPTED_REASON = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM); --resume continues this run"
 
 
@@ -214,7 +215,8 @@ def end_open_runs(uri: str, experiment_id: str, sweep_id: str, status: str = "KI
     client, ended = MlflowClient(uri), []
     for run in find_runs(uri, experiment_id, sweep_id=sweep_id):
         trial = run.data.tags.get("kind") == "trial"
-        stopped = run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(INTERRUPTIONS)
+        stopped = run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(
+            tuple(e.__name__ for e in INTERRUPTIONS))
         if run.info.status == "RUNNING" or (trial and stopped):
             if trial:
                 client.set_tag(run.info.run_id, "failure_reason", INTERRUPTED_REASON)

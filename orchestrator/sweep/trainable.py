@@ -25,6 +25,7 @@ from ray import tune
 import models
 from orchestrator.names import trial_name
 from orchestrator.sweep.seed_run import SeedRun
+from orchestrator.sweep.tracking import INTERRUPTIONS
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.device import flush_denormal, resolve_device
 from orchestrator.training.metrics import EPOCH_METRICS
@@ -163,9 +164,8 @@ def run_trial(config: dict) -> None:
                                       after_epoch=trial.after_epoch, export_dir=export_dir,
                                       on_progress=SignOfLife([trial.runs[s].run for s in training], name, cfg.epochs))
             except BaseException as e:
-                # Tune stops a trial of an interrupted sweep with SystemExit (Ctrl-C: KeyboardInterrupt), maybe
-                # after the driver has marked its runs KILLED: a FAILED written last would stick.
-                interrupted = isinstance(e, (SystemExit, KeyboardInterrupt))
+                # Maybe after the driver has marked the runs KILLED: a FAILED written last would stick.
+                interrupted = isinstance(e, INTERRUPTIONS)
                 for seed in trial.to_train():
                     if interrupted:
                         trial.runs[seed].kill()
