@@ -15,21 +15,11 @@ import models
 from models.spec import NetSpec
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import measure_latency
-from orchestrator.training.protocol import DivergedError, TrialData
+from orchestrator.training.protocol import DivergedError, TrialData  # DivergedError: the trainable's, through here
 from orchestrator.training.train import train
-
-__all__ = ["DivergedError", "TrialData", "proxy_config", "proxy_data", "train_proxy", "candidate_latency",
-           "heldout_metrics", "register_candidate", "SPLIT_SEED"]
 
 SPLIT_SEED = 0  # the held-out slice and the training subset are part of the search's definition, not its noise
 LATENCY_IMAGES = 256  # held-out images timed for latency_ms_per_image: enough for a stable mean, in well under 1 s
-
-
-def proxy_config(epochs: int, batch_size: int, data_dir: str = "", latency_calls: int = 30) -> TrainConfig:
-    """The paper's protocol (optimizer, schedule, focused augmentation) but for `epochs` epochs: uncompiled (a
-    compile costs 10-60 s per architecture, more than a short proxy saves) and without export."""
-    return TrainConfig(epochs=epochs, batch_size=batch_size, data_dir=data_dir, compile=False, export="none",
-                       latency_batch1_calls=latency_calls)
 
 
 @functools.lru_cache(maxsize=2)  # a Ray worker trains many candidates on the same data (reuse_actors)
@@ -43,25 +33,24 @@ def proxy_data(data_dir: str, holdout_per_class: int, proxy_per_class: int) -> T
     return TrialData(train_x, train_y, held_x, held_y)
 
 
-def register_candidate(spec: NetSpec) -> str:
-    """Register `spec` as model `cand-<spec hash>` in this process (a Ray worker), once: a reused worker or a
-    second candidate of the same shape finds it registered. Returns the name create_model knows it by."""
-    name = f"cand-{models.spec_hash(spec)}"
-    models.register_spec(name, spec)  # a no-op for the same spec; another one (a 64-bit collision) is refused
-    return name
-
-
 def heldout_metrics(metrics: dict) -> dict:
     """A proxy epoch's metrics with val_* renamed heldout_*: the search's validation set is the held-out slice of
     the training set, and its logs say so."""
     return {k.replace("val_", "heldout_", 1) if k.startswith("val_") else k: v for k, v in metrics.items()}
 
 
-def train_proxy(cfg: TrainConfig, spec: NetSpec, seed: int, trial_data: TrialData, on_epoch_end,
-                device: torch.device | None = None) -> dict:
-    """Train `spec` under the proxy protocol; `on_epoch_end(seed, epoch, metrics, make_state)` after each epoch."""
-    return train(cfg, register_candidate(spec), seed, trial_data=trial_data, device=device, on_epoch_end=on_epoch_end,
-                 measure=False)
+def train_proxy(spec: NetSpec, settings: dict, data_dir: str, seed: int, trial_data: TrialData, on_epoch_end,
+                device: torch.device) -> dict:
+    """Train `spec` under the proxy (`settings`: Search.proxy()), `on_epoch_end(seed, epoch, metrics, make_state)`
+    after each epoch: the paper's protocol (optimizer, schedule, focused augmentation) but for the proxy's epochs,
+    uncompiled (a compile costs 10-60 s per architecture, more than a short proxy saves) and without export. It
+    trains as model `cand-<spec hash>`, registered in this process (a Ray worker) once: a reused worker or a second
+    candidate of the same shape finds it registered."""
+    cfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], data_dir=data_dir, compile=False,
+                      export="none", latency_batch1_calls=settings["latency_calls"])
+    name = f"cand-{models.spec_hash(spec)}"
+    models.register_spec(name, spec)  # a no-op for the same spec; another one (a 64-bit collision) is refused
+    return train(cfg, name, seed, trial_data=trial_data, device=device, on_epoch_end=on_epoch_end, measure=False)
 
 
 def candidate_latency(spec: NetSpec, trial_data: TrialData, device: torch.device, calls: int) -> dict:

@@ -11,8 +11,6 @@ from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator.sweep.tracking import all_pages, find_runs
 
-MLFLOW_BATCH_PARAMS = 100  # MLflow's limit of params per log_batch call
-
 
 def search_runs(uri: str, experiment_id: str, name: str | None = None, unfinished: bool = False,
                 kind: str = "search") -> list:
@@ -26,9 +24,7 @@ def start_search_run(uri: str, experiment_id: str, name: str, kind: str, tags: d
     """The parent run of a search (kind=search) or of a proxy check (kind=proxy-check)."""
     client = MlflowClient(uri)
     run = client.create_run(experiment_id, run_name=name, tags={"kind": kind, "search_id": name, **tags})
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), MLFLOW_BATCH_PARAMS):
-        client.log_batch(run.info.run_id, params=items[i:i + MLFLOW_BATCH_PARAMS])
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])  # it batches
     return run.info.run_id
 
 
@@ -53,10 +49,9 @@ class CandidateRun:
                  run_name: str, tags: dict):
         self.client = MlflowClient(uri)
         existing = find_runs(uri, experiment_id, kind="candidate", search_id=search_id, trial_id=trial_id)
-        self.previous = existing[0] if existing else None
-        if self.previous is not None:
-            self.run_id = self.previous.info.run_id
-            if self.previous.info.status != "FINISHED":
+        if existing:
+            self.run_id = existing[0].info.run_id
+            if existing[0].info.status != "FINISHED":
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags={
@@ -69,29 +64,21 @@ class CandidateRun:
 
     def log_params(self, params: dict) -> None:
         have = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in have]
-        for i in range(0, len(new), MLFLOW_BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=new[i:i + MLFLOW_BATCH_PARAMS])
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """The metrics this run lacks at `step`, in one batch: a restarted candidate never logs an epoch twice."""
+        for key in metrics.keys() - self._steps.keys():
+            self._steps[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
         now = int(time.time() * 1000)
-        new = []
-        for key, value in metrics.items():
-            if key not in self._steps:
-                self._steps[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
-            if step not in self._steps[key]:
-                new.append(Metric(key, float(value), now, step))
-                self._steps[key].add(step)
-        if new:
-            self.client.log_batch(self.run_id, metrics=new)
+        new = [Metric(k, float(v), now, step) for k, v in metrics.items() if step not in self._steps[k]]
+        self.client.log_batch(self.run_id, metrics=new)  # none new: log_batch sends nothing
+        for m in new:
+            self._steps[m.key].add(step)
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
-
-    def finish(self, status: str, epochs_run: int, stopped_early: bool, reason: str = "") -> None:
-        self.set_tags({"stopped_early": str(stopped_early).lower(), **({"failure_reason": reason[:4000]}
-                                                                       if reason else {})})
+    def finish(self, status: str, epochs_run: int, reason: str = "") -> None:
+        """Not stopped early: progress.CandidateCloser closes the runs of candidates ASHA stopped."""
+        self.set_tags({"stopped_early": "false", **({"failure_reason": reason[:4000]} if reason else {})})
         self.log_metrics({"epochs_run": epochs_run}, step=0)
         self.client.set_terminated(self.run_id, status=status)
 
@@ -101,11 +88,6 @@ def finished_candidate(uri: str, experiment_id: str, search_id: str, spec_hash: 
     repeat a shape; a search resumed from an older Tune snapshot re-asks what it asked before) is not re-run."""
     runs = find_runs(uri, experiment_id, kind="candidate", search_id=search_id, spec_hash=spec_hash)
     return next((r for r in runs if r.info.status == "FINISHED"), None)
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of a run's metric, in step order."""
-    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
 def close_orphans(uri: str, experiment_id: str, search_id: str, trial_ids: set[str]) -> list[str]:
@@ -121,18 +103,15 @@ def close_orphans(uri: str, experiment_id: str, search_id: str, trial_ids: set[s
     return names
 
 
-def close_stopped_candidate(uri: str, experiment_id: str, search_id: str, trial_id: str, epochs_run: int) -> bool:
+def close_stopped_candidate(uri: str, experiment_id: str, search_id: str, trial_id: str, epochs_run: int) -> None:
     """A candidate ASHA stopped (its process is ended at a report, so it cannot close its own run): mark its run
-    FINISHED with stopped_early=true. True when there was such a run to close."""
+    FINISHED with stopped_early=true."""
     runs = find_runs(uri, experiment_id, kind="candidate", search_id=search_id, trial_id=trial_id)
-    if not runs or runs[0].info.status != "RUNNING":
-        return False
-    client = MlflowClient(uri)
-    run_id = runs[0].info.run_id
-    client.log_batch(run_id, metrics=[Metric("epochs_run", float(epochs_run), int(time.time() * 1000), 0)],
-                     tags=[RunTag("stopped_early", "true")])
-    client.set_terminated(run_id, status="FINISHED")
-    return True
+    if runs and runs[0].info.status == "RUNNING":
+        client, run_id = MlflowClient(uri), runs[0].info.run_id
+        client.log_batch(run_id, metrics=[Metric("epochs_run", float(epochs_run), int(time.time() * 1000), 0)],
+                         tags=[RunTag("stopped_early", "true")])
+        client.set_terminated(run_id, status="FINISHED")
 
 
 def fail_candidate(uri: str, experiment_id: str, search_id: str, trial_name: str, reason: str) -> None:
@@ -147,9 +126,8 @@ def fail_candidate(uri: str, experiment_id: str, search_id: str, trial_name: str
 def spec_params(spec_dict: dict) -> dict:
     """A spec flattened into MLflow params (`spec.depth`, `spec.b3.kind`, `spec.b3.out`, `spec.pool_after`, ...),
     so the runs table can filter and sort candidates by shape."""
-    params = {"spec.depth": len(spec_dict["blocks"]), "spec.pool_after": ",".join(map(str, spec_dict["pool_after"])),
-              "spec.head": spec_dict["head"]["kind"], "spec.head.hidden": spec_dict["head"].get("hidden", ""),
-              "spec.dense_from": json.dumps(spec_dict.get("dense_from", {}), sort_keys=True)}
-    for k, block in enumerate(spec_dict["blocks"], start=1):
-        params.update({f"spec.b{k}.{name}": value for name, value in block.items()})
-    return params
+    return {"spec.depth": len(spec_dict["blocks"]), "spec.pool_after": ",".join(map(str, spec_dict["pool_after"])),
+            "spec.head": spec_dict["head"]["kind"], "spec.head.hidden": spec_dict["head"].get("hidden", ""),
+            "spec.dense_from": json.dumps(spec_dict.get("dense_from", {}), sort_keys=True),
+            **{f"spec.b{k}.{name}": value for k, block in enumerate(spec_dict["blocks"], start=1)
+               for name, value in block.items()}}

@@ -12,6 +12,7 @@ import socket
 
 import ray
 import torch
+from mlflow import MlflowClient
 from ray import tune
 
 from models.budget import macs_per_image, param_count, size_mb
@@ -21,7 +22,6 @@ from orchestrator.search.space import describe
 from orchestrator.search import tracking as search_tracking
 from orchestrator.search.tracking import CandidateRun, spec_params
 from orchestrator.training.latency import flush_denormal, latency_context
-
 
 STATIC_METRICS = ("param_count", "size_mb", "macs_per_image", "latency_ms_per_image", "latency_ms_batch1")
 
@@ -48,8 +48,8 @@ def _replay(ctx: dict, finished, epochs: int) -> None:
     static = {k: v for k, v in finished.data.metrics.items() if k in STATIC_METRICS}
     print(f"{tune.get_context().get_trial_name()}: spec {finished.data.tags['spec_hash']} was trained already as "
           f"{finished.info.run_name}: its results, not trained again", flush=True)
-    for epoch, accuracy in search_tracking.metric_history(ctx["tracking_uri"], finished.info.run_id,
-                                                          "heldout_accuracy"):
+    history = MlflowClient(ctx["tracking_uri"]).get_metric_history(finished.info.run_id, "heldout_accuracy")
+    for epoch, accuracy in sorted((m.step, m.value) for m in history):
         tune.report({"epoch": epoch, "progress": f"{epoch}/{epochs}", "heldout_accuracy": accuracy,
                      "replayed": 1, **static})
 
@@ -57,17 +57,11 @@ def _replay(ctx: dict, finished, epochs: int) -> None:
 def _open_run(config: dict, spec: NetSpec) -> CandidateRun:
     ctx, candidate, context = config["search"], config["candidate"], tune.get_context()
     tags = {"spec_hash": spec_hash(spec), "shape": describe(spec), "spec_json": json.dumps(candidate["spec"]),
-            "repairs": "; ".join(candidate.get("repairs", [])), "node": socket.gethostname(), **ctx["source_tags"]}
-    if "variant" in candidate:  # a proxy check's paper variant
-        tags["variant"] = candidate["variant"]
+            "repairs": "; ".join(candidate.get("repairs", [])), "node": socket.gethostname(), **ctx["source_tags"],
+            **({"variant": candidate["variant"]} if "variant" in candidate else {}),  # a proxy check's paper variant
+            "trial_name": context.get_trial_name()}
     return CandidateRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["search_id"],
-                        context.get_trial_id(), context.get_trial_name(),
-                        {**tags, "trial_name": context.get_trial_name()})
-
-
-def _static_metrics(spec: NetSpec, trial_data, device, latency_calls: int) -> dict:
-    return {"param_count": param_count(spec), "size_mb": size_mb(spec), "macs_per_image": macs_per_image(spec),
-            **proxy.candidate_latency(spec, trial_data, device, latency_calls)}
+                        context.get_trial_id(), context.get_trial_name(), tags)
 
 
 def run_candidate(config: dict) -> None:
@@ -84,11 +78,12 @@ def run_candidate(config: dict) -> None:
         return
     run = _open_run(config, spec)
     trial_data = proxy.proxy_data(ctx["data_dir"], p["holdout_per_class"], p["per_class"])
-    static = _static_metrics(spec, trial_data, device, p["latency_calls"])
+    static = {"param_count": param_count(spec), "size_mb": size_mb(spec), "macs_per_image": macs_per_image(spec),
+              **proxy.candidate_latency(spec, trial_data, device, p["latency_calls"])}
     run.set_tags({"device": str(device), "flush_denormal": str(flushing).lower(), **latency_context(device)})
     run.log_params({**spec_params(config["candidate"]["spec"]), **{f"proxy.{k}": v for k, v in p.items()},
                     "seed": ctx["seed"]})
-    run.log_text(dump_toml(spec), "spec.toml")
+    run.client.log_text(run.run_id, dump_toml(spec), "spec.toml")
     run.log_metrics(static, step=0)
 
     epochs_done = [0]
@@ -98,17 +93,16 @@ def run_candidate(config: dict) -> None:
         metrics = proxy.heldout_metrics(metrics)
         run.log_metrics(metrics, step=epoch)
         if epoch == epochs:  # before the report: the last report may be the trial's end
-            run.finish("FINISHED", epochs_run=epoch, stopped_early=False)
+            run.finish("FINISHED", epochs_run=epoch)
         tune.report({"epoch": epoch, "progress": f"{epoch}/{epochs}", **metrics, **static})
 
-    cfg = proxy.proxy_config(epochs, p["batch_size"], ctx["data_dir"], p["latency_calls"])
     try:
-        proxy.train_proxy(cfg, spec, ctx["seed"], trial_data, on_epoch_end, device=device)
+        proxy.train_proxy(spec, p, ctx["data_dir"], ctx["seed"], trial_data, on_epoch_end, device)
     except proxy.DivergedError as e:
         # A result, not a crash (a retry diverges again): the worst accuracy, so TPE learns to avoid the shape.
         run.set_tags({"diverged": "true"})
-        run.finish("FAILED", epochs_run=epochs_done[0], stopped_early=False, reason=str(e))
+        run.finish("FAILED", epochs_run=epochs_done[0], reason=str(e))
         tune.report({"epoch": 1, "progress": f"1/{epochs}", "heldout_accuracy": 0.0, "diverged": 1, **static})
     except Exception as e:  # not SystemExit: that is how Tune ends a trial ASHA stopped, at a report
-        run.finish("FAILED", epochs_run=epochs_done[0], stopped_early=False, reason=f"{type(e).__name__}: {e}")
+        run.finish("FAILED", epochs_run=epochs_done[0], reason=f"{type(e).__name__}: {e}")
         raise
