@@ -14,7 +14,7 @@ from models import MAX_PARAMS, list_models
 from models.variants import PAPER_SPECS
 from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
-from orchestrator.search import space
+from orchestrator.search.space import FLOOR_MACS, FLOOR_PARAMS
 from orchestrator.training.config import ConfigError, option
 
 PAPER_VARIANTS = tuple(PAPER_SPECS)  # the eight, whatever else a process has registered since
@@ -100,7 +100,6 @@ class SearchConfig:
 
     def validate(self) -> "SearchConfig":
         """Self; ConfigError with one line naming the flag and the fix at the first bad value."""
-        floor = space.floor_params()
         checks = [
             (not self.name or NAME_PATTERN.fullmatch(self.name) is not None,
              f"--name {self.name!r}: use letters, digits, '.', '_' or '-' (at most 64), starting with a letter "
@@ -108,11 +107,12 @@ class SearchConfig:
             (self.candidates >= 1, f"--candidates must be >= 1 (got {self.candidates})"),
             (self.objective in OBJECTIVE_CHOICES,
              f"--objective {self.objective!r}: use {', '.join(OBJECTIVE_CHOICES[:-1])} or {OBJECTIVE_CHOICES[-1]}"),
-            (self.max_params >= floor,
-             f"--max-params {self.max_params:,} is below the {floor:,} parameters of the smallest candidate (two "
-             f"1-channel ResBlocks and a GAP head): give at least {floor:,} (the paper's budget is {MAX_PARAMS:,})"),
-            (self.max_macs == 0 or self.max_macs >= space.floor_macs(),
-             f"--max-macs {self.max_macs:,} is below the {space.floor_macs():,} MACs of the smallest candidate: "
+            (self.max_params >= FLOOR_PARAMS,
+             f"--max-params {self.max_params:,} is below the {FLOOR_PARAMS:,} parameters of the smallest candidate "
+             f"(two 1-channel ResBlocks and a GAP head): give at least {FLOOR_PARAMS:,} (the paper's budget is "
+             f"{MAX_PARAMS:,})"),
+            (self.max_macs == 0 or self.max_macs >= FLOOR_MACS,
+             f"--max-macs {self.max_macs:,} is below the {FLOOR_MACS:,} MACs of the smallest candidate: "
              f"give at least that, or 0 for no cap"),
             (self.startup_candidates >= 1, f"--startup-candidates must be >= 1 (got {self.startup_candidates})"),
             (self.top_k >= 1, f"--top-k must be >= 1 (got {self.top_k})"),

@@ -25,8 +25,9 @@ HIDDEN_WIDTHS = (32, 256)  # FC head's hidden layer (the paper: 100); log-unifor
 # An FC head flattens the final map: on a 16x16 or 32x32 map its first Linear alone takes most of the budget, so
 # it gets at least the two pools every FC variant of the paper has. More than 4 pools would leave a 1x1 map.
 MIN_FC_POOLS, MAX_SEARCH_POOLS = 2, 4
-# The smallest net the repairs fall back to: whatever --max-params is, it must at least hold this.
+# The smallest net the repairs fall back to: --max-params and --max-macs must at least hold it.
 FLOOR_SPEC = NetSpec((BlockSpec("res", 1), BlockSpec("res", 1)), pool_after=(1, 2), head=HeadSpec("gap"))
+FLOOR_PARAMS, FLOOR_MACS = param_count(FLOOR_SPEC), macs_per_image(FLOOR_SPEC)
 
 
 def sample_shape(trial) -> dict:
@@ -64,16 +65,11 @@ def _block(b: dict) -> BlockSpec:
 def _pools(shape: dict) -> tuple[list[int], list[str]]:
     """The pooled blocks, repaired: at most MAX_SEARCH_POOLS (the earliest kept), and an FC head's minimum
     (added after the last unpooled blocks, as the paper's FC variants pool before their head)."""
-    n, repairs = len(shape["blocks"]), []
     pools = [k for k, b in enumerate(shape["blocks"], start=1) if b["pool"]]
-    if len(pools) > MAX_SEARCH_POOLS:
-        pools, repairs = pools[:MAX_SEARCH_POOLS], repairs + [f"kept the first {MAX_SEARCH_POOLS} pools"]
+    repairs = [f"kept the first {MAX_SEARCH_POOLS} pools"] if len(pools) > MAX_SEARCH_POOLS else []
+    pools = pools[:MAX_SEARCH_POOLS]
     if shape["head"] == "fc" and len(pools) < MIN_FC_POOLS:
-        for k in range(n, 0, -1):
-            if len(pools) >= MIN_FC_POOLS:
-                break
-            if k not in pools:
-                pools.append(k)
+        pools += [k for k in range(len(shape["blocks"]), 0, -1) if k not in pools][:MIN_FC_POOLS - len(pools)]
         repairs.append(f"pooled the last blocks: an FC head gets {MIN_FC_POOLS} pools")
     return sorted(pools), repairs
 
@@ -88,10 +84,10 @@ def spec_of(shape: dict) -> tuple[NetSpec, list[str]]:
     return NetSpec(tuple(_block(b) for b in shape["blocks"]), tuple(pools), head, dense), repairs
 
 
-def _smaller(spec: NetSpec) -> tuple[NetSpec, str] | None:
+def _smaller(spec: NetSpec) -> tuple[NetSpec, str]:
     """One step down the repair ladder for a spec that cannot fit even at width 1 (only a --max-params far below
     the paper's budget gets here): drop the dense skips, then an FC head for GAP, then the last block, and
-    finally the floor net. None when the spec is the floor already."""
+    finally the floor net."""
     if spec.dense_from:
         return dataclasses.replace(spec, dense_from=()), "dropped the dense skips to fit"
     if spec.head.kind == "fc":
@@ -100,7 +96,7 @@ def _smaller(spec: NetSpec) -> tuple[NetSpec, str] | None:
         blocks = spec.blocks[:-1]
         return (NetSpec(blocks, tuple(p for p in spec.pool_after if p <= len(blocks)), spec.head),
                 "dropped the last block to fit")
-    return None if spec == FLOOR_SPEC else (FLOOR_SPEC, "fell back to the two-block floor net to fit")
+    return FLOOR_SPEC, "fell back to the two-block floor net to fit"
 
 
 def _fit_params(spec: NetSpec, max_params: int) -> tuple[NetSpec, list[str]]:
@@ -109,10 +105,9 @@ def _fit_params(spec: NetSpec, max_params: int) -> tuple[NetSpec, list[str]]:
         try:
             return fit_to_budget(spec, max_params), repairs
         except SpecError:
-            step = _smaller(spec)
-            if step is None:
+            if spec == FLOOR_SPEC:
                 raise
-            spec, repair = step
+            spec, repair = _smaller(spec)
             repairs.append(repair)
 
 
@@ -133,10 +128,8 @@ def fit(spec: NetSpec, max_params: int, max_macs: int = 0) -> tuple[NetSpec, lis
     earliest unpooled block, refitted to the budget each time: the budget stays filled), then, at the pool limit,
     is narrowed until it fits: the only case where a candidate leaves part of the parameter budget unused."""
     spec, repairs = _fit_params(spec, max_params)
-    def can_pool(s: NetSpec) -> bool:
-        return len(s.pool_after) < min(MAX_SEARCH_POOLS, len(s.blocks))
-
-    while max_macs and macs_per_image(spec) > max_macs and can_pool(spec):
+    while (max_macs and macs_per_image(spec) > max_macs
+           and len(spec.pool_after) < min(MAX_SEARCH_POOLS, len(spec.blocks))):  # a block left to pool
         k = min(set(range(1, len(spec.blocks) + 1)) - set(spec.pool_after))
         spec, more = _fit_params(dataclasses.replace(spec, pool_after=(*spec.pool_after, k)), max_params)
         repairs += [f"pooled after block {k} for --max-macs", *more]
@@ -147,16 +140,6 @@ def fit(spec: NetSpec, max_params: int, max_macs: int = 0) -> tuple[NetSpec, lis
             spec = FLOOR_SPEC
             repairs.append("fell back to the two-block floor net for --max-macs")
     return spec, repairs
-
-
-def floor_params() -> int:
-    """The fewest parameters any candidate can have: the budget must hold at least this many."""
-    return param_count(FLOOR_SPEC)
-
-
-def floor_macs() -> int:
-    """The fewest MACs per image any candidate can have: --max-macs must allow at least this many."""
-    return macs_per_image(FLOOR_SPEC)
 
 
 def define_space(trial, max_params: int, max_macs: int = 0) -> dict:
