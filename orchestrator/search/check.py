@@ -4,7 +4,6 @@ the Spearman correlation of their proxy accuracies with their full-protocol accu
 A proxy whose ranking disagrees with the full protocol's (rho < 0.8) would steer the search wrong."""
 from __future__ import annotations
 
-import csv
 import math
 import time
 
@@ -15,6 +14,7 @@ from models.spec import to_dict
 from orchestrator.search import tracking as search_tracking
 from orchestrator.search.driver import open_search
 from orchestrator.search.config import ConfigError, SearchConfig
+from orchestrator.search.results import write_csv
 from orchestrator.sweep import records
 
 TRUST_RHO = 0.8  # the issue's bar: below it, the proxy's ranking is not the full protocol's
@@ -58,8 +58,7 @@ def _train_variants(search, variants) -> dict[str, float]:
                                     trial_name_creator=variant_name, trial_dirname_creator=variant_name),
         run_config=tune.RunConfig(name=f"search-{cfg.name}", storage_path=search.storage, verbose=1,
                                   progress_reporter=SearchReporter(len(variants), cfg.proxy_epochs)))
-    results = tuner.fit()
-    return {r.config["candidate"]["variant"]: float(r.metrics["heldout_accuracy"]) for r in results
+    return {r.config["candidate"]["variant"]: float(r.metrics["heldout_accuracy"]) for r in tuner.fit()
             if r.error is None and r.config and "heldout_accuracy" in (r.metrics or {})}
 
 
@@ -105,22 +104,17 @@ def run_proxy_check(cfg: SearchConfig) -> int:
                       max_macs=0)
     search = open_search(cfg, kind="proxy-check")
     cfg = search.cfg
-    variants = [v for v in cfg.variants if v in full]
     started = time.perf_counter()
-    proxy_accuracy = _train_variants(search, variants)
+    proxy_accuracy = _train_variants(search, [v for v in cfg.variants if v in full])
     if len(proxy_accuracy) < 3:
         search_tracking.finish_search_run(cfg.tracking_uri, search.parent_run_id, "FAILED")
-        print(f"error: only {len(proxy_accuracy)} variants finished the proxy; see their MLflow runs",
-              flush=True)
+        print(f"error: only {len(proxy_accuracy)} variants finished the proxy; see their MLflow runs", flush=True)
         return 1
     rho, rows = correlation(proxy_accuracy, full)
     text = _report(cfg, rho, rows, protocol)
     search.out_dir.mkdir(parents=True, exist_ok=True)
     (search.out_dir / "proxy_check.md").write_text(text)
-    with open(search.out_dir / "proxy_check.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(search.out_dir / "proxy_check.csv", rows, list(rows[0]))
     client = MlflowClient(cfg.tracking_uri)
     if math.isfinite(rho):  # NaN when either side ranks every variant equal
         client.log_metric(search.parent_run_id, "spearman_rho", rho)

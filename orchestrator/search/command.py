@@ -25,6 +25,4 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:  # Tune saved the search: --resume continues it
         print(f"interrupted: {e or 'continue with `python -m orchestrator.search --resume`'}", file=sys.stderr)
         return 130
-    if out["search"].cfg.revalidate:
-        return tables.revalidate(out["commands"])
-    return 0
+    return tables.revalidate(out["commands"]) if out["search"].cfg.revalidate else 0

@@ -28,6 +28,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 import data  # noqa: E402
 from orchestrator.names import sqlite_path  # noqa: E402
 from orchestrator.search import proxy  # noqa: E402
+from orchestrator.search import results as tables  # noqa: E402
 from orchestrator.search import tracking as search_tracking  # noqa: E402
 from orchestrator.search.config import ConfigError, SearchConfig  # noqa: E402
 from orchestrator.sweep import preflight, records, tracking  # noqa: E402
@@ -215,7 +216,6 @@ def settle_runs(search: Search, results) -> bool:
 
 
 def close_search(search: Search, results, wall_seconds: float) -> dict:
-    from orchestrator.search import results as tables
     cfg, uri = search.cfg, search.cfg.tracking_uri
     client = tracking.MlflowClient(uri)
     if not settle_runs(search, results):
@@ -224,19 +224,16 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
     runs = search_tracking.candidate_runs(uri, search.experiment_id, cfg.name)
     rows = tables.rank(tables.candidate_rows(runs, cfg.proxy_epochs), cfg.objectives())
     md, csv_path = tables.write_table(rows, search.out_dir)
-    pareto = len(cfg.objectives()) > 1
-    chosen = tables.selected(rows, cfg.top_k, pareto)
+    chosen = tables.selected(rows, cfg.top_k, pareto=len(cfg.objectives()) > 1)
     spec_files = tables.write_specs(chosen, search.out_dir)
-    commands = tables.revalidation_commands(spec_files, cfg.revalidate_seeds, cfg.name)
-    script = tables.write_revalidation(commands, search.out_dir)
+    commands, script = tables.write_revalidation(spec_files, cfg.revalidate_seeds, cfg.name, search.out_dir)
     for path in (md, csv_path, script, *spec_files):
         client.log_artifact(search.parent_run_id, str(path), artifact_path="search" if path.suffix != ".toml"
                             else "search/specs")
-    done = [r for r in rows if r["status"] == "done"]
+    best = [r["heldout_accuracy"] for r in rows if r["status"] == "done"][:1]  # rows are ranked
     metrics = {"search_wall_seconds": wall_seconds, "candidates_trained": len(rows),
-               "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows)}
-    if done:
-        metrics["best_heldout_accuracy"] = done[0]["heldout_accuracy"]
+               "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows),
+               **({"best_heldout_accuracy": best[0]} if best else {})}
     for key, value in metrics.items():
         client.log_metric(search.parent_run_id, key, float(value))
     search_tracking.finish_search_run(uri, search.parent_run_id)
@@ -245,7 +242,6 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
 
 
 def print_summary(search: Search, out: dict) -> None:
-    from orchestrator.search import results as tables
     cfg, rows = search.cfg, out["rows"]
     killed = sum(r["status"] == "killed" for r in rows)
     print(f"\nsearch {cfg.name} finished in {out['wall_seconds'] / 60:.1f} min: {len(rows) - killed} candidates, "
@@ -256,8 +252,8 @@ def print_summary(search: Search, out: dict) -> None:
     what = "the Pareto front" if len(cfg.objectives()) > 1 else f"the top {cfg.top_k}"
     print(f"next steps:\n  {what} ({len(out['spec_files'])} specs) re-validated under the full paper protocol with "
           f"{cfg.revalidate_seeds} seeds each, the first use of the test set ({out['script']}):")
-    none = "    (none: no candidate ran the whole proxy)\n"
-    print("".join(f"    {shlex.join(c)}\n" for c in out["commands"]) or none)
+    print("".join(f"    {shlex.join(c)}\n" for c in out["commands"])
+          or "    (none: no candidate ran the whole proxy)\n")
     print(f"  every candidate is a nested run under run {cfg.name} ({out['parent_run_id']}) in experiment "
           f"{cfg.experiment_name!r} at {cfg.tracking_uri} (`make ui`)", flush=True)
 

@@ -14,6 +14,8 @@ from models.spec import dump_toml, from_dict
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("rank", "candidate", "spec_hash", "params", "size_mb", "macs", "latency_ms_batch1", "heldout_accuracy",
            "epochs_run", "status", "pareto", "shape")
+CELL_FORMATS = {"heldout_accuracy": lambda v: f"{100 * v:.2f}", "size_mb": "{:.4f}".format, "params": "{:,}".format,
+         "latency_ms_batch1": "{:.3f}".format, "macs": "{:,}".format, "pareto": lambda v: "yes" if v else ""}
 
 
 def _status(run, epochs_run: int, epochs: int) -> str:
@@ -51,11 +53,10 @@ def rank(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
     """Candidates that ran the whole proxy first, by held-out accuracy; then those ASHA stopped (more epochs
     first: accuracies after different epochs are not comparable); then the rest. With a second objective, the
     non-dominated candidates among those through the whole proxy are flagged `pareto`."""
-    column = {"heldout_accuracy": "heldout_accuracy", "latency_ms_batch1": "latency_ms_batch1",
-              "macs_per_image": "macs"}
     done = [r for r in rows if r["status"] == "done" and r["heldout_accuracy"] is not None]
     if len(objectives) > 1:
-        second = (column[objectives[1][0]], objectives[1][1])
+        metric, mode = objectives[1]
+        second = ({"macs_per_image": "macs"}.get(metric, metric), mode)  # the table's name of the metric
         for r in done:
             r["pareto"] = not any(_dominates(o, r, second) for o in done if o is not r)
     stopped = [r for r in rows if r["status"] == "stopped" and r["heldout_accuracy"] is not None]
@@ -70,72 +71,55 @@ def rank(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
 def selected(rows: list[dict], top_k: int, pareto: bool) -> list[dict]:
     """The candidates worth re-validating, one per distinct spec: the Pareto front, or the top K of the ranking
     among those through the whole proxy."""
-    chosen, seen = [], set()
+    first = {}  # spec hash: its best-ranked candidate
     for r in rows:
-        if r["status"] != "done" or r["spec_hash"] in seen or (pareto and not r["pareto"]):
-            continue
-        seen.add(r["spec_hash"])
-        chosen.append(r)
-    return chosen if pareto else chosen[:top_k]
-
-
-def _cell(value, column: str) -> str:
-    if value is None:
-        return ""
-    if column == "heldout_accuracy":
-        return f"{100 * value:.2f}"
-    if column in ("size_mb", "latency_ms_batch1"):
-        return f"{value:.4f}" if column == "size_mb" else f"{value:.3f}"
-    if column in ("params", "macs"):
-        return f"{value:,}"
-    if column == "pareto":
-        return "yes" if value else ""
-    return str(value)
+        if r["status"] == "done" and (r["pareto"] or not pareto):
+            first.setdefault(r["spec_hash"], r)
+    return list(first.values()) if pareto else list(first.values())[:top_k]
 
 
 def markdown_table(rows: list[dict]) -> str:
     header = [c if c != "heldout_accuracy" else "heldout_accuracy (%)" for c in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join("" if r.get(c) is None else CELL_FORMATS.get(c, str)(r[c]) for c in COLUMNS) + " |"
+              for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out_dir / "results.md", out_dir / "results.csv"
-    md.write_text(markdown_table(rows))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "run_id"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return md, csv_path
+    (out_dir / "results.md").write_text(markdown_table(rows))
+    return out_dir / "results.md", write_csv(out_dir / "results.csv", rows, [*COLUMNS, "run_id"])
 
 
 def write_specs(chosen: list[dict], out_dir: Path) -> list[Path]:
     """`<out>/specs/rank<r>-<spec hash>.toml` for each chosen candidate (the file stem names it in a sweep)."""
     folder = out_dir / "specs"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for r in chosen:
-        path = folder / f"rank{r['rank']}-{r['spec_hash']}.toml"
+    paths = [folder / f"rank{r['rank']}-{r['spec_hash']}.toml" for r in chosen]
+    for r, path in zip(chosen, paths):
         dump_toml(from_dict(json.loads(r["spec_json"])), path)
-        paths.append(path)
     return paths
 
 
-def revalidation_commands(spec_files: list[Path], seeds: int, search_name: str) -> list[list[str]]:
+def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path) -> tuple[list, Path]:
     """The normal sweep that re-validates each spec under the full paper protocol with `seeds` seeds (the first
-    time the test set is used), records into results/<search name>/."""
-    return [["python", "-m", "orchestrator.run", "--spec", str(path), "--seeds", str(seeds),
-             "--results-dir", f"results/{search_name}"] for path in spec_files]
-
-
-def write_revalidation(commands: list[list[str]], out_dir: Path) -> Path:
+    time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs them."""
+    commands = [["python", "-m", "orchestrator.run", "--spec", str(path), "--seeds", str(seeds),
+                 "--results-dir", f"results/{search_name}"] for path in spec_files]
     path = out_dir / "revalidate.sh"
     path.write_text("#!/bin/sh\n# Re-validate the search's top specs under the full protocol (run from the "
                     "repository root).\nset -e\n" + "".join(shlex.join(c) + "\n" for c in commands))
     path.chmod(0o755)
-    return path
+    return commands, path
 
 
 def revalidate(commands: list[list[str]]) -> int:
