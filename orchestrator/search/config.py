@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import time
 import typing
 from dataclasses import dataclass
 
@@ -84,9 +83,6 @@ class SearchConfig:
         """(metric, mode) of each objective, accuracy first."""
         return [OBJECTIVES[o] for o in self.objective.split(",")]
 
-    def with_name(self) -> "SearchConfig":
-        return self if self.name else self.replace(name=time.strftime("search-%Y%m%d-%H%M%S"))
-
     def replace(self, **values) -> "SearchConfig":
         return dataclasses.replace(self, **values)
 
@@ -154,10 +150,6 @@ def _typed(kind):
     return parse
 
 
-def _variants(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
 EPILOG = Verbatim("""examples:
   python -m orchestrator.search --name first --candidates 60          # the search, the paper's budget
   python -m orchestrator.search --resume --name first                 # continue it after an interruption
@@ -176,12 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         flag, hint = "--" + f.name.replace("_", "-"), _HINTS[f.name]
         kw = {"default": f.default, "help": f.metadata["help"]}
         if hint is bool:
-            groups[f.metadata["section"]].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif typing.get_origin(hint) is tuple:
-            groups[f.metadata["section"]].add_argument(flag, type=_variants, metavar="A,B,...",
-                                                       **{**kw, "default": ",".join(f.default)})
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is tuple:  # a string default goes through `type` too, and shows as typed
+            kw.update(type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()), metavar="A,B,...",
+                      default=",".join(f.default))
         else:
-            groups[f.metadata["section"]].add_argument(flag, type=_typed(hint), choices=f.metadata["choices"], **kw)
+            kw.update(type=_typed(hint), choices=f.metadata["choices"])
+        groups[f.metadata["section"]].add_argument(flag, **kw)
     return parser
 
 

@@ -93,8 +93,8 @@ def check_data(cfg: SearchConfig) -> str:
     return str(root)
 
 
-def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str, str]:
-    """(stored config, experiment id, parent run id, storage) of the search --resume continues."""
+def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str]:
+    """(stored config, parent run id, storage) of the search --resume continues."""
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise SearchError(f"no MLflow store at {db}, so no search to resume: pass the --tracking-uri the search "
@@ -111,8 +111,8 @@ def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str, str]:
                           f"{json.loads(run.data.tags['config_json'])['out_dir']}/{cfg.name}/")
     # Where to run and what to do afterwards may change between attempts; what to search may not.
     stored = SearchConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
-        resume=True, address=cfg.address, revalidate=cfg.revalidate)
-    return stored, experiment_id, run.info.run_id, run.data.tags["ray_storage_path"]
+        resume=True, address=cfg.address, revalidate=cfg.revalidate, tracking_uri=uri)
+    return stored, run.info.run_id, run.data.tags["ray_storage_path"]
 
 
 def _start_parent(cfg: SearchConfig, uri: str, experiment_id: str, kind: str, storage: str, tags: dict) -> str:
@@ -135,10 +135,9 @@ def open_search(cfg: SearchConfig, kind: str = "search") -> Search:
     tracking.check_tracking(uri)
     parent_run_id = storage = None
     if cfg.resume:
-        cfg, experiment_id, parent_run_id, storage = _reopen(cfg, uri)
-        cfg = cfg.replace(tracking_uri=uri)
-    else:
-        cfg = cfg.with_name()
+        cfg, parent_run_id, storage = _reopen(cfg, uri)
+    elif not cfg.name:
+        cfg = cfg.replace(name=time.strftime("search-%Y%m%d-%H%M%S"))
     data_dir = check_data(cfg)
     storage = preflight.check_storage(storage or cfg.storage_path)
     preflight.start_ray(SweepConfig(address=cfg.address, cpus_per_trial=cfg.cpus_per_trial,

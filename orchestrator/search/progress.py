@@ -20,10 +20,9 @@ def search_line(trials, candidates: int, epochs: int) -> str:
     2.1 h`. The ETA is the sweep's (remaining epochs x mean epoch time / candidates running), counting the
     candidates not sampled yet at their full proxy: an upper bound, as ASHA stops some early."""
     ended = {"TERMINATED", "ERROR"}
+    unsampled = [SimpleNamespace(last_result={}, status="PENDING")] * (candidates - len(trials))
     views = [SimpleNamespace(config={"train": {"epochs": epochs}}, last_result=t.last_result,
-                             status="TERMINATED" if t.status in ended else t.status) for t in trials]
-    views += [SimpleNamespace(config={"train": {"epochs": epochs}}, last_result={}, status="PENDING")
-              for _ in range(max(0, candidates - len(trials)))]
+                             status="TERMINATED" if t.status in ended else t.status) for t in [*trials, *unsampled]]
     eta = eta_line(views).rsplit("; ", 1)[-1]
     done = [t for t in trials if t.status in ended]
     stopped = sum(int((t.last_result or {}).get("epoch", 0) or 0) < epochs for t in done)
