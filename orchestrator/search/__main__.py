@@ -1,5 +1,4 @@
-"""`python -m orchestrator.search`: architecture search under the paper's storage budget
-(orchestrator.search.command)."""
+"""`python -m orchestrator.search`: architecture search under the paper's storage budget (its command module)."""
 import sys
 
 from orchestrator.search.command import main

@@ -40,7 +40,6 @@ def ranks(values: dict[str, float]) -> dict[str, int]:
 
 
 def variant_name(trial) -> str:
-    """A proxy-check trial is named by its variant."""
     return trial.config["candidate"]["variant"]
 
 

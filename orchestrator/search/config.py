@@ -1,6 +1,5 @@
 """`SearchConfig`: what `python -m orchestrator.search` runs (the space's budget, the proxy, the search, where to
-run and log), one CLI flag per field, with defaults. `validate` refuses bad input in one line before anything
-starts."""
+run and log), one CLI flag per field; `validate` refuses bad input in one line before anything starts."""
 from __future__ import annotations
 
 import argparse

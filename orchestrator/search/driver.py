@@ -1,11 +1,7 @@
-"""`python -m orchestrator.search`: an architecture search under the paper's storage budget.
-
-Ray Tune runs it: OptunaSearch asks Optuna's TPE sampler for each candidate through a define-by-run space
-(orchestrator.search.space), ASHA stops the weak ones between the proxy's epochs, and each candidate is a nested
-MLflow run under the search's parent run. Tune keeps the state (trials and the pickled Optuna study) in
-<storage>/search-<name>, so --resume continues a search without re-running finished candidates. The steps: open
-(check everything, then start or reopen), build the tuner, fit, close (table, specs, next steps).
-"""
+"""The search's driver: open (check everything, then start, or reopen to resume), build the tuner (OptunaSearch asks
+TPE for each candidate through the define-by-run space; ASHA stops the weak between the proxy's epochs), fit, close
+(table, specs, next steps). Tune keeps the state (trials, the pickled Optuna study) in <storage>/search-<name>, so
+--resume continues a search without re-running finished candidates."""
 from __future__ import annotations
 
 import functools

@@ -1,9 +1,7 @@
 """The proxy protocol a search ranks candidates with: the paper's optimizer and augmentation (TrainConfig's
 defaults) on a stratified subset of the training set for a few epochs, evaluated on a fixed, stratified held-out
-slice of the training set. The CIFAR-10 test set is never read: it is kept for re-validating the winners.
-
-This is the one module of the search that imports the trainer.
-"""
+slice of the training set. The test set is never read: it re-validates the winners. The one module of the search
+that imports the trainer."""
 from __future__ import annotations
 
 import functools

@@ -1,12 +1,7 @@
-"""The search space: the shapes the paper's building blocks span, sampled define-by-run with Optuna's trial API,
-then repaired and scaled so that every candidate is a valid spec that uses the parameter budget.
-
-A sample is a shape, not a network: depth, each block's kind and relative width (and its kind's ratios), which
-blocks a 2x2 pool follows, the head, and which earlier stages feed each block (dense skips). `spec_of` turns it
-into a NetSpec; `fit` repairs what cannot be within the budget and scales every width by the one common factor
-that fills it (models.fit_to_budget). Pricing is arithmetic, so sampling and fitting cost microseconds: nothing
-here trains, builds a network or imports torch.
-"""
+"""The search space: shapes of the paper's building blocks, sampled define-by-run with Optuna's trial API. A shape
+(depth, each block's kind, relative width and ratios, its 2x2 pool and dense skips, the head) becomes a NetSpec
+(`spec_of`); `fit` repairs what cannot be within the budget and scales every width by the one factor that fills it
+(models.fit_to_budget). Pricing is arithmetic: nothing here trains, builds a network or imports torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -151,7 +146,6 @@ def define_space(trial, max_params: int, max_macs: int = 0) -> dict:
 
 
 def budget_use(spec: NetSpec, max_params: int) -> float:
-    """The fraction of the budget a spec's parameters take (1.0 = all of it)."""
     return param_count(spec) / max_params
 
 

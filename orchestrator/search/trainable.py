@@ -1,10 +1,7 @@
 """The Ray Tune trainable of one candidate: check the budget, open its MLflow run, price and time it, train the
-proxy, report the held-out accuracy of every epoch (ASHA's input, and Optuna's).
-
-Per epoch the epoch is logged to MLflow first, then reported to Tune: ASHA may end the trial at a report, and
-what was logged stays. There are no checkpoints: a proxy candidate is minutes long, and one interrupted before
-its last epoch trains again from its first (its run keeps the epochs logged before, never twice).
-"""
+proxy, report the held-out accuracy of every epoch (ASHA's input, and Optuna's). Each epoch is logged to MLflow
+before it is reported to Tune: ASHA may end the trial at a report. No checkpoints: a proxy candidate is minutes
+long, and one interrupted before its last epoch trains again from its first (its run keeps the epochs logged)."""
 from __future__ import annotations
 
 import json
