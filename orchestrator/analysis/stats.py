@@ -15,21 +15,17 @@ def _floats(values: Sequence[float]) -> np.ndarray:
     return np.asarray([float(v) for v in values], dtype=float)
 
 
-def _squared_standard_error(x: np.ndarray) -> float:
-    return float(x.var(ddof=1)) / x.size  # sample variance (ddof=1) over n
-
-
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Two-sided t-interval for the mean of `values`; (nan, nan) with fewer than 2 values.
 
-    Values without spread give a zero-width interval at the mean (a deterministic quantity such as a size).
+    Values without spread give a zero-width interval at the mean (a deterministic quantity such as a size):
     `t.ppf` times the standard error rather than `t.interval`, which returns nan for a zero scale.
     """
     x = _floats(values)
     if x.size < 2:
         return math.nan, math.nan
     mean = float(x.mean())
-    half = float(sps.t.ppf(0.5 + level / 2.0, x.size - 1)) * math.sqrt(_squared_standard_error(x))
+    half = float(sps.t.ppf(0.5 + level / 2.0, x.size - 1)) * math.sqrt(float(x.var(ddof=1)) / x.size)
     return mean - half, mean + half
 
 
@@ -51,7 +47,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     if not a.size or not b.size:
         return WelchResult(math.nan, math.nan, math.nan, math.nan)
     difference = float(a.mean() - b.mean())
-    if a.size < 2 or b.size < 2 or _squared_standard_error(a) + _squared_standard_error(b) == 0.0:
+    if a.size < 2 or b.size < 2 or a.var(ddof=1) / a.size + b.var(ddof=1) / b.size == 0.0:
         return WelchResult(difference, math.nan, math.nan, math.nan)
     result = sps.ttest_ind(a, b, equal_var=False)
     return WelchResult(difference, float(result.statistic), float(result.df), float(result.pvalue))
@@ -81,10 +77,6 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     p = _floats(p_values)
     tested = np.flatnonzero(~np.isnan(p))
     order = tested[np.argsort(p[tested], kind="stable")]
-    m = order.size
     adjusted = np.full(p.size, math.nan)
-    running = 0.0
-    for i, k in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[k]))
-        adjusted[k] = running
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (order.size - np.arange(order.size)) * p[order]))
     return adjusted.tolist()
