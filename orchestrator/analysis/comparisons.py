@@ -66,8 +66,7 @@ def vs_paper(study: Study):
         "Ours (mean)": [fmt.num(x, d) for x, d in zip(num.ours_mean, num.digits)],
         "Paper": [fmt.num(x, d) for x, d in zip(num.paper, num.digits)],
         "Difference": [fmt.DASH if pd.isna(x) else f"{x:+,.{d}f}" for x, d in zip(num.difference, num.digits)],
-        "95% CI": [fmt.DASH if pd.isna(lo) else f"[{fmt.num(lo, d)}, {fmt.num(hi, d)}]"
-                   for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
+        "95% CI": [fmt.interval(lo, hi, d) for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
         "Paper in 95% CI": num["paper_in_ci95"].map(fmt.yes_no_or_not_comparable), "n": num["n"],
         "Flag": num["flag"]})
     return num.drop(columns=["metric_label", "digits", "flag"]).assign(incomplete=num["flag"] != ""), shown

@@ -14,6 +14,10 @@ def pm(mean, std, digits: int) -> str:
     return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {num(std, digits)}"
 
 
+def interval(low, high, digits: int) -> str:
+    return DASH if pd.isna(low) else f"[{num(low, digits)}, {num(high, digits)}]"
+
+
 def yes_no(x) -> str:
     return DASH if x is None or pd.isna(x) else ("yes" if x else "no")
 
