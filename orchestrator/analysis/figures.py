@@ -231,7 +231,7 @@ def accuracy_vs_size_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path, ca
 def ranking_stability_figure(stability: pd.DataFrame, path: Path, caveat: str | None = None):
     """Each variant's rank (rows, in mean-rank order) within each seed (columns) as a heatmap, 1 = most accurate;
     a cell that holds the variant's mean rank is outlined, and the right margin says in how many seeds it does."""
-    seeds = [c for c in stability.columns if c.startswith("seed_") and c != "seeds_compared"]
+    seeds = [c for c in stability.columns if c.startswith("seed_")]  # not seeds_compared, seeds_held
     ranks = stability[seeds].to_numpy(dtype=float)
     n_variants = len(stability)
     fig, ax = plt.subplots(figsize=(max(6.5, 2.6 + 0.9 * len(seeds)), max(3.0, 1.4 + 0.42 * n_variants)))
