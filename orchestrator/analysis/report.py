@@ -3,15 +3,11 @@
     python -m orchestrator.report [--tracking-uri URI] [--experiment-name NAME] [--sweep ID] [--out DIR]
     python -m orchestrator.report --results DIR [--out OUT]
 
-Reads one sweep from MLflow (parent run + child trial runs), or a folder of trial records, into one `Study`
-(orchestrator.analysis.study); writes tables (Markdown, CSV, LaTeX: orchestrator.analysis.tables), PNG figures
-(orchestrator.analysis.figures) and report.md to the output folder and prints the tables. The tables: Table 2,
-Table 5 with 95% intervals (paper_tables), ours vs the paper, the Holm-corrected claims check (claims), the
-ranking and its stability across seeds (ranking), and the deployment and by-machine latency views. A records
-folder with a one-pass latency table (latency_table, written by `python -m bench.published`) has its latencies
-from that table. A sweep's report is also logged as artifacts of its parent run under `report/`. Failed or
-missing trials are never averaged in silently: n is shown per variant and a variant with fewer finished seeds
-than requested is flagged in every table.
+Reads one sweep from MLflow (parent run + child trial runs), or a folder of trial records, into one `Study`;
+writes every table (Markdown, CSV, LaTeX), the PNG figures and report.md to the output folder, prints the tables,
+and logs a sweep's report to its parent run under `report/`. A records folder with a one-pass latency table
+(`python -m bench.published`) has its latencies from that table. Failed or missing trials are never averaged in
+silently: n is shown per variant and a variant with fewer finished seeds than requested is flagged in every table.
 """
 import shutil
 import sys
@@ -76,23 +72,7 @@ def _how_to_read() -> str:
             "available (an interval or a test needs n ≥ 2 per group).")
 
 
-def _table_notes(name: str, study: Study, num: pd.DataFrame, extra: dict) -> list[str]:
-    """What report.md says under a table, beyond the table itself."""
-    if name == "claims":
-        return verdict_lines(num)
-    if name == "ranking":
-        return [f"Spearman rank correlation, ours vs paper: {fmt.num(extra['rho'], 3)}.", ""]
-    if name == "ranking_stability":
-        k = extra["stable_seeds"]
-        if k < MIN_SEEDS:
-            return [f"Stability needs at least {MIN_SEEDS} seeds that every variant finished; this study has {k}.",
-                    ""]
-        return [f"Ranks within each of the {k} seeds that every variant finished; *Holds its rank*: in how many of "
-                "them the variant has its rank in the mean ranking.", ""]
-    return []
-
-
-def _report_md(study: Study, tables, figures, extra: dict) -> str:
+def _report_md(study: Study, tables, figures) -> str:
     """report.md: what was run, how to read it, every table, the figures, and what is missing or failed."""
     summary = study.summary
     n_not_ok = int((study.trials.status != "FINISHED").sum())
@@ -109,10 +89,9 @@ def _report_md(study: Study, tables, figures, extra: dict) -> str:
         md += [f"> ⚠ **Incomplete variants** (fewer finished seeds than requested): {', '.join(incomplete)}. "
                "See *Missing trials* and *Failed trials* below.", ""]
     md += [_how_to_read(), ""]
-    for name, title, num, shown in tables:
+    for name, title, _, shown, notes in tables:
         md += [f"## {title}", "", fmt.to_markdown(shown), "",
-               f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", "",
-               *_table_notes(name, study, num, extra)]
+               f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", "", *notes]
     md += ["## Figures", ""] + [f"### {cap}\n\n![{cap}]({f})\n" for f, cap in figures]
     md += _problems_md(study)
     md += ["Per-trial values: [trials.csv](trials.csv); per-epoch mean/std: [curves.csv](curves.csv).", ""]
@@ -150,27 +129,33 @@ def _write_figures(study: Study, out: Path, stability: pd.DataFrame, stable_seed
     return figures
 
 
-def _tables(study: Study) -> tuple[list, dict]:
-    """Every table as (file name, title, num, shown), and what report.md says beside them."""
+def _tables(study: Study) -> tuple[list, pd.DataFrame, int]:
+    """Every table as (file name, title, num, shown, the lines report.md says under it); and the ranking
+    stability's num and number of seeds compared, for its figure."""
+    claims_num, claims_shown = claims(study)
     rank_num, rank_shown, rho = ranking(study)
-    stable_num, stable_shown, stable_seeds = ranking_stability(study)
+    stable_num, stable_shown, k = ranking_stability(study)
+    stable_note = (f"Stability needs at least {MIN_SEEDS} seeds that every variant finished; this study has {k}."
+                   if k < MIN_SEEDS else f"Ranks within each of the {k} seeds that every variant finished; *Holds "
+                   "its rank*: in how many of them the variant has its rank in the mean ranking.")
     latency = "; latency: one machine, one pass, see latency.md" if study.latency_source else ""
     tables = [
-        ("table2", "Table 2: parameters and size", *table2(study)),
-        ("table5", f"Table 5: model comparison (mean ± std over seeds, 95% interval{latency})", *table5(study)),
-        ("vs_paper", "Ours against the paper (95% t-interval over seeds)", *vs_paper(study)),
-        ("claims", f"Claims check: accuracy vs Base, Welch's t-test, Holm-corrected (α = {ALPHA})", *claims(study)),
-        ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown),
-        ("ranking_stability", "Ranking stability across seeds", stable_num, stable_shown),
+        ("table2", "Table 2: parameters and size", *table2(study), []),
+        ("table5", f"Table 5: model comparison (mean ± std over seeds, 95% interval{latency})", *table5(study), []),
+        ("vs_paper", "Ours against the paper (95% t-interval over seeds)", *vs_paper(study), []),
+        ("claims", f"Claims check: accuracy vs Base, Welch's t-test, Holm-corrected (α = {ALPHA})", claims_num,
+         claims_shown, verdict_lines(claims_num)),
+        ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown,
+         [f"Spearman rank correlation, ours vs paper: {fmt.num(rho, 3)}.", ""]),
+        ("ranking_stability", "Ranking stability across seeds", stable_num, stable_shown, [stable_note, ""]),
     ]
     if study.summary["n_exported"].fillna(0).sum() > 0:
         tables.append(("deployment", "Deployment: ONNX and int8 files, accuracy and ONNX Runtime latency"
-                       + (f" ({latency[2:]})" if latency else ""),
-                       *deployment(study)))
+                       + (f" ({latency[2:]})" if latency else ""), *deployment(study), []))
     if study.finished["latency_hardware"].nunique() > 1:
         tables.append(("latency_by_machine", "Inference time by machine (never averaged across machines)",
-                       *latency_by_machine(study)))
-    return tables, {"rho": rho, "stable_seeds": stable_seeds, "stability": stable_num}
+                       *latency_by_machine(study), []))
+    return tables, stable_num, k
 
 
 def _copy_latency_table(study: Study, out: Path) -> None:
@@ -188,17 +173,17 @@ INDEXED_TABLES = ("table2", "table5", "ranking", "ranking_stability")  # their C
 def write_report(study: Study, out: Path) -> Path:
     """Every table (Markdown, CSV, LaTeX), the figures and report.md of the study into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    tables, extra = _tables(study)
-    for name, title, num, shown in tables:
+    tables, stability, stable_seeds = _tables(study)
+    for name, title, num, shown, _ in tables:
         num.to_csv(out / f"{name}.csv", index=name in INDEXED_TABLES, index_label="variant", float_format="%.10g")
         (out / f"{name}.md").write_text(f"**{title}**\n\n{fmt.to_markdown(shown)}\n")
         (out / f"{name}.tex").write_text(fmt.to_latex(shown, title, name))
         print(f"\n{title}\n{fmt.to_markdown(shown)}")
     study.curves.to_csv(out / "curves.csv", index=False, float_format="%.10g")
     study.trials.drop(columns=["start_time"]).sort_values(["variant", "seed"]).to_csv(out / "trials.csv", index=False)
-    figures = _write_figures(study, out, extra["stability"], extra["stable_seeds"])
+    figures = _write_figures(study, out, stability, stable_seeds)
     _copy_latency_table(study, out)
-    (out / "report.md").write_text(_report_md(study, tables, figures, extra))
+    (out / "report.md").write_text(_report_md(study, tables, figures))
     return out
 
 
