@@ -57,8 +57,9 @@ class Study:
     curves: pd.DataFrame = field(init=False)       # per (variant, metric, epoch): mean, std, n
 
     def __post_init__(self):
-        seen = self.trials["variant"].dropna().unique().tolist()
-        self.variants = variant_order(self.requested_variants, seen, self.paper)
+        # Requested and observed variants, in the paper's order; unknown names after, alphabetically.
+        names = set(self.requested_variants) | set(self.trials["variant"].dropna())
+        self.variants = [v for v in self.paper.index if v in names] + sorted(names - set(self.paper.index))
         # Only FINISHED trials are averaged. A (variant, seed) retried into several finished runs counts once:
         # the latest run wins and the others are listed as superseded.
         finished = self.trials[self.trials.status == "FINISHED"].sort_values("start_time")
@@ -86,12 +87,6 @@ class Study:
         """The final validation accuracies (%) of the variant's averaged trials."""
         rows = self.finished.loc[self.finished.variant == variant, "final_val_accuracy"].dropna()
         return (100.0 * rows).tolist()
-
-
-def variant_order(requested: list[str], seen: list[str], paper: pd.DataFrame) -> list[str]:
-    """Requested and observed variants, in the paper's order; unknown names after, alphabetically."""
-    names = set(requested) | set(seen)
-    return [v for v in paper.index if v in names] + sorted(names - set(paper.index))
 
 
 LATENCY_METRICS = ("latency_ms_per_image", "latency_ms_batch1")
@@ -222,16 +217,13 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = N
     provenance = [f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
                   f"(`{parent.info.run_id}`, status {parent.info.status})."]
     variants = [v.strip() for v in tags.get("variants", "").split(",") if v.strip()]
+    protocol = None  # unknown: a sweep from before config_json was tagged
+    if "config_json" in tags:
+        from orchestrator.sweep.config import SweepConfig
+        protocol = records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
     study = Study(f"sweep `{sweep_id}`", provenance, variants, _int_list(tags.get("seeds")), trials, history,
-                  protocol=_sweep_protocol(tags))
+                  protocol=protocol)
     return study, parent
-
-
-def _sweep_protocol(tags: dict) -> dict | None:
-    if "config_json" not in tags:
-        return None
-    from orchestrator.sweep.config import SweepConfig
-    return records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
 
 
 # ------------------------------------------------------------------------------------------ from records
