@@ -78,9 +78,6 @@ def curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame
 
 
 # ---------------------------------------------------------------------------------------------- point labels
-LABEL_PAD_PX = 2.0
-
-
 def _overlap(a, b, pad: float) -> tuple[float, float]:
     """How far two display-space boxes overlap in x and y (<= 0: they don't)."""
     return (min(a.x1, b.x1) - max(a.x0, b.x0) + pad, min(a.y1, b.y1) - max(a.y0, b.y0) + pad)
@@ -92,7 +89,7 @@ def text_box(annotation, renderer):
     return Text.get_window_extent(annotation, renderer)
 
 
-def spread_labels(ax, texts: list, iterations: int = 200, pad_px: float = LABEL_PAD_PX) -> None:
+def spread_labels(ax, texts: list, iterations: int = 200, pad_px: float = 2.0) -> None:
     """Move overlapping point labels (annotations in offset points) apart vertically until none overlap: a
     small repulsion in the way of adjustText, without the dependency. Each step pushes the two labels of an
     overlapping pair apart by half their overlap each; a leader line keeps a moved label tied to its point."""

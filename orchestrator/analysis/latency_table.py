@@ -8,8 +8,6 @@ measured on whatever machine ran it, under whatever load it had.
 
 The columns carry the records' metric names, so a study swaps its trials' values for the table's one for one.
 """
-from __future__ import annotations
-
 import io
 import math
 from dataclasses import dataclass
