@@ -16,11 +16,9 @@ def _floats(values: Sequence[float]) -> np.ndarray:
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Two-sided t-interval for the mean of `values`; (nan, nan) with fewer than 2 values.
-
-    Values without spread give a zero-width interval at the mean (a deterministic quantity such as a size):
-    `t.ppf` times the standard error rather than `t.interval`, which returns nan for a zero scale.
-    """
+    """Two-sided t-interval for the mean of `values`; (nan, nan) with fewer than 2 values. Values without spread
+    (a deterministic quantity such as a size) give a zero-width interval at the mean: `t.ppf` times the standard
+    error rather than `t.interval`, which returns nan for a zero scale."""
     x = _floats(values)
     if x.size < 2:
         return math.nan, math.nan
@@ -39,10 +37,8 @@ class WelchResult:
 
 def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     """Welch's unequal-variance t-test of mean(a) == mean(b), two-sided (scipy's ttest_ind, equal_var=False).
-
-    Needs at least 2 values per group; otherwise, or when both groups have zero variance (no spread to
-    test against), t, df and p are nan. The difference is always reported when both groups are non-empty.
-    """
+    Below 2 values in a group, or when both groups have zero variance (no spread to test against), t, df and p
+    are nan; the difference is reported whenever both groups are non-empty."""
     a, b = _floats(a), _floats(b)
     if not a.size or not b.size:
         return WelchResult(math.nan, math.nan, math.nan, math.nan)
@@ -54,10 +50,8 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation of paired values (scipy's spearmanr: tied values get their average rank).
-
-    nan with fewer than 3 pairs (two points always correlate perfectly) or when one side is constant.
-    """
+    """Spearman's rank correlation of paired values (scipy's spearmanr: tied values get their average rank);
+    nan with fewer than 3 pairs (two points always correlate perfectly) or when one side is constant."""
     x, y = _floats(x), _floats(y)
     if x.size != y.size:
         raise ValueError(f"spearman_rho needs paired values, got {x.size} and {y.size}")
@@ -67,13 +61,9 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control), in the order given.
-
-    The i-th smallest of m p-values is multiplied by (m - i + 1), capped at 1, and made non-decreasing in that
-    order; comparing the adjusted values with α is Holm's procedure at level α. nan (a comparison that could not
-    be tested) stays nan and is not counted in m: the family is the tests actually made. (scipy has no Holm;
-    this equals statsmodels' multipletests(method="holm").)
-    """
+    """Holm's step-down adjusted p-values, in the order given: comparing them with α is Holm's procedure at level
+    α. nan (a comparison that could not be tested) stays nan and is not counted: the family is the tests actually
+    made. (scipy has no Holm; this equals statsmodels' multipletests(method="holm").)"""
     p = _floats(p_values)
     tested = np.flatnonzero(~np.isnan(p))
     order = tested[np.argsort(p[tested], kind="stable")]
