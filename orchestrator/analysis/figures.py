@@ -66,8 +66,7 @@ def curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame
         band(overlay, v, "val", colors[v], label(v, paper))
     overlay.set_title("Validation, all variants")
     for ax in axes[:n_panels]:
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="Epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -172,8 +171,7 @@ def _scatter(ax, s, paper, x, xerr, xlabel, paper_x=None):
     if left_out:  # below the axis label, so it never hides a point
         ax.annotate("Not shown: " + "; ".join(left_out), (0, 0), xycoords="axes fraction", xytext=(0, -42),
                     textcoords="offset points", fontsize=7, color="tab:red", va="top")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Validation accuracy (%)")
+    ax.set(xlabel=xlabel, ylabel="Validation accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # nothing to label when no variant finished
         ax.legend(fontsize=7)
@@ -208,8 +206,7 @@ def int8_accuracy_vs_bytes_figure(summary: pd.DataFrame, paper: pd.DataFrame, pa
                     yerr=np.nan_to_num(100.0 * summary.loc[v, "int8_val_accuracy_std"]), fmt="o", color=colors[v],
                     capsize=3, label=f"{label(v, paper)} (n={summary.loc[v, 'n_exported']})")
         texts.append(label_point(ax, label(v, paper), (x, y)))
-    ax.set_xlabel("int8 ONNX file (KB)")
-    ax.set_ylabel("int8 validation accuracy (%)")
+    ax.set(xlabel="int8 ONNX file (KB)", ylabel="int8 validation accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)

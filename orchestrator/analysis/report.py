@@ -61,15 +61,14 @@ def _latency_md(study: Study) -> str:
     return f"Latency measured by each trial, on: {'; '.join(machines) or fmt.DASH}."
 
 
-def _how_to_read() -> str:
-    return ("How to read: values are the mean ± sample standard deviation (ddof = 1) over seeds; n is the number "
-            "of finished trials averaged. Accuracy is the validation accuracy after the last epoch. The 95% "
-            "interval is the Student t-interval of the mean (needs n ≥ 2); Table 5 says whether the paper's value "
-            "lies inside it. The claims check compares each variant with Base by Welch's two-sided t-test, with "
-            f"Holm's correction over the comparisons tested, at α = {ALPHA}; the seed spread is the pooled standard "
-            "deviation of one run. The paper ran one seed per variant on its own hardware, so its values have no "
-            f"spread and its latencies are not directly comparable with ours. {fmt.DASH} marks a value that is not "
-            "available (an interval or a test needs n ≥ 2 per group).")
+HOW_TO_READ = ("How to read: values are the mean ± sample standard deviation (ddof = 1) over seeds; n is the number "
+               "of finished trials averaged. Accuracy is the validation accuracy after the last epoch. The 95% "
+               "interval is the Student t-interval of the mean (needs n ≥ 2); Table 5 says whether the paper's value "
+               "lies inside it. The claims check compares each variant with Base by Welch's two-sided t-test, with "
+               f"Holm's correction over the comparisons tested, at α = {ALPHA}; the seed spread is the pooled "
+               "standard deviation of one run. The paper ran one seed per variant on its own hardware, so its values "
+               f"have no spread and its latencies are not directly comparable with ours. {fmt.DASH} marks a value "
+               "that is not available (an interval or a test needs n ≥ 2 per group).")
 
 
 def _report_md(study: Study, tables, figures) -> str:
@@ -88,7 +87,7 @@ def _report_md(study: Study, tables, figures) -> str:
     if incomplete:
         md += [f"> ⚠ **Incomplete variants** (fewer finished seeds than requested): {', '.join(incomplete)}. "
                "See *Missing trials* and *Failed trials* below.", ""]
-    md += [_how_to_read(), ""]
+    md += [HOW_TO_READ, ""]
     for name, title, _, shown, notes in tables:
         md += [f"## {title}", "", fmt.to_markdown(shown), "",
                f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", "", *notes]
@@ -98,34 +97,31 @@ def _report_md(study: Study, tables, figures) -> str:
     return "\n".join(md)
 
 
-FIGURES = [("loss_curves.png", "Training and validation loss per epoch (Figures 6 and 8)"),
-           ("accuracy_curves.png", "Training and validation accuracy per epoch (Figures 7 and 9)"),
-           ("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
-           ("accuracy_vs_size.png", "Accuracy vs size")]
-
-
 def figure_caveat(study: Study) -> str | None:
     """The warning every figure's title carries when the study is not under the paper's protocol."""
     return None if study.comparable else f"⚠ not the paper's protocol: {'; '.join(study.protocol_differences())}"
 
 
 def _write_figures(study: Study, out: Path, stability: pd.DataFrame, stable_seeds: int) -> list[tuple[str, str]]:
-    figures, caveat = FIGURES, figure_caveat(study)
+    """The figures the study has data for, drawn into `out`; returns their (file name, caption)."""
+    figures, caveat = [], figure_caveat(study)
     if not study.curves.empty:
-        for kind in ("loss", "accuracy"):
+        for kind, caption in (("loss", "Training and validation loss per epoch (Figures 6 and 8)"),
+                              ("accuracy", "Training and validation accuracy per epoch (Figures 7 and 9)")):
             curves_figure(study.curves, study.variants, study.paper, kind, out / f"{kind}_curves.png", caveat)
-    else:
-        figures = figures[2:]
+            figures.append((f"{kind}_curves.png", caption))
     machines = sorted(m for m in study.finished["latency_hardware"].unique() if m)
     where = f"one pass on {'; '.join(machines)}" if study.latency_source else "each trial on its own machine"
     accuracy_vs_latency_figure(study.summary, study.paper, out / "accuracy_vs_latency.png", caveat, where)
     accuracy_vs_size_figure(study.summary, study.paper, out / "accuracy_vs_size.png", caveat)
+    figures += [("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
+                ("accuracy_vs_size.png", "Accuracy vs size")]
     if study.summary["n_exported"].fillna(0).sum() > 0:
         int8_accuracy_vs_bytes_figure(study.summary, study.paper, out / "int8_accuracy_vs_bytes.png", caveat)
-        figures = [*figures, ("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)")]
+        figures.append(("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)"))
     if stable_seeds >= MIN_SEEDS:
         ranking_stability_figure(stability, out / "ranking_stability.png", caveat)
-        figures = [*figures, ("ranking_stability.png", "Ranking stability: each variant's rank within each seed")]
+        figures.append(("ranking_stability.png", "Ranking stability: each variant's rank within each seed"))
     return figures
 
 
