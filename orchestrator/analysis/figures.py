@@ -123,11 +123,9 @@ def label_point(ax, text: str, xy: tuple[float, float], **kw):
 
 # ---------------------------------------------------------------------------------------- accuracy vs x
 def _left_out(s: pd.DataFrame, x: str, paper: pd.DataFrame) -> list[str]:
-    """"V5 (latencies from 2 machines)" for each variant the panel cannot place, with the reason."""
+    """"V5 (latencies from 2 machines)" for each variant in `s` (those the panel cannot place), with the reason."""
     notes = []
     for v in s.index:
-        if not (pd.isna(s.loc[v, x]) or pd.isna(s.loc[v, "val_accuracy_pct_mean"])):
-            continue
         if s.loc[v, "n"] == 0:
             why = "no finished trial"
         elif x.startswith("latency") and s.loc[v, "latency_machines"] > 1:
@@ -138,9 +136,9 @@ def _left_out(s: pd.DataFrame, x: str, paper: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str, colors: dict) -> list:
-    """The paper's points: black crosses, each labelled and joined to ours for the same variant by a dotted
-    line in that variant's colour; returns the labels."""
+def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str, colors: dict, placed) -> list:
+    """The paper's points: black crosses, each labelled and joined to ours for the same variant (where `placed`)
+    by a dotted line in that variant's colour; returns the labels."""
     texts = []
     ref = [v for v in s.index if v in paper.index and not pd.isna(paper.loc[v, paper_x])]
     ax.scatter([paper.loc[v, paper_x] for v in ref], [paper.loc[v, "val_accuracy_pct"] for v in ref], marker="x",
@@ -148,26 +146,24 @@ def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str
                else "paper (1 run)")
     for v in ref:
         px, py = paper.loc[v, paper_x], paper.loc[v, "val_accuracy_pct"]
-        ours = (s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"])
-        if not any(pd.isna(c) for c in ours):
-            ax.plot([ours[0], px], [ours[1], py], ":", color=colors[v], lw=1)
+        if placed[v]:
+            ax.plot([s.loc[v, x], px], [s.loc[v, "val_accuracy_pct_mean"], py], ":", color=colors[v], lw=1)
         texts.append(label_point(ax, f"{label(v, paper)} paper", (px, py), color="0.35", fontstyle="italic"))
     return texts
 
 
 def _scatter(ax, s, paper, x, xerr, xlabel, paper_x=None):
     colors = _colors(list(s.index))
+    placed = s[x].notna() & s["val_accuracy_pct_mean"].notna()
     texts = []
-    for v in s.index:
-        if pd.isna(s.loc[v, x]) or pd.isna(s.loc[v, "val_accuracy_pct_mean"]):
-            continue
+    for v in s.index[placed]:
         ax.errorbar(s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"], xerr=s[xerr].fillna(0)[v] if xerr else None,
                     yerr=s["val_accuracy_pct_std"].fillna(0)[v], fmt="o", color=colors[v], capsize=3,
                     label=f"{label(v, paper)} (n={s.loc[v, 'n']})")
         texts.append(label_point(ax, label(v, paper), (s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"])))
     if paper_x is not None:
-        texts += _paper_points(ax, s, paper, x, paper_x, colors)
-    left_out = _left_out(s, x, paper)
+        texts += _paper_points(ax, s, paper, x, paper_x, colors, placed)
+    left_out = _left_out(s[~placed], x, paper)
     if left_out:  # below the axis label, so it never hides a point
         ax.annotate("Not shown: " + "; ".join(left_out), (0, 0), xycoords="axes fraction", xytext=(0, -42),
                     textcoords="offset points", fontsize=7, color="tab:red", va="top")
