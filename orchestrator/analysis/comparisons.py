@@ -1,9 +1,5 @@
-"""Ours against the paper and against Base: the 95% intervals beside the paper's values, the claims check
-(Welch's test per variant vs Base, Holm-corrected over the comparisons), the accuracy ranking, and how stable
-that ranking is from seed to seed.
-
-Each table function returns (num, shown): the numbers (for CSV) and the formatted cells (Markdown, LaTeX).
-"""
+"""Ours against the paper: each metric's mean over seeds and its 95% t-interval beside the paper's value, as
+(num, shown): the numbers (for CSV) and the formatted cells (Markdown, LaTeX)."""
 import math
 
 import pandas as pd

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from orchestrator.analysis import latency_table
 from orchestrator.analysis import tables as fmt
 from orchestrator.analysis.claims import claims, verdict_lines
@@ -24,8 +27,9 @@ from orchestrator.analysis.figures import (accuracy_vs_latency_figure, accuracy_
 from orchestrator.analysis.paper_tables import deployment, latency_by_machine, table2, table5
 from orchestrator.analysis.ranking import MIN_SEEDS, ranking, ranking_stability
 from orchestrator.analysis.study import ReportError, Study, list_sweeps, load_records, load_sweep
-from orchestrator.cli import ArgumentParser
+from orchestrator.cli import ArgumentParser, directory_problem
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from orchestrator.sweep.tracking import TrackingError, check_readable
 
 
 # -------------------------------------------------------------------------------------------------- report
@@ -189,7 +193,6 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
     study, parent = load_sweep(tracking_uri, experiment_name, sweep_id)
     out = Path(out_dir) if out_dir is not None else Path("reports") / parent.data.tags.get("sweep_id", str(sweep_id))
     write_report(study, out)
-    from mlflow import MlflowClient
     MlflowClient(tracking_uri).log_artifacts(parent.info.run_id, str(out), artifact_path="report")
     return out
 
@@ -218,10 +221,6 @@ def main(argv=None) -> int:
 def _run(args) -> Path | None:
     """main's work; bad input (an output folder that cannot be one, a tracking URI that is not one, a server that
     does not answer, any refusal of the store) raises ReportError with one line."""
-    from mlflow.exceptions import MlflowException
-
-    from orchestrator.cli import directory_problem
-    from orchestrator.sweep.tracking import TrackingError, check_readable
     flag, out_dir = ("--out", args.out) if args.out else ("--results", args.results)
     problem = directory_problem(out_dir) if out_dir and not args.list else None
     if problem:

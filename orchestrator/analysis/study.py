@@ -247,11 +247,10 @@ def load_records(results_dir: str | Path) -> Study:
                             for r in found for h in r["history"] for key in CURVE_METRICS if key in h],
                            columns=HISTORY_COLUMNS)
     trials, latency_source = _one_pass_latencies(results_dir, found, trials)
-    protocol = found[0]
-    provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{protocol['protocol_hash']}`."]
-    seeds = sorted({r["seed"] for r in found})
-    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history, protocol=protocol["protocol"],
-                 latency_source=latency_source, latency_dir=Path(results_dir) if latency_source else None)
+    provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{found[0]['protocol_hash']}`."]
+    return Study(f"records in `{results_dir}`", provenance, [], sorted({r["seed"] for r in found}), trials, history,
+                 protocol=found[0]["protocol"], latency_source=latency_source,
+                 latency_dir=Path(results_dir) if latency_source else None)
 
 
 def _one_pass_latencies(results_dir, found: list[dict], trials: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
