@@ -32,11 +32,6 @@ from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.sweep.tracking import TrackingError, check_readable
 
 
-# -------------------------------------------------------------------------------------------------- report
-def _md_list(df: pd.DataFrame, empty: str) -> str:
-    return fmt.to_markdown(df) if len(df) else empty
-
-
 def _problems_md(study: Study) -> list[str]:
     """The failed, missing and superseded trials, so nothing goes missing from the averages silently."""
     not_ok = study.trials[study.trials.status != "FINISHED"].sort_values(["variant", "seed"])
@@ -48,21 +43,14 @@ def _problems_md(study: Study) -> list[str]:
                            "Seed": not_ok.seed.astype("Int64"), "Run": not_ok.run_name, "Run id": not_ok.run_id,
                            "Status": not_ok.status, "Failure reason": not_ok.failure_reason.replace("", fmt.DASH)})
     md = ["## Failed trials", "", "Failed or unfinished runs are listed here and never averaged.", "",
-          _md_list(failed, "None."), "", "## Missing trials", "",
-          "Requested (variant, seed) pairs with no finished run.", "", _md_list(missing, "None."), ""]
+          fmt.to_markdown(failed) if len(failed) else "None.", "", "## Missing trials", "",
+          "Requested (variant, seed) pairs with no finished run.", "",
+          fmt.to_markdown(missing) if len(missing) else "None.", ""]
     if len(study.superseded):
         md += ["## Superseded runs", "", "Earlier finished runs of a (variant, seed) that was run again; "
                "only the latest is averaged.", "",
                fmt.to_markdown(study.superseded[["variant", "seed", "run_name", "run_id"]]), ""]
     return md
-
-
-def _latency_md(study: Study) -> str:
-    if study.latency_source:
-        return (f"Latency (Table 5, the deployment table, the accuracy-vs-latency figure): {study.latency_source}; "
-                f"see [latency.md](latency.md). The trials' own latencies are not used.")
-    machines = sorted(m for m in study.finished["latency_hardware"].unique() if m)
-    return f"Latency measured by each trial, on: {'; '.join(machines) or fmt.DASH}."
 
 
 HOW_TO_READ = ("How to read: values are the mean ± sample standard deviation (ddof = 1) over seeds; n is the number "
@@ -78,12 +66,15 @@ HOW_TO_READ = ("How to read: values are the mean ± sample standard deviation (d
 def _report_md(study: Study, tables, figures) -> str:
     """report.md: what was run, how to read it, every table, the figures, and what is missing or failed."""
     summary = study.summary
-    n_not_ok = int((study.trials.status != "FINISHED").sum())
     incomplete = [f"{study.label(v)} ({fmt.seeds_text(summary.loc[v])})" for v in summary.index[summary["incomplete"]]]
-    md = [f"# Report: {study.title}", "", *study.provenance, _latency_md(study),
+    machines = "; ".join(sorted(m for m in study.finished["latency_hardware"].unique() if m))
+    latency = (f"Latency (Table 5, the deployment table, the accuracy-vs-latency figure): {study.latency_source}; "
+               "see [latency.md](latency.md). The trials' own latencies are not used." if study.latency_source
+               else f"Latency measured by each trial, on: {machines or fmt.DASH}.")
+    md = [f"# Report: {study.title}", "", *study.provenance, latency,
           f"Requested variants: {', '.join(study.requested_variants) or fmt.DASH}; seeds: "
           f"{', '.join(map(str, study.requested_seeds)) or fmt.DASH}. Finished trials averaged: "
-          f"{len(study.finished)}; failed or unfinished: {n_not_ok}.", ""]
+          f"{len(study.finished)}; failed or unfinished: {int((study.trials.status != 'FINISHED').sum())}.", ""]
     if not study.comparable:
         md += [f"> ⚠ **Not the paper's protocol**: {'; '.join(study.protocol_differences())}. Accuracies are "
                f"not comparable with the paper's: the comparison, the claims check and the ranking mark them "
