@@ -18,8 +18,7 @@ from models.reference import label  # noqa: E402
 
 
 def _colors(variants: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(variants)}
+    return {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
 
 
 def _title(text: str, caveat: str | None, width: int = 100) -> str:
@@ -94,9 +93,8 @@ def spread_labels(ax, texts: list, iterations: int = 200, pad_px: float = 2.0) -
     overlapping pair apart by half their overlap each; a leader line keeps a moved label tied to its point."""
     if len(texts) < 2:
         return
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    px_to_pt = 72.0 / fig.dpi
+    renderer = ax.figure.canvas.get_renderer()
+    px_to_pt = 72.0 / ax.figure.dpi
     for _ in range(iterations):
         boxes = [text_box(t, renderer) for t in texts]
         moved = False

@@ -44,10 +44,9 @@ def ranking(study: Study):
 
 
 def rank_stability(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (rows of `accuracy`: variants x seeds, nan where a trial is missing): its rank in the mean
-    ranking (of the row means, over all its seeds), its rank within each seed that every variant finished
-    (`seed_<k>` columns; other seeds rank different sets of variants, so they are left out), how many of those
-    seeds it holds its mean rank in, and the share. Sorted by mean rank; variants with no value are dropped."""
+    """Per variant (rows of `accuracy`: variants x seeds, nan where a trial is missing; all-nan rows dropped): its
+    rank in the mean ranking, its rank within each seed that every variant finished (`seed_<k>`; other seeds rank
+    other sets of variants), and in how many of those seeds it holds its mean rank, and the share; by mean rank."""
     accuracy = accuracy.dropna(how="all")
     mean_rank = _rank(accuracy.mean(axis=1))
     complete = [s for s in accuracy.columns if accuracy[s].notna().all()]

@@ -40,9 +40,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     Below 2 values in a group, or when both groups have zero variance (no spread to test against), t, df and p
     are nan; the difference is reported whenever both groups are non-empty."""
     a, b = _floats(a), _floats(b)
-    if not a.size or not b.size:
-        return WelchResult(math.nan, math.nan, math.nan, math.nan)
-    difference = float(a.mean() - b.mean())
+    difference = float(a.mean() - b.mean()) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2 or a.var(ddof=1) / a.size + b.var(ddof=1) / b.size == 0.0:
         return WelchResult(difference, math.nan, math.nan, math.nan)
     result = sps.ttest_ind(a, b, equal_var=False)

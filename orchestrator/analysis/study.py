@@ -210,9 +210,8 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = N
     if trials.empty:
         raise ReportError(f"sweep {sweep_id!r} (run {parent.info.run_id}) has no trial runs; "
                           f"rerun it with python -m orchestrator.run or pick another with --sweep")
-    finished = trials[trials.status == "FINISHED"]
     history = pd.DataFrame([(t.variant, t.seed, t.run_id, key, m.step, m.value)
-                            for t in finished.itertuples() for key in CURVE_METRICS
+                            for t in trials[trials.status == "FINISHED"].itertuples() for key in CURVE_METRICS
                             for m in client.get_metric_history(t.run_id, key)], columns=HISTORY_COLUMNS)
     provenance = [f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
                   f"(`{parent.info.run_id}`, status {parent.info.status})."]
