@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
