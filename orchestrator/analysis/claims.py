@@ -71,13 +71,11 @@ def _claim_row(study: Study, variant: str) -> dict:
 def claims(study: Study):
     """One row per variant but Base: Welch's test, its Holm-adjusted p over the comparisons tested, the paper's
     claim and the verdict on it, and whether the difference is within the seed-to-seed spread."""
-    num = pd.DataFrame([_claim_row(study, v) for v in study.summary.index if v != "base"],
-                       columns=[c for c in CLAIM_COLUMNS if c not in ("p_holm", "significant_holm", "verdict")])
-    num["p_holm"] = stats.holm_adjust(num["p_value"]) if len(num) else []
+    num = pd.DataFrame([_claim_row(study, v) for v in study.summary.index if v != "base"], columns=CLAIM_COLUMNS)
+    num["p_holm"] = stats.holm_adjust(num["p_value"])
     num["significant_holm"] = [math.nan if pd.isna(p) else bool(p < ALPHA) for p in num["p_holm"]]
     num["verdict"] = [verdict(p, d, paper_d, study.comparable)
                       for p, d, paper_d in zip(num.p_holm, num.difference_pp, num.paper_difference_pp)]
-    num = num[CLAIM_COLUMNS]
     signed = lambda x, d=2: fmt.DASH if pd.isna(x) else f"{x:+.{d}f}"  # noqa: E731
     p_cell = lambda x: fmt.DASH if pd.isna(x) else f"{x:.3g}"  # noqa: E731
     shown = pd.DataFrame({

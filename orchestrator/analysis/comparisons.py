@@ -1,9 +1,5 @@
-"""Ours against the paper and against Base: the 95% intervals beside the paper's values, the claims check
-(Welch's test per variant vs Base, Holm-corrected over the comparisons), the accuracy ranking, and how stable
-that ranking is from seed to seed.
-
-Each table function returns (num, shown): the numbers (for CSV) and the formatted cells (Markdown, LaTeX).
-"""
+"""Ours against the paper: each metric's mean over seeds and its 95% t-interval beside the paper's value, as
+(num, shown): the numbers (for CSV) and the formatted cells (Markdown, LaTeX)."""
 import math
 
 import pandas as pd
@@ -66,8 +62,7 @@ def vs_paper(study: Study):
         "Ours (mean)": [fmt.num(x, d) for x, d in zip(num.ours_mean, num.digits)],
         "Paper": [fmt.num(x, d) for x, d in zip(num.paper, num.digits)],
         "Difference": [fmt.DASH if pd.isna(x) else f"{x:+,.{d}f}" for x, d in zip(num.difference, num.digits)],
-        "95% CI": [fmt.DASH if pd.isna(lo) else f"[{fmt.num(lo, d)}, {fmt.num(hi, d)}]"
-                   for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
+        "95% CI": [fmt.interval(lo, hi, d) for lo, hi, d in zip(num.ci95_low, num.ci95_high, num.digits)],
         "Paper in 95% CI": num["paper_in_ci95"].map(fmt.yes_no_or_not_comparable), "n": num["n"],
         "Flag": num["flag"]})
     return num.drop(columns=["metric_label", "digits", "flag"]).assign(incomplete=num["flag"] != ""), shown

@@ -18,8 +18,7 @@ from models.reference import label  # noqa: E402
 
 
 def _colors(variants: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(variants)}
+    return {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
 
 
 def _title(text: str, caveat: str | None, width: int = 100) -> str:
@@ -66,8 +65,7 @@ def curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame
         band(overlay, v, "val", colors[v], label(v, paper))
     overlay.set_title("Validation, all variants")
     for ax in axes[:n_panels]:
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="Epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -78,9 +76,6 @@ def curves_figure(curves: pd.DataFrame, variants: list[str], paper: pd.DataFrame
 
 
 # ---------------------------------------------------------------------------------------------- point labels
-LABEL_PAD_PX = 2.0
-
-
 def _overlap(a, b, pad: float) -> tuple[float, float]:
     """How far two display-space boxes overlap in x and y (<= 0: they don't)."""
     return (min(a.x1, b.x1) - max(a.x0, b.x0) + pad, min(a.y1, b.y1) - max(a.y0, b.y0) + pad)
@@ -92,15 +87,14 @@ def text_box(annotation, renderer):
     return Text.get_window_extent(annotation, renderer)
 
 
-def spread_labels(ax, texts: list, iterations: int = 200, pad_px: float = LABEL_PAD_PX) -> None:
+def spread_labels(ax, texts: list, iterations: int = 200, pad_px: float = 2.0) -> None:
     """Move overlapping point labels (annotations in offset points) apart vertically until none overlap: a
     small repulsion in the way of adjustText, without the dependency. Each step pushes the two labels of an
     overlapping pair apart by half their overlap each; a leader line keeps a moved label tied to its point."""
     if len(texts) < 2:
         return
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    px_to_pt = 72.0 / fig.dpi
+    renderer = ax.figure.canvas.get_renderer()
+    px_to_pt = 72.0 / ax.figure.dpi
     for _ in range(iterations):
         boxes = [text_box(t, renderer) for t in texts]
         moved = False
@@ -127,11 +121,9 @@ def label_point(ax, text: str, xy: tuple[float, float], **kw):
 
 # ---------------------------------------------------------------------------------------- accuracy vs x
 def _left_out(s: pd.DataFrame, x: str, paper: pd.DataFrame) -> list[str]:
-    """"V5 (latencies from 2 machines)" for each variant the panel cannot place, with the reason."""
+    """"V5 (latencies from 2 machines)" for each variant in `s` (those the panel cannot place), with the reason."""
     notes = []
     for v in s.index:
-        if not (pd.isna(s.loc[v, x]) or pd.isna(s.loc[v, "val_accuracy_pct_mean"])):
-            continue
         if s.loc[v, "n"] == 0:
             why = "no finished trial"
         elif x.startswith("latency") and s.loc[v, "latency_machines"] > 1:
@@ -142,9 +134,9 @@ def _left_out(s: pd.DataFrame, x: str, paper: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str, colors: dict) -> list:
-    """The paper's points: black crosses, each labelled and joined to ours for the same variant by a dotted
-    line in that variant's colour; returns the labels."""
+def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str, colors: dict, placed) -> list:
+    """The paper's points: black crosses, each labelled and joined to ours for the same variant (where `placed`)
+    by a dotted line in that variant's colour; returns the labels."""
     texts = []
     ref = [v for v in s.index if v in paper.index and not pd.isna(paper.loc[v, paper_x])]
     ax.scatter([paper.loc[v, paper_x] for v in ref], [paper.loc[v, "val_accuracy_pct"] for v in ref], marker="x",
@@ -152,31 +144,28 @@ def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str
                else "paper (1 run)")
     for v in ref:
         px, py = paper.loc[v, paper_x], paper.loc[v, "val_accuracy_pct"]
-        ours = (s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"])
-        if not any(pd.isna(c) for c in ours):
-            ax.plot([ours[0], px], [ours[1], py], ":", color=colors[v], lw=1)
+        if placed[v]:
+            ax.plot([s.loc[v, x], px], [s.loc[v, "val_accuracy_pct_mean"], py], ":", color=colors[v], lw=1)
         texts.append(label_point(ax, f"{label(v, paper)} paper", (px, py), color="0.35", fontstyle="italic"))
     return texts
 
 
 def _scatter(ax, s, paper, x, xerr, xlabel, paper_x=None):
     colors = _colors(list(s.index))
+    placed = s[x].notna() & s["val_accuracy_pct_mean"].notna()
     texts = []
-    for v in s.index:
-        if pd.isna(s.loc[v, x]) or pd.isna(s.loc[v, "val_accuracy_pct_mean"]):
-            continue
+    for v in s.index[placed]:
         ax.errorbar(s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"], xerr=s[xerr].fillna(0)[v] if xerr else None,
                     yerr=s["val_accuracy_pct_std"].fillna(0)[v], fmt="o", color=colors[v], capsize=3,
                     label=f"{label(v, paper)} (n={s.loc[v, 'n']})")
         texts.append(label_point(ax, label(v, paper), (s.loc[v, x], s.loc[v, "val_accuracy_pct_mean"])))
     if paper_x is not None:
-        texts += _paper_points(ax, s, paper, x, paper_x, colors)
-    left_out = _left_out(s, x, paper)
+        texts += _paper_points(ax, s, paper, x, paper_x, colors, placed)
+    left_out = _left_out(s[~placed], x, paper)
     if left_out:  # below the axis label, so it never hides a point
         ax.annotate("Not shown: " + "; ".join(left_out), (0, 0), xycoords="axes fraction", xytext=(0, -42),
                     textcoords="offset points", fontsize=7, color="tab:red", va="top")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Validation accuracy (%)")
+    ax.set(xlabel=xlabel, ylabel="Validation accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # nothing to label when no variant finished
         ax.legend(fontsize=7)
@@ -211,8 +200,7 @@ def int8_accuracy_vs_bytes_figure(summary: pd.DataFrame, paper: pd.DataFrame, pa
                     yerr=np.nan_to_num(100.0 * summary.loc[v, "int8_val_accuracy_std"]), fmt="o", color=colors[v],
                     capsize=3, label=f"{label(v, paper)} (n={summary.loc[v, 'n_exported']})")
         texts.append(label_point(ax, label(v, paper), (x, y)))
-    ax.set_xlabel("int8 ONNX file (KB)")
-    ax.set_ylabel("int8 validation accuracy (%)")
+    ax.set(xlabel="int8 ONNX file (KB)", ylabel="int8 validation accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -231,7 +219,7 @@ def accuracy_vs_size_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path, ca
 def ranking_stability_figure(stability: pd.DataFrame, path: Path, caveat: str | None = None):
     """Each variant's rank (rows, in mean-rank order) within each seed (columns) as a heatmap, 1 = most accurate;
     a cell that holds the variant's mean rank is outlined, and the right margin says in how many seeds it does."""
-    seeds = [c for c in stability.columns if c.startswith("seed_") and c != "seeds_compared"]
+    seeds = [c for c in stability.columns if c.startswith("seed_")]  # not seeds_compared, seeds_held
     ranks = stability[seeds].to_numpy(dtype=float)
     n_variants = len(stability)
     fig, ax = plt.subplots(figsize=(max(6.5, 2.6 + 0.9 * len(seeds)), max(3.0, 1.4 + 0.42 * n_variants)))

@@ -8,8 +8,6 @@ measured on whatever machine ran it, under whatever load it had.
 
 The columns carry the records' metric names, so a study swaps its trials' values for the table's one for one.
 """
-from __future__ import annotations
-
 import io
 import math
 from dataclasses import dataclass
@@ -91,10 +89,9 @@ def read(folder: str | Path) -> LatencyTable | None:
 
 
 def apply(trials: pd.DataFrame, table: LatencyTable, weights_sha256: dict) -> tuple[pd.DataFrame, list[str]]:
-    """The trials with their latencies replaced by the table's, and the table's machine as where they were
-    measured. A trial the table lacks, or measured with other weights (`weights_sha256`: (variant, seed) ->
-    the record's sha256), gets no latency at all: figures from two sources are never mixed. Returns the trials
-    and the names of those left without (variant-seed<k>)."""
+    """The trials with the table's latencies and machine in place of theirs, and the names (variant-seed<k>) of
+    those it lacks or timed with other weights (`weights_sha256`: (variant, seed) -> the record's sha256): these
+    get no latency at all, so figures from two sources are never mixed."""
     by_model = {(r.variant, int(r.seed)): r for r in table.rows.itertuples()}
     trials, missing = trials.copy(), []
     for i, trial in trials.iterrows():

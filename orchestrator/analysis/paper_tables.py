@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from orchestrator.analysis import tables as fmt
-from orchestrator.analysis.comparisons import accuracy_vs_paper
+from orchestrator.analysis.comparisons import accuracy_vs_paper, paper_value
 from orchestrator.analysis.study import LATENCY_METRICS, Study
 
 
@@ -17,6 +17,11 @@ def _latency_flag(row) -> str:
     mixed = f"⚠ latencies from {row['latency_machines']} machines: see latency by machine" \
         if row["latency_machines"] > 1 else ""
     return "; ".join(flag for flag in (fmt.incomplete_flag(row), mixed) if flag)
+
+
+def _pm_cells(frame: pd.DataFrame, metric: str, digits: int, scale: float = 1.0) -> list[str]:
+    """"mean ± std" cells of the frame's <metric>_mean and <metric>_std columns, each times `scale`."""
+    return [fmt.pm(scale * m, scale * sd, digits) for m, sd in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
 
 
 def table2(study: Study):
@@ -35,10 +40,6 @@ def table2(study: Study):
     return num, shown
 
 
-def _interval_cell(low, high, digits: int = 2) -> str:
-    return fmt.DASH if pd.isna(low) else f"[{fmt.num(low, digits)}, {fmt.num(high, digits)}]"
-
-
 def table5(study: Study):
     """Table 5, with the 95% t-interval of each variant's mean accuracy and whether the paper's value is in it."""
     summary = study.summary
@@ -50,16 +51,13 @@ def table5(study: Study):
     interval = pd.DataFrame([accuracy_vs_paper(study, v) for v in summary.index], index=summary.index)
     num = num.join(interval[["ci95_low", "ci95_high", "paper", "paper_in_ci95"]]
                    .rename(columns={"paper": "paper_val_accuracy_pct"}))
-
-    def mean_std(metric: str, digits: int) -> list[str]:
-        return [fmt.pm(m, sd, digits) for m, sd in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     shown = pd.DataFrame({
-        "Model": num["model"], "Val. accuracy (%)": mean_std("val_accuracy_pct", 2),
-        "95% CI (%)": [_interval_cell(lo, hi) for lo, hi in zip(num.ci95_low, num.ci95_high)],
+        "Model": num["model"], "Val. accuracy (%)": _pm_cells(summary, "val_accuracy_pct", 2),
+        "95% CI (%)": [fmt.interval(lo, hi, 2) for lo, hi in zip(num.ci95_low, num.ci95_high)],
         "Paper (%)": num["paper_val_accuracy_pct"].map(lambda x: fmt.num(x, 2)),
         "Paper in 95% CI": num["paper_in_ci95"].map(fmt.yes_no_or_not_comparable), "n": num["n"],
-        "Inference (ms/image, batch 4)": mean_std("latency_ms_per_image", 3),
-        "Inference (ms, batch 1)": mean_std("latency_ms_batch1", 3),
+        "Inference (ms/image, batch 4)": _pm_cells(summary, "latency_ms_per_image", 3),
+        "Inference (ms, batch 1)": _pm_cells(summary, "latency_ms_batch1", 3),
         "Size (MB)": num["size_mb"].map(lambda x: fmt.num(x, 4)),
         "Parameters": num["params"].map(lambda x: fmt.num(x, 0)),
         "Flag": summary.apply(_latency_flag, axis=1)})
@@ -74,11 +72,8 @@ def latency_by_machine(study: Study):
     num = num.sort_values("variant", key=lambda col: col.map(study.variants.index), kind="stable")
     shown = pd.DataFrame({
         "Model": num["variant"].map(study.label), "Machine": num["latency_hardware"].replace("", fmt.DASH),
-        "n": num["n"],
-        "Inference (ms/image, batch 4)": [fmt.pm(m, sd, 3) for m, sd in zip(num.latency_ms_per_image_mean,
-                                                                           num.latency_ms_per_image_std)],
-        "Inference (ms, batch 1)": [fmt.pm(m, sd, 3) for m, sd in zip(num.latency_ms_batch1_mean,
-                                                                     num.latency_ms_batch1_std)]})
+        "n": num["n"], "Inference (ms/image, batch 4)": _pm_cells(num, "latency_ms_per_image", 3),
+        "Inference (ms, batch 1)": _pm_cells(num, "latency_ms_batch1", 3)})
     return num, shown
 
 
@@ -87,20 +82,18 @@ def deployment(study: Study):
     int8 drop, and ONNX Runtime latency (1 thread), beside the paper's size (parameters x 4 bytes)."""
     summary = study.summary
     num = summary[[c for c in summary.columns if c.startswith(("onnx_", "int8_", "ort_")) or c == "n_exported"]]
-    num = num.assign(paper_size_mb=[study.paper.loc[v, "size_mb"] if v in study.paper.index else math.nan
-                                    for v in summary.index])
+    num = num.assign(paper_size_mb=[paper_value(study, v, "size_mb") for v in summary.index])
     num.insert(0, "model", [study.label(v) for v in summary.index])
-
-    def cell(metric: str, digits: int, scale: float = 1.0) -> list[str]:
-        return [fmt.pm(scale * m, scale * sd, digits) for m, sd in zip(num[f"{metric}_mean"], num[f"{metric}_std"])]
     shown = pd.DataFrame({
         "Model": num["model"], "n": num["n_exported"],
         "Paper size (MB)": num["paper_size_mb"].map(lambda x: fmt.num(x, 4)),
-        "ONNX fp32 (KB)": cell("onnx_bytes", 1, 1 / 1024), "ONNX int8 (KB)": cell("int8_bytes", 1, 1 / 1024),
-        "fp32 acc. (%)": cell("onnx_val_accuracy", 2, 100.0), "int8 acc. (%)": cell("int8_val_accuracy", 2, 100.0),
-        "int8 drop (pp)": cell("int8_drop_pp", 2),
-        "ORT fp32 ms, batch 1": cell("ort_latency_ms_batch1_fp32", 3),
-        "ORT int8 ms, batch 1": cell("ort_latency_ms_batch1_int8", 3),
-        "ORT fp32 ms/image, batch 4": cell("ort_latency_ms_per_image_fp32", 3),
-        "ORT int8 ms/image, batch 4": cell("ort_latency_ms_per_image_int8", 3)}, index=summary.index)
+        "ONNX fp32 (KB)": _pm_cells(num, "onnx_bytes", 1, 1 / 1024),
+        "ONNX int8 (KB)": _pm_cells(num, "int8_bytes", 1, 1 / 1024),
+        "fp32 acc. (%)": _pm_cells(num, "onnx_val_accuracy", 2, 100.0),
+        "int8 acc. (%)": _pm_cells(num, "int8_val_accuracy", 2, 100.0),
+        "int8 drop (pp)": _pm_cells(num, "int8_drop_pp", 2),
+        "ORT fp32 ms, batch 1": _pm_cells(num, "ort_latency_ms_batch1_fp32", 3),
+        "ORT int8 ms, batch 1": _pm_cells(num, "ort_latency_ms_batch1_int8", 3),
+        "ORT fp32 ms/image, batch 4": _pm_cells(num, "ort_latency_ms_per_image_fp32", 3),
+        "ORT int8 ms/image, batch 4": _pm_cells(num, "ort_latency_ms_per_image_int8", 3)}, index=summary.index)
     return num, shown

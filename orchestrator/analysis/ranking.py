@@ -44,29 +44,25 @@ def ranking(study: Study):
 
 
 def rank_stability(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (rows of `accuracy`: variants x seeds, nan where a trial is missing): its rank in the mean
-    ranking (of the row means, over all its seeds), its rank within each seed that every variant finished
-    (`seed_<k>` columns; other seeds rank different sets of variants, so they are left out), how many of those
-    seeds it holds its mean rank in, and the share. Sorted by mean rank; variants with no value are dropped."""
+    """Per variant (rows of `accuracy`: variants x seeds, nan where a trial is missing; all-nan rows dropped): its
+    rank in the mean ranking, its rank within each seed that every variant finished (`seed_<k>`; other seeds rank
+    other sets of variants), and in how many of those seeds it holds its mean rank, and the share; by mean rank."""
     accuracy = accuracy.dropna(how="all")
     mean_rank = _rank(accuracy.mean(axis=1))
     complete = [s for s in accuracy.columns if accuracy[s].notna().all()]
     per_seed = pd.DataFrame({f"seed_{s}": _rank(accuracy[s]) for s in complete}, index=accuracy.index)
     held = per_seed.eq(mean_rank, axis=0).sum(axis=1)
+    # With no complete seed, held / 0 and the min and max over no column are nan, as they should be.
     out = pd.DataFrame({"mean_rank": mean_rank, "seeds_compared": len(complete), "seeds_held": held,
-                        "held_share": held / len(complete) if complete else math.nan}).join(per_seed)
-    if complete:
-        out["rank_min"], out["rank_max"] = per_seed.min(axis=1), per_seed.max(axis=1)
-    else:
-        out["rank_min"] = out["rank_max"] = math.nan
+                        "held_share": held / len(complete)}).join(per_seed)
+    out["rank_min"], out["rank_max"] = per_seed.min(axis=1), per_seed.max(axis=1)
     return out.sort_values("mean_rank", kind="stable")
 
 
 def accuracy_by_seed(study: Study) -> pd.DataFrame:
     """Validation accuracy (%) of the averaged trials, variants (in the study's order) x seeds."""
-    finished = study.finished.assign(val_accuracy_pct=100.0 * study.finished["final_val_accuracy"])
-    table = finished.pivot_table(index="variant", columns="seed", values="val_accuracy_pct", aggfunc="first")
-    return table.reindex([v for v in study.variants if v in table.index])
+    table = study.finished.pivot_table(index="variant", columns="seed", values="final_val_accuracy", aggfunc="first")
+    return 100.0 * table.reindex([v for v in study.variants if v in table.index])
 
 
 MIN_SEEDS = 2  # a share of one seed says nothing about stability
@@ -80,7 +76,7 @@ def ranking_stability(study: Study):
     if k < MIN_SEEDS:
         num[["seeds_held", "held_share"]] = math.nan
     num.insert(0, "model", [study.label(v) for v in num.index])
-    seed_columns = [c for c in num.columns if c.startswith("seed_") and c != "seeds_compared"]
+    seed_columns = [c for c in num.columns if c.startswith("seed_")]  # not seeds_compared, seeds_held
     shown = pd.DataFrame({"Model": num["model"], "Mean rank": num["mean_rank"].map(lambda x: fmt.num(x, 0)),
                           **{f"Seed {c[5:]}": num[c].map(lambda x: fmt.num(x, 0)) for c in seed_columns},
                           "Holds its rank": [fmt.DASH if pd.isna(h) else f"{int(h)}/{k}" for h in num.seeds_held],

@@ -3,21 +3,19 @@
     python -m orchestrator.report [--tracking-uri URI] [--experiment-name NAME] [--sweep ID] [--out DIR]
     python -m orchestrator.report --results DIR [--out OUT]
 
-Reads one sweep from MLflow (parent run + child trial runs), or a folder of trial records, into one `Study`
-(orchestrator.analysis.study); writes tables (Markdown, CSV, LaTeX: orchestrator.analysis.tables), PNG figures
-(orchestrator.analysis.figures) and report.md to the output folder and prints the tables. The tables: Table 2,
-Table 5 with 95% intervals (paper_tables), ours vs the paper, the Holm-corrected claims check (claims), the
-ranking and its stability across seeds (ranking), and the deployment and by-machine latency views. A records
-folder with a one-pass latency table (latency_table, written by `python -m bench.published`) has its latencies
-from that table. A sweep's report is also logged as artifacts of its parent run under `report/`. Failed or
-missing trials are never averaged in silently: n is shown per variant and a variant with fewer finished seeds
-than requested is flagged in every table.
+Reads one sweep from MLflow (parent run + child trial runs), or a folder of trial records, into one `Study`;
+writes every table (Markdown, CSV, LaTeX), the PNG figures and report.md to the output folder, prints the tables,
+and logs a sweep's report to its parent run under `report/`. A records folder with a one-pass latency table
+(`python -m bench.published`) has its latencies from that table. Failed or missing trials are never averaged in
+silently: n is shown per variant and a variant with fewer finished seeds than requested is flagged in every table.
 """
 import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from orchestrator.analysis import latency_table
 from orchestrator.analysis import tables as fmt
@@ -28,13 +26,9 @@ from orchestrator.analysis.figures import (accuracy_vs_latency_figure, accuracy_
 from orchestrator.analysis.paper_tables import deployment, latency_by_machine, table2, table5
 from orchestrator.analysis.ranking import MIN_SEEDS, ranking, ranking_stability
 from orchestrator.analysis.study import ReportError, Study, list_sweeps, load_records, load_sweep
-from orchestrator.cli import ArgumentParser
+from orchestrator.cli import ArgumentParser, directory_problem
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
-
-
-# -------------------------------------------------------------------------------------------------- report
-def _md_list(df: pd.DataFrame, empty: str) -> str:
-    return fmt.to_markdown(df) if len(df) else empty
+from orchestrator.sweep.tracking import TrackingError, check_readable
 
 
 def _problems_md(study: Study) -> list[str]:
@@ -48,8 +42,9 @@ def _problems_md(study: Study) -> list[str]:
                            "Seed": not_ok.seed.astype("Int64"), "Run": not_ok.run_name, "Run id": not_ok.run_id,
                            "Status": not_ok.status, "Failure reason": not_ok.failure_reason.replace("", fmt.DASH)})
     md = ["## Failed trials", "", "Failed or unfinished runs are listed here and never averaged.", "",
-          _md_list(failed, "None."), "", "## Missing trials", "",
-          "Requested (variant, seed) pairs with no finished run.", "", _md_list(missing, "None."), ""]
+          fmt.to_markdown(failed) if len(failed) else "None.", "", "## Missing trials", "",
+          "Requested (variant, seed) pairs with no finished run.", "",
+          fmt.to_markdown(missing) if len(missing) else "None.", ""]
     if len(study.superseded):
         md += ["## Superseded runs", "", "Earlier finished runs of a (variant, seed) that was run again; "
                "only the latest is averaged.", "",
@@ -57,50 +52,28 @@ def _problems_md(study: Study) -> list[str]:
     return md
 
 
-def _latency_md(study: Study) -> str:
-    if study.latency_source:
-        return (f"Latency (Table 5, the deployment table, the accuracy-vs-latency figure): {study.latency_source}; "
-                f"see [latency.md](latency.md). The trials' own latencies are not used.")
-    machines = sorted(m for m in study.finished["latency_hardware"].unique() if m)
-    return f"Latency measured by each trial, on: {'; '.join(machines) or fmt.DASH}."
+HOW_TO_READ = ("How to read: values are the mean ± sample standard deviation (ddof = 1) over seeds; n is the number "
+               "of finished trials averaged. Accuracy is the validation accuracy after the last epoch. The 95% "
+               "interval is the Student t-interval of the mean (needs n ≥ 2); Table 5 says whether the paper's value "
+               "lies inside it. The claims check compares each variant with Base by Welch's two-sided t-test, with "
+               f"Holm's correction over the comparisons tested, at α = {ALPHA}; the seed spread is the pooled "
+               "standard deviation of one run. The paper ran one seed per variant on its own hardware, so its values "
+               f"have no spread and its latencies are not directly comparable with ours. {fmt.DASH} marks a value "
+               "that is not available (an interval or a test needs n ≥ 2 per group).")
 
 
-def _how_to_read() -> str:
-    return ("How to read: values are the mean ± sample standard deviation (ddof = 1) over seeds; n is the number "
-            "of finished trials averaged. Accuracy is the validation accuracy after the last epoch. The 95% "
-            "interval is the Student t-interval of the mean (needs n ≥ 2); Table 5 says whether the paper's value "
-            "lies inside it. The claims check compares each variant with Base by Welch's two-sided t-test, with "
-            f"Holm's correction over the comparisons tested, at α = {ALPHA}; the seed spread is the pooled standard "
-            "deviation of one run. The paper ran one seed per variant on its own hardware, so its values have no "
-            f"spread and its latencies are not directly comparable with ours. {fmt.DASH} marks a value that is not "
-            "available (an interval or a test needs n ≥ 2 per group).")
-
-
-def _table_notes(name: str, study: Study, num: pd.DataFrame, extra: dict) -> list[str]:
-    """What report.md says under a table, beyond the table itself."""
-    if name == "claims":
-        return verdict_lines(num)
-    if name == "ranking":
-        return [f"Spearman rank correlation, ours vs paper: {fmt.num(extra['rho'], 3)}.", ""]
-    if name == "ranking_stability":
-        k = extra["stable_seeds"]
-        if k < MIN_SEEDS:
-            return [f"Stability needs at least {MIN_SEEDS} seeds that every variant finished; this study has {k}.",
-                    ""]
-        return [f"Ranks within each of the {k} seeds that every variant finished; *Holds its rank*: in how many of "
-                "them the variant has its rank in the mean ranking.", ""]
-    return []
-
-
-def _report_md(study: Study, tables, figures, extra: dict) -> str:
+def _report_md(study: Study, tables, figures) -> str:
     """report.md: what was run, how to read it, every table, the figures, and what is missing or failed."""
     summary = study.summary
-    n_not_ok = int((study.trials.status != "FINISHED").sum())
     incomplete = [f"{study.label(v)} ({fmt.seeds_text(summary.loc[v])})" for v in summary.index[summary["incomplete"]]]
-    md = [f"# Report: {study.title}", "", *study.provenance, _latency_md(study),
+    machines = "; ".join(sorted(m for m in study.finished["latency_hardware"].unique() if m))
+    latency = (f"Latency (Table 5, the deployment table, the accuracy-vs-latency figure): {study.latency_source}; "
+               "see [latency.md](latency.md). The trials' own latencies are not used." if study.latency_source
+               else f"Latency measured by each trial, on: {machines or fmt.DASH}.")
+    md = [f"# Report: {study.title}", "", *study.provenance, latency,
           f"Requested variants: {', '.join(study.requested_variants) or fmt.DASH}; seeds: "
           f"{', '.join(map(str, study.requested_seeds)) or fmt.DASH}. Finished trials averaged: "
-          f"{len(study.finished)}; failed or unfinished: {n_not_ok}.", ""]
+          f"{len(study.finished)}; failed or unfinished: {int((study.trials.status != 'FINISHED').sum())}.", ""]
     if not study.comparable:
         md += [f"> ⚠ **Not the paper's protocol**: {'; '.join(study.protocol_differences())}. Accuracies are "
                f"not comparable with the paper's: the comparison, the claims check and the ranking mark them "
@@ -108,21 +81,14 @@ def _report_md(study: Study, tables, figures, extra: dict) -> str:
     if incomplete:
         md += [f"> ⚠ **Incomplete variants** (fewer finished seeds than requested): {', '.join(incomplete)}. "
                "See *Missing trials* and *Failed trials* below.", ""]
-    md += [_how_to_read(), ""]
-    for name, title, num, shown in tables:
+    md += [HOW_TO_READ, ""]
+    for name, title, _, shown, notes in tables:
         md += [f"## {title}", "", fmt.to_markdown(shown), "",
-               f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", "",
-               *_table_notes(name, study, num, extra)]
+               f"Files: [{name}.csv]({name}.csv) · [{name}.tex]({name}.tex)", "", *notes]
     md += ["## Figures", ""] + [f"### {cap}\n\n![{cap}]({f})\n" for f, cap in figures]
     md += _problems_md(study)
     md += ["Per-trial values: [trials.csv](trials.csv); per-epoch mean/std: [curves.csv](curves.csv).", ""]
     return "\n".join(md)
-
-
-FIGURES = [("loss_curves.png", "Training and validation loss per epoch (Figures 6 and 8)"),
-           ("accuracy_curves.png", "Training and validation accuracy per epoch (Figures 7 and 9)"),
-           ("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
-           ("accuracy_vs_size.png", "Accuracy vs size")]
 
 
 def figure_caveat(study: Study) -> str | None:
@@ -131,46 +97,55 @@ def figure_caveat(study: Study) -> str | None:
 
 
 def _write_figures(study: Study, out: Path, stability: pd.DataFrame, stable_seeds: int) -> list[tuple[str, str]]:
-    figures, caveat = FIGURES, figure_caveat(study)
+    """The figures the study has data for, drawn into `out`; returns their (file name, caption)."""
+    figures, caveat = [], figure_caveat(study)
     if not study.curves.empty:
-        for kind in ("loss", "accuracy"):
+        for kind, caption in (("loss", "Training and validation loss per epoch (Figures 6 and 8)"),
+                              ("accuracy", "Training and validation accuracy per epoch (Figures 7 and 9)")):
             curves_figure(study.curves, study.variants, study.paper, kind, out / f"{kind}_curves.png", caveat)
-    else:
-        figures = figures[2:]
+            figures.append((f"{kind}_curves.png", caption))
     machines = sorted(m for m in study.finished["latency_hardware"].unique() if m)
     where = f"one pass on {'; '.join(machines)}" if study.latency_source else "each trial on its own machine"
     accuracy_vs_latency_figure(study.summary, study.paper, out / "accuracy_vs_latency.png", caveat, where)
     accuracy_vs_size_figure(study.summary, study.paper, out / "accuracy_vs_size.png", caveat)
+    figures += [("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
+                ("accuracy_vs_size.png", "Accuracy vs size")]
     if study.summary["n_exported"].fillna(0).sum() > 0:
         int8_accuracy_vs_bytes_figure(study.summary, study.paper, out / "int8_accuracy_vs_bytes.png", caveat)
-        figures = [*figures, ("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)")]
+        figures.append(("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)"))
     if stable_seeds >= MIN_SEEDS:
         ranking_stability_figure(stability, out / "ranking_stability.png", caveat)
-        figures = [*figures, ("ranking_stability.png", "Ranking stability: each variant's rank within each seed")]
+        figures.append(("ranking_stability.png", "Ranking stability: each variant's rank within each seed"))
     return figures
 
 
-def _tables(study: Study) -> tuple[list, dict]:
-    """Every table as (file name, title, num, shown), and what report.md says beside them."""
+def _tables(study: Study) -> tuple[list, pd.DataFrame, int]:
+    """Every table as (file name, title, num, shown, the lines report.md says under it); and the ranking
+    stability's num and number of seeds compared, for its figure."""
+    claims_num, claims_shown = claims(study)
     rank_num, rank_shown, rho = ranking(study)
-    stable_num, stable_shown, stable_seeds = ranking_stability(study)
+    stable_num, stable_shown, k = ranking_stability(study)
+    stable_note = (f"Stability needs at least {MIN_SEEDS} seeds that every variant finished; this study has {k}."
+                   if k < MIN_SEEDS else f"Ranks within each of the {k} seeds that every variant finished; *Holds "
+                   "its rank*: in how many of them the variant has its rank in the mean ranking.")
     latency = "; latency: one machine, one pass, see latency.md" if study.latency_source else ""
     tables = [
-        ("table2", "Table 2: parameters and size", *table2(study)),
-        ("table5", f"Table 5: model comparison (mean ± std over seeds, 95% interval{latency})", *table5(study)),
-        ("vs_paper", "Ours against the paper (95% t-interval over seeds)", *vs_paper(study)),
-        ("claims", f"Claims check: accuracy vs Base, Welch's t-test, Holm-corrected (α = {ALPHA})", *claims(study)),
-        ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown),
-        ("ranking_stability", "Ranking stability across seeds", stable_num, stable_shown),
+        ("table2", "Table 2: parameters and size", *table2(study), []),
+        ("table5", f"Table 5: model comparison (mean ± std over seeds, 95% interval{latency})", *table5(study), []),
+        ("vs_paper", "Ours against the paper (95% t-interval over seeds)", *vs_paper(study), []),
+        ("claims", f"Claims check: accuracy vs Base, Welch's t-test, Holm-corrected (α = {ALPHA})", claims_num,
+         claims_shown, verdict_lines(claims_num)),
+        ("ranking", "Accuracy ranking, ours vs the paper", rank_num, rank_shown,
+         [f"Spearman rank correlation, ours vs paper: {fmt.num(rho, 3)}.", ""]),
+        ("ranking_stability", "Ranking stability across seeds", stable_num, stable_shown, [stable_note, ""]),
     ]
     if study.summary["n_exported"].fillna(0).sum() > 0:
         tables.append(("deployment", "Deployment: ONNX and int8 files, accuracy and ONNX Runtime latency"
-                       + (f" ({latency[2:]})" if latency else ""),
-                       *deployment(study)))
+                       + (f" ({latency[2:]})" if latency else ""), *deployment(study), []))
     if study.finished["latency_hardware"].nunique() > 1:
         tables.append(("latency_by_machine", "Inference time by machine (never averaged across machines)",
-                       *latency_by_machine(study)))
-    return tables, {"rho": rho, "stable_seeds": stable_seeds, "stability": stable_num}
+                       *latency_by_machine(study), []))
+    return tables, stable_num, k
 
 
 def _copy_latency_table(study: Study, out: Path) -> None:
@@ -188,17 +163,17 @@ INDEXED_TABLES = ("table2", "table5", "ranking", "ranking_stability")  # their C
 def write_report(study: Study, out: Path) -> Path:
     """Every table (Markdown, CSV, LaTeX), the figures and report.md of the study into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    tables, extra = _tables(study)
-    for name, title, num, shown in tables:
+    tables, stability, stable_seeds = _tables(study)
+    for name, title, num, shown, _ in tables:
         num.to_csv(out / f"{name}.csv", index=name in INDEXED_TABLES, index_label="variant", float_format="%.10g")
         (out / f"{name}.md").write_text(f"**{title}**\n\n{fmt.to_markdown(shown)}\n")
         (out / f"{name}.tex").write_text(fmt.to_latex(shown, title, name))
         print(f"\n{title}\n{fmt.to_markdown(shown)}")
     study.curves.to_csv(out / "curves.csv", index=False, float_format="%.10g")
     study.trials.drop(columns=["start_time"]).sort_values(["variant", "seed"]).to_csv(out / "trials.csv", index=False)
-    figures = _write_figures(study, out, extra["stability"], extra["stable_seeds"])
+    figures = _write_figures(study, out, stability, stable_seeds)
     _copy_latency_table(study, out)
-    (out / "report.md").write_text(_report_md(study, tables, figures, extra))
+    (out / "report.md").write_text(_report_md(study, tables, figures))
     return out
 
 
@@ -208,7 +183,6 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
     study, parent = load_sweep(tracking_uri, experiment_name, sweep_id)
     out = Path(out_dir) if out_dir is not None else Path("reports") / parent.data.tags.get("sweep_id", str(sweep_id))
     write_report(study, out)
-    from mlflow import MlflowClient
     MlflowClient(tracking_uri).log_artifacts(parent.info.run_id, str(out), artifact_path="report")
     return out
 
@@ -237,10 +211,6 @@ def main(argv=None) -> int:
 def _run(args) -> Path | None:
     """main's work; bad input (an output folder that cannot be one, a tracking URI that is not one, a server that
     does not answer, any refusal of the store) raises ReportError with one line."""
-    from mlflow.exceptions import MlflowException
-
-    from orchestrator.cli import directory_problem
-    from orchestrator.sweep.tracking import TrackingError, check_readable
     flag, out_dir = ("--out", args.out) if args.out else ("--results", args.results)
     problem = directory_problem(out_dir) if out_dir and not args.list else None
     if problem:

@@ -5,8 +5,6 @@ history of the finished ones, and the paper's reference numbers. Everything the 
 derived once, here: the trials averaged (`finished`), the runs superseded by a retry, the per-variant summary
 and the per-epoch curves.
 """
-from __future__ import annotations
-
 import json
 import math
 from dataclasses import dataclass, field
@@ -59,8 +57,9 @@ class Study:
     curves: pd.DataFrame = field(init=False)       # per (variant, metric, epoch): mean, std, n
 
     def __post_init__(self):
-        seen = self.trials["variant"].dropna().unique().tolist()
-        self.variants = variant_order(self.requested_variants, seen, self.paper)
+        # Requested and observed variants, in the paper's order; unknown names after, alphabetically.
+        names = set(self.requested_variants) | set(self.trials["variant"].dropna())
+        self.variants = [v for v in self.paper.index if v in names] + sorted(names - set(self.paper.index))
         # Only FINISHED trials are averaged. A (variant, seed) retried into several finished runs counts once:
         # the latest run wins and the others are listed as superseded.
         finished = self.trials[self.trials.status == "FINISHED"].sort_values("start_time")
@@ -90,29 +89,21 @@ class Study:
         return (100.0 * rows).tolist()
 
 
-def variant_order(requested: list[str], seen: list[str], paper: pd.DataFrame) -> list[str]:
-    """Requested and observed variants, in the paper's order; unknown names after, alphabetically."""
-    names = set(requested) | set(seen)
-    return [v for v in paper.index if v in names] + sorted(names - set(paper.index))
-
-
 LATENCY_METRICS = ("latency_ms_per_image", "latency_ms_batch1")
 
 
-def unmixed_latencies(finished: pd.DataFrame) -> pd.DataFrame:
-    """The trials with the latencies of a variant measured on more than one machine model set to NaN: such
-    latencies are never averaged together (the report lists them per machine instead)."""
+def unmixed_latencies(finished: pd.DataFrame, metrics=LATENCY_METRICS) -> pd.DataFrame:
+    """The trials with the latencies (`metrics`) of a variant measured on more than one machine model set to NaN:
+    such latencies are never averaged together (the report lists them per machine instead)."""
     machines = finished.groupby("variant")["latency_hardware"].transform("nunique")
-    return finished.assign(**{m: finished[m].where(machines <= 1) for m in LATENCY_METRICS})
+    return finished.assign(**{m: finished[m].where(machines <= 1) for m in metrics})
 
 
 def deployment_summary(finished: pd.DataFrame) -> pd.DataFrame:
     """Per variant: mean and std of each deployment figure, the int8 accuracy drop (pp, per trial, then
     averaged) and how many trials exported (the ORT latencies count only when measured on one machine)."""
+    finished = unmixed_latencies(finished, [m for m in DEPLOYMENT_METRICS if m.startswith("ort_")])
     finished = finished.assign(int8_drop_pp=100.0 * (finished["onnx_val_accuracy"] - finished["int8_val_accuracy"]))
-    ort = [m for m in DEPLOYMENT_METRICS if m.startswith("ort_")]
-    finished = finished.assign(**{m: finished[m].where(finished.groupby("variant")["latency_hardware"]
-                                                       .transform("nunique") <= 1) for m in ort})
     columns = {f"{m}_{stat}": (m, stat) for m in (*DEPLOYMENT_METRICS, "int8_drop_pp") for stat in ("mean", "std")}
     return finished.groupby("variant").agg(n_exported=("int8_bytes", "count"), **columns)
 
@@ -122,13 +113,9 @@ def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | No
     machines = finished.groupby("variant")["latency_hardware"].nunique()
     finished = unmixed_latencies(finished).assign(val_accuracy_pct=100.0 * finished["final_val_accuracy"])
     agg = finished.groupby("variant").agg(
-        n=("run_id", "count"),
-        val_accuracy_pct_mean=("val_accuracy_pct", "mean"), val_accuracy_pct_std=("val_accuracy_pct", "std"),
-        latency_ms_per_image_mean=("latency_ms_per_image", "mean"),
-        latency_ms_per_image_std=("latency_ms_per_image", "std"),
-        latency_ms_batch1_mean=("latency_ms_batch1", "mean"), latency_ms_batch1_std=("latency_ms_batch1", "std"),
-        size_mb=("size_mb", "mean"), params=("param_count", "median"),
-    ).reindex(variants)
+        n=("run_id", "count"), **{f"{m}_{stat}": (m, stat) for m in ("val_accuracy_pct", *LATENCY_METRICS)
+                                  for stat in ("mean", "std")},
+        size_mb=("size_mb", "mean"), params=("param_count", "median")).reindex(variants)
     agg = agg.join(deployment_summary(finished).reindex(variants))
     agg["n"] = agg["n"].fillna(0).astype(int)
     agg["latency_machines"] = machines.reindex(variants).fillna(0).astype(int)
@@ -151,36 +138,37 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str, ord
     return all_pages(client.search_runs, [experiment_id], filter_string, max_results=1000, order_by=order_by)
 
 
-def find_sweep(client: MlflowClient, tracking_uri: str, experiment_name: str, sweep_id: str | None):
-    """The sweep's parent run: the given sweep, or the latest finished one."""
+def _experiment(client: MlflowClient, tracking_uri: str, experiment_name: str):
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         raise ReportError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}; "
                           f"pass --experiment-name / --tracking-uri of the store the sweep wrote to")
-    if sweep_id is not None:
-        if "'" in sweep_id:
-            raise ReportError(f"sweep id {sweep_id!r} contains a quote; pass the id shown in the parent run name")
-        runs = search_all(client, exp.experiment_id, f"tags.kind = 'sweep' and tags.sweep_id = '{sweep_id}'",
-                          ["attributes.start_time DESC"])
-        if not runs:
-            raise ReportError(f"no sweep {sweep_id!r} in experiment {experiment_name!r}; pass a sweep id from a "
-                              f"parent run named sweep-<id>, or omit --sweep for the latest finished sweep")
+    return exp
+
+
+def find_sweep(client: MlflowClient, tracking_uri: str, experiment_name: str, sweep_id: str | None):
+    """The sweep's parent run: the given sweep, or the latest finished one."""
+    exp = _experiment(client, tracking_uri, experiment_name)
+    if sweep_id is None:
+        which = "attributes.status = 'FINISHED'"
+        none_found = (f"no finished sweep in experiment {experiment_name!r}; run one with "
+                      f"python -m orchestrator.run, or pass --sweep <id> for an unfinished one")
+    elif "'" in sweep_id:
+        raise ReportError(f"sweep id {sweep_id!r} contains a quote; pass the id shown in the parent run name")
     else:
-        runs = search_all(client, exp.experiment_id, "tags.kind = 'sweep' and attributes.status = 'FINISHED'",
-                          ["attributes.start_time DESC"])
-        if not runs:
-            raise ReportError(f"no finished sweep in experiment {experiment_name!r}; run one with "
-                              f"python -m orchestrator.run, or pass --sweep <id> for an unfinished one")
+        which = f"tags.sweep_id = '{sweep_id}'"
+        none_found = (f"no sweep {sweep_id!r} in experiment {experiment_name!r}; pass a sweep id from a "
+                      f"parent run named sweep-<id>, or omit --sweep for the latest finished sweep")
+    runs = search_all(client, exp.experiment_id, f"tags.kind = 'sweep' and {which}", ["attributes.start_time DESC"])
+    if not runs:
+        raise ReportError(none_found)
     return runs[0]
 
 
 def list_sweeps(tracking_uri: str, experiment_name: str) -> list[str]:
     """One line per sweep in the store, newest first: id, start time, status, variants x seeds, trials."""
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        raise ReportError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}; "
-                          f"pass --experiment-name / --tracking-uri of the store the sweep wrote to")
+    exp = _experiment(client, tracking_uri, experiment_name)
     lines = []
     for parent in search_all(client, exp.experiment_id, "tags.kind = 'sweep'", ["attributes.start_time DESC"]):
         tags = parent.data.tags
@@ -207,10 +195,8 @@ def _trial_row(run) -> dict:
     return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
             "start_time": run.info.start_time, "variant": tags.get("variant", run.data.params.get("variant")),
             "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
-            "failure_reason": tags.get("failure_reason", ""),
-            **{m: metrics.get(m, math.nan) for m in TABLE_METRICS},
-            "latency_hardware": tags.get("latency_hardware", ""),
-            **{m: metrics.get(m, math.nan) for m in DEPLOYMENT_METRICS}}
+            "failure_reason": tags.get("failure_reason", ""), "latency_hardware": tags.get("latency_hardware", ""),
+            **{m: metrics.get(m, math.nan) for m in (*TABLE_METRICS, *DEPLOYMENT_METRICS)}}
 
 
 def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = None) -> tuple[Study, object]:
@@ -224,23 +210,19 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_id: str | None = N
     if trials.empty:
         raise ReportError(f"sweep {sweep_id!r} (run {parent.info.run_id}) has no trial runs; "
                           f"rerun it with python -m orchestrator.run or pick another with --sweep")
-    finished = trials[trials.status == "FINISHED"]
     history = pd.DataFrame([(t.variant, t.seed, t.run_id, key, m.step, m.value)
-                            for t in finished.itertuples() for key in CURVE_METRICS
+                            for t in trials[trials.status == "FINISHED"].itertuples() for key in CURVE_METRICS
                             for m in client.get_metric_history(t.run_id, key)], columns=HISTORY_COLUMNS)
     provenance = [f"Experiment `{experiment_name}` at `{tracking_uri}`; parent run `{parent.info.run_name}` "
                   f"(`{parent.info.run_id}`, status {parent.info.status})."]
     variants = [v.strip() for v in tags.get("variants", "").split(",") if v.strip()]
+    protocol = None  # unknown: a sweep from before config_json was tagged
+    if "config_json" in tags:
+        from orchestrator.sweep.config import SweepConfig
+        protocol = records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
     study = Study(f"sweep `{sweep_id}`", provenance, variants, _int_list(tags.get("seeds")), trials, history,
-                  protocol=_sweep_protocol(tags))
+                  protocol=protocol)
     return study, parent
-
-
-def _sweep_protocol(tags: dict) -> dict | None:
-    if "config_json" not in tags:
-        return None
-    from orchestrator.sweep.config import SweepConfig
-    return records.protocol_of(SweepConfig.from_flags(json.loads(tags["config_json"])).train, "")
 
 
 # ------------------------------------------------------------------------------------------ from records
@@ -257,19 +239,17 @@ def load_records(results_dir: str | Path) -> Study:
     trials = pd.DataFrame([{
         "run_id": r["mlflow"]["run_id"], "run_name": trial_name(r["variant"], r["seed"]), "status": "FINISHED",
         "start_time": i, "variant": r["variant"], "seed": r["seed"], "failure_reason": "",
-        **{m: r["final"].get(m, math.nan) for m in TABLE_METRICS},
         "latency_hardware": r["environment"].get("hardware") or "",
-        **{m: r["final"].get(m, math.nan) for m in DEPLOYMENT_METRICS}} for i, r in enumerate(found)],
-        columns=TRIAL_COLUMNS)
+        **{m: r["final"].get(m, math.nan) for m in (*TABLE_METRICS, *DEPLOYMENT_METRICS)}}
+        for i, r in enumerate(found)], columns=TRIAL_COLUMNS)
     history = pd.DataFrame([(r["variant"], r["seed"], r["mlflow"]["run_id"], key, h["epoch"], h[key])
                             for r in found for h in r["history"] for key in CURVE_METRICS if key in h],
                            columns=HISTORY_COLUMNS)
     trials, latency_source = _one_pass_latencies(results_dir, found, trials)
-    protocol = found[0]
-    provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{protocol['protocol_hash']}`."]
-    seeds = sorted({r["seed"] for r in found})
-    return Study(f"records in `{results_dir}`", provenance, [], seeds, trials, history, protocol=protocol["protocol"],
-                 latency_source=latency_source, latency_dir=Path(results_dir) if latency_source else None)
+    provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{found[0]['protocol_hash']}`."]
+    return Study(f"records in `{results_dir}`", provenance, [], sorted({r["seed"] for r in found}), trials, history,
+                 protocol=found[0]["protocol"], latency_source=latency_source,
+                 latency_dir=Path(results_dir) if latency_source else None)
 
 
 def _one_pass_latencies(results_dir, found: list[dict], trials: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:

@@ -14,6 +14,10 @@ def pm(mean, std, digits: int) -> str:
     return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {num(std, digits)}"
 
 
+def interval(low, high, digits: int) -> str:
+    return DASH if pd.isna(low) else f"[{num(low, digits)}, {num(high, digits)}]"
+
+
 def yes_no(x) -> str:
     return DASH if x is None or pd.isna(x) else ("yes" if x else "no")
 
@@ -40,17 +44,15 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([fmt(cells[0]), rule, *map(fmt, cells[1:])])
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+# Special characters escaped, and the report's Unicode as math: plain pdflatex has no Unicode math.
+_LATEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                        "—": "--", "−": "-", "Δ": r"$\Delta$", "α": r"$\alpha$", "≥": r"$\geq$"})
 
 
 def _latex_cell(s) -> str:
-    """A cell as plain pdflatex reads it: special characters escaped, the report's Unicode as math."""
-    s = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s).replace("⚠ ", ""))
-    for uni, tex in (("±", r"$\pm$"), ("—", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
-                     ("≥", r"$\geq$")):  # plain pdflatex has no Unicode math
-        s = s.replace(uni, tex)
-    return s
+    """A cell as plain pdflatex reads it (one pass, so no replacement is escaped again)."""
+    return str(s).replace("⚠ ", "").translate(_LATEX)
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
