@@ -1,6 +1,4 @@
 """`python -m bench`: the command line, the environment block and the result writer of every part, CPU and GPU."""
-from __future__ import annotations
-
 import dataclasses
 import json
 import os
@@ -53,10 +51,8 @@ def parse_args(argv):
     ap.add_argument("--out-dir", default="bench/results", help="where the .md and .json go")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     sized = ap.add_argument_group("sizes (default: the full, GPU or --quick run's: bench/sizes.py)")
-    for field in dataclasses.fields(Sizes):
-        if "flag" in field.metadata:
-            sized.add_argument(field.metadata["flag"], dest=field.name, type=FLAG_TYPES[field.type],
-                               help=field.metadata["help"])
+    for f in FLAGGED:
+        sized.add_argument(f.metadata["flag"], dest=f.name, type=FLAG_TYPES[f.type], help=f.metadata["help"])
     args = ap.parse_args(argv)
     check_args(args)
     return args
@@ -66,8 +62,9 @@ def names(csv: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in csv.split(",") if x.strip())
 
 
+FLAGGED = [f for f in dataclasses.fields(Sizes) if "flag" in f.metadata]  # the sizes the command line sets
 # a Sizes field's annotation -> its flag's parser
-FLAG_TYPES = {"int": int, "float": float, "tuple": lambda csv: tuple(int(k) for k in names(csv))}
+FLAG_TYPES = {int: int, float: float, tuple: lambda csv: tuple(int(k) for k in names(csv))}
 
 
 def check_args(args) -> None:
@@ -86,8 +83,7 @@ def check_args(args) -> None:
         raise ValueError("--per-class and --epoch-per-class must be even and >= 0 (an odd one leaves 1-image batches)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch sees no CUDA device: drop --device or use --device cpu")
-    args.device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                               else "cpu")
+    args.device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     chosen = names(args.parts) or DEFAULT_PARTS[args.device.type]
     args.merge = bool(args.parts)
     args.parts = tuple(p for p in PARTS if p in chosen and p not in names(args.skip))  # in the order they run
@@ -106,21 +102,8 @@ def resolve(args) -> Sizes:
 
 
 def sizes_of(args) -> Sizes:
-    sizes = QUICK if args.quick else GPU if args.device.type == "cuda" else FULL
-    return dataclasses.replace(sizes, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
-                                         if "flag" in f.metadata and getattr(args, f.name) is not None})
-
-
-def environment(args, sizes: Sizes, argv) -> dict:
-    """What produced the figures: time, device, library versions, cores, threads, data, sizes, command line."""
-    cuda = args.device.type == "cuda"
-    hardware = torch.cuda.get_device_name(args.device) if cuda else cpu_model()
-    return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick, "device": args.device.type,
-            "device_label": f"{args.device.type} ({hardware})", "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None, "mps": args.mps,
-            "python": platform.python_version(), "cores": args.cores, "threads": args.threads, "k": args.parallel_k,
-            "data": args.data_label, "peak_n": sizes.peak_n, "sizes": dataclasses.asdict(sizes),
-            "parts": list(args.parts), "argv": sys.argv[1:] if argv is None else list(argv), "bench_seconds": 0.0}
+    return dataclasses.replace(QUICK if args.quick else GPU if args.device.type == "cuda" else FULL,
+                               **{f.name: getattr(args, f.name) for f in FLAGGED if getattr(args, f.name) is not None})
 
 
 def plan(args) -> str:
@@ -147,13 +130,19 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
-    env = environment(args, sizes, argv)
+    cuda = args.device.type == "cuda"
+    hardware = torch.cuda.get_device_name(args.device) if cuda else cpu_model()
+    env = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick, "device": args.device.type,
+           "device_label": f"{args.device.type} ({hardware})", "torch": torch.__version__,
+           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None, "mps": args.mps,
+           "python": platform.python_version(), "cores": args.cores, "threads": args.threads, "k": args.parallel_k,
+           "data": args.data_label, "peak_n": sizes.peak_n, "sizes": dataclasses.asdict(sizes),
+           "parts": list(args.parts), "argv": sys.argv[1:] if argv is None else list(argv), "bench_seconds": 0.0}
     stem = Path(args.out_dir) / ("bench-parts" if args.merge else
                                  f"bench-{'quick' if args.quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = {**(earlier_parts(stem, env) if args.merge else {}), "environment": env}
-    cfg = TrainConfig(data_dir=args.data_dir)
     for part in args.parts:  # written after each part: a part that fails or is cut off keeps the ones before
-        res[part] = PARTS[part](args, sizes, cfg, log, res)
+        res[part] = PARTS[part](args, sizes, TrainConfig(data_dir=args.data_dir), log, res)
         env["bench_seconds"] = time.perf_counter() - t_start
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".md").write_text(render(res))
@@ -163,8 +152,7 @@ def main(argv=None) -> int:
 
 
 def earlier_parts(stem: Path, env: dict) -> dict:
-    """The figures an earlier --parts run left at `stem` on the same device (scripts/device_check.sh runs the parts
-    one by one, each under its own timeout); never those of another device."""
+    """An earlier --parts run's figures at `stem` if of this device (device_check.sh runs each part under a timeout)."""
     try:
         earlier = json.loads(stem.with_suffix(".json").read_text())
     except (OSError, ValueError):

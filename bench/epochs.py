@@ -1,7 +1,5 @@
 """Whole epochs and whole models: throughput and FLOP rate (1, 2), one full-protocol epoch, latency (6), and the
 data pipeline alone (TrainSet's batches against the plain route's)."""
-from __future__ import annotations
-
 import dataclasses
 import statistics
 import time
@@ -20,8 +18,7 @@ from bench.sharing import Load
 
 
 def bench_throughput(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
-    """Trainer vs plain route on the same focused-augmentation epoch, per variant, rounds interleaved (ABBA);
-    per round also where a step's time goes and the matmul peak on one thread and on all cores."""
+    """Parts 1 and 2: trainer vs plain epochs per variant in ABBA rounds, each with step components and matmul peaks."""
     per_class = even_per_class(sizes.train_per_class, args.data_dir)
     d = load(args.data_dir, per_class, sizes.val_images)
     focus = data.parse_focus_classes(cfg.focus_classes)
@@ -61,8 +58,7 @@ def bench_throughput(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 def throughput_summary(row: dict, cfg: TrainConfig, variant: str, device, peak_gflops: float) -> dict:
     """One variant's rounds reduced to medians, its speed-up, step time, FLOP rate and fraction of the peak."""
     macs = models.macs_per_image(models.create_model(variant))
-    trainer = statistics.median(row["trainer_images_per_second"])
-    plain = statistics.median(row["plain_images_per_second"])
+    trainer, plain = (statistics.median(row[f"{route}_images_per_second"]) for route in ("trainer", "plain"))
     return {
         **row, "components": {k: statistics.median(c[k] for c in row["components"]) for k in row["components"][0]},
         "macs_per_image": macs, "channels_last": fresh_model(cfg, variant, device)[1] == torch.channels_last,
@@ -76,8 +72,7 @@ def throughput_summary(row: dict, cfg: TrainConfig, variant: str, device, peak_g
 
 
 def bench_epoch(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
-    """One epoch of base exactly as a trial trains it (train(): its default step on this device, its validation
-    pass), no latency or export; wall time of the whole call and what train() reports."""
+    """One epoch of base exactly as a trial trains it, no latency or export: the call's wall time, train()'s figures."""
     d = load(args.data_dir, sizes.epoch_per_class, sizes.epoch_val_images)
     cfg = dataclasses.replace(cfg, epochs=1, compile=False, export="none")
     t0 = time.perf_counter()
@@ -111,10 +106,8 @@ def bench_latency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 
 
 def bench_pipeline(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
-    """How fast `data.TrainSet` builds the paper's training batches (the focused epoch: all originals plus an
-    augmented copy of every bird/cat/deer/dog image, shuffled, normalized, batches of 4) against the plain route
-    building the same, with a Base training step (default Adam) for scale; rounds interleaved, medians. Each of
-    TrainSet's epochs begins with its augmentation pass, so the pass is in its rate."""
+    """How fast `data.TrainSet` builds the paper's focused epoch in batches of 4 against the plain route, with a
+    Base step (default Adam) for scale; rounds interleaved, medians. Its rate includes each epoch's augmentation."""
     d = load(args.data_dir)
     focus = data.parse_focus_classes(cfg.focus_classes)
     ours = data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, batch_size=BATCH, seed=0)

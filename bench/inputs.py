@@ -1,6 +1,4 @@
 """The images every part reads: CIFAR-10 when there is a copy, else synthetic images of its size."""
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile
@@ -15,10 +13,9 @@ SYNTHETIC = Path(tempfile.gettempdir()) / "bench-synthetic-cifar10"  # made once
 
 
 def resolve_data(data_dir: str | None) -> tuple[str, str]:
-    """(the CIFAR-10 directory every part and worker reads, what it holds): --data-dir, else $CIFAR10_DIR, else the
-    default cache. When none was named and the cache holds none (a bare GPU machine), synthetic images of
-    CIFAR-10's size and count, written once to the temp directory and reused by later runs: a step's time does not
-    depend on what the images show. A named directory that does not load raises data.DataError."""
+    """(the CIFAR-10 directory every part reads, what it holds): --data-dir, else $CIFAR10_DIR, else the default
+    cache; if none was named and the cache holds none (a bare GPU machine), synthetic images of its size, written once
+    to the temp dir (a step's time does not depend on what they show). A named one that does not load: DataError."""
     root = data.resolve_data_dir(data_dir)
     try:
         return str(root), f"{root} ({len(data.load_cifar10(root, 'train')[1]):,} training images)"

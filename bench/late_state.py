@@ -1,11 +1,6 @@
-"""A trained model state that holds subnormal floats, for timing what fresh models never show.
-
-V6 trained without denormal flushing holds thousands of subnormal weights and Adam moments from about epoch 5
-on; every op that touches them is then several times slower. late_states/ keeps one such real checkpoint (made
-by scripts/make_late_state.py); the benchmark times training steps and inference on it with flushing on and off.
-"""
-from __future__ import annotations
-
+"""A trained state holding subnormal floats, for timing what fresh models never show: V6 trained without flushing
+holds thousands of subnormal weights and Adam moments from about epoch 5 on, and every op that touches them is then
+several times slower. late_states/ keeps one such real checkpoint (made by scripts/make_late_state.py)."""
 from pathlib import Path
 
 import torch
@@ -24,14 +19,12 @@ def _subnormal(t: torch.Tensor) -> int:
 
 def count_subnormal(state: dict) -> tuple[int, int]:
     """(subnormal parameter and buffer entries, subnormal Adam exp_avg entries) in a `train.snapshot`."""
-    params = sum(_subnormal(t) for t in state["model"].values())
-    moments = sum(_subnormal(s["exp_avg"]) for s in state["optimizer"]["state"].values() if "exp_avg" in s)
-    return params, moments
+    return (sum(_subnormal(t) for t in state["model"].values()),
+            sum(_subnormal(s["exp_avg"]) for s in state["optimizer"]["state"].values() if "exp_avg" in s))
 
 
 def load_late_state(variant: str = "v6") -> tuple[Path, dict]:
-    """The newest late state of `variant` kept in late_states/: its path and the state (weights_only: a state file
-    is data, never code)."""
+    """The newest late state of `variant` in late_states/, and its path (weights_only: a state is data, never code)."""
     paths = sorted(LATE_STATES.glob(f"{variant}-seed*-epoch*-noflush.pt"))
     if not paths:
         raise FileNotFoundError(f"no late state for {variant} in {LATE_STATES}: make one with "

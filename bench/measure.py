@@ -1,7 +1,4 @@
-"""The benchmark's timers: the interleaved rounds every part uses, routes' steps, latency, the peak matmul rate,
-where a step's time goes."""
-from __future__ import annotations
-
+"""The benchmark's timers: interleaved rounds, routes' steps, latency, the peak matmul rate, a step's components."""
 import statistics
 import time
 
@@ -11,22 +8,21 @@ import torch.nn.functional as F
 import data
 import models
 from bench.plain import paper_adam, plain_loader
-from bench.routes import Route, TrainConfig, cycle, fresh_model, measure_latency, sync, torch_threads
+from bench.routes import Route, TrainConfig, cycle, fresh_model, latency, sync, torch_threads
 
 
 def rotated(names: list, r: int) -> list:
-    """Round r's order: the names rotated by r, so drift in the machine's load hits every route alike (for two
-    routes: ABBA)."""
+    """Round r's order, the names rotated by r, so that drift in the machine's load hits every route alike (ABBA)."""
     return names[r % len(names):] + names[:r % len(names)]
 
 
-def interleaved(work: dict, rounds: int) -> dict[str, list]:
-    """The interleaved rounds every part runs: each of `work`'s functions called once a round with the round's
-    number, in rotated order; what each returned, round by round."""
+def interleaved(work: dict, rounds: int, after_round=lambda r: None) -> dict[str, list]:
+    """Each of `work`'s functions called once a round with the round's number, in rotated order; their results."""
     out = {name: [] for name in work}
     for r in range(rounds):
         for name in rotated(list(work), r):
             out[name].append(work[name](r))
+        after_round(r)
     return out
 
 
@@ -42,8 +38,7 @@ def timed(route: Route, calls: int, device) -> float:
 
 
 def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> dict[str, list[float]]:
-    """ms per model-step of each route, per round, the routes interleaved in one process; a few warm-up calls
-    first (on CUDA more: the first captures the graph, then allocations settle)."""
+    """ms per model-step of each route per round, interleaved, after warm-up calls (on CUDA more: graph capture)."""
     for route in routes.values():
         timed(route, 10 if device.type == "cuda" else 3, device)
     times = interleaved({name: lambda r, route=route: timed(route, calls, device) for name, route in routes.items()},
@@ -53,13 +48,12 @@ def time_rounds(routes: dict[str, Route], rounds: int, calls: int, device) -> di
 
 
 def latency_rounds(models: dict, images, labels, sizes, device) -> dict:
-    """`measure_latency`'s two definitions (per image in batches of 4, batch 1) of each of `models` ({name:
-    (a function giving a model and its memory format, whether to flush denormals)}), interleaved over
-    sizes.latency_repeats: {name: {definition: [ms, one per repeat]}}."""
+    """`measure_latency`'s two definitions of each of `models` ({name: (a function giving a model and its memory
+    format, whether to flush denormals)}), interleaved over repeats: {name: {definition: [ms per repeat]}}."""
     def measure(make, flush: bool) -> dict:
         model, fmt = make()
-        return measure_latency(model, images, labels, device, batch1_calls=sizes.batch1_calls, memory_format=fmt,
-                               flush_denormals=flush)
+        return latency.measure_latency(model, images, labels, device, batch1_calls=sizes.batch1_calls,
+                                       memory_format=fmt, flush_denormals=flush)
     got = interleaved({name: lambda r, m=m: measure(*m) for name, m in models.items()}, sizes.latency_repeats)
     torch.set_flush_denormal(True)
     return {name: {key: [m[key] for m in ms] for key in ("latency_ms_per_image", "latency_ms_batch1")}
@@ -101,9 +95,8 @@ def matmul_peak_gflops(device, threads: int, n: int, seconds: float) -> float:
 
 
 def step_components(cfg: TrainConfig, variant: str, device, seconds: float, images, labels, focus) -> dict:
-    """Where a step's time goes, ms per step: batch fetch, zero_grad+forward+loss+backward, optimizer step, for a
-    plain step and a trainer-style step run alternately with a timer per part, so machine load hits all six
-    parts alike. Mean over the window. (The headline rates come from whole epochs of the real trainer.)"""
+    """Mean ms per step of batch fetch, zero_grad+forward+loss+backward and optimizer step, for a plain and a
+    trainer-style step run alternately with a timer per part, so machine load hits all six parts alike."""
     train_set = data.TrainSet(images, labels, augment=cfg.augment, focus_classes=focus, device=device)
     routes = {}
     for name, fmt, fused, batches in (
@@ -114,7 +107,7 @@ def step_components(cfg: TrainConfig, variant: str, device, seconds: float, imag
         routes[name] = (model, paper_adam(model.parameters(), fused=fused), fmt, batches)
     totals = {f"{r}_{part}_ms": 0.0 for r in routes for part in ("data", "fwd_bwd", "adam")}
 
-    def step(name, timed: bool):
+    def step(name) -> tuple[float, float, float]:
         model, opt, fmt, batches = routes[name]
         t0 = time.perf_counter()
         x, y = next(batches)
@@ -127,15 +120,13 @@ def step_components(cfg: TrainConfig, variant: str, device, seconds: float, imag
         t2 = time.perf_counter()
         opt.step()
         sync(device)
-        if timed:
-            totals[f"{name}_data_ms"] += t1 - t0
-            totals[f"{name}_fwd_bwd_ms"] += t2 - t1
-            totals[f"{name}_adam_ms"] += time.perf_counter() - t2
+        return t1 - t0, t2 - t1, time.perf_counter() - t2  # seconds of data, fwd_bwd, adam
     for _ in range(3):  # warm-up
-        step("plain", False), step("trainer", False)
+        step("plain"), step("trainer")
     n, t_end = 0, time.perf_counter() + seconds
     while n < 5 or time.perf_counter() < t_end:
-        step("plain", True)
-        step("trainer", True)
+        for name in routes:
+            for part, s in zip(("data", "fwd_bwd", "adam"), step(name)):
+                totals[f"{name}_{part}_ms"] += s
         n += 1
     return {k: v / n * 1e3 for k, v in totals.items()}

@@ -1,7 +1,5 @@
 """The plain route: the idiomatic PyTorch reference (torchvision-style dataset, DataLoader, tutorial loop,
 default Adam) the trainer and the data pipeline are compared against."""
-from __future__ import annotations
-
 import time
 
 import torch
@@ -64,9 +62,8 @@ def tutorial_step(model, optimizer, criterion, inputs, targets, device) -> float
 
 
 def plain_epoch(model, images, labels, focus_classes, device, seed: int) -> float:
-    """One epoch the tutorial's way with the paper's optimizer: `plain_loader` (a torchvision-CIFAR10-style
-    dataset, DataLoader(batch_size=4, shuffle=True, num_workers=0: the trial has one core)), `tutorial_step`,
-    torch.optim.Adam with its default implementation (for-loop on CPU, foreach on CUDA). Returns images/s."""
+    """Images/s of one epoch the tutorial's way with the paper's optimizer: `plain_loader`, `tutorial_step`,
+    torch.optim.Adam with its default implementation (for-loop on CPU, foreach on CUDA)."""
     torch.manual_seed(seed)
     criterion, optimizer = torch.nn.CrossEntropyLoss(), paper_adam(model.parameters())
     model.train()

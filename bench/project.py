@@ -1,12 +1,7 @@
-"""Part 5: the paper's grid (8 variants x 5 seeds x 10 epochs) projected on this machine from the measured figures.
-
-Two sweep defaults are projected side by side: the old one, one trial per (variant, seed) with the default
-trainer step, and `--fuse-seeds auto`, which fuses a variant's seeds into one trial when the sweep has more
-(variant, seed) pairs than trial slots (on a 2-core box, 40 pairs > 2 slots: fused). Also the plain route at the
-same parallelism and the compute floor.
-"""
-from __future__ import annotations
-
+"""Part 5: the paper's grid (8 variants x 5 seeds x 10 epochs) projected on this machine from the measured figures,
+under the sweep's old default (one trial per (variant, seed), the default step) and under `--fuse-seeds auto` (a
+variant's seeds fused into one trial when the (variant, seed) pairs outnumber the trial slots: on a 2-core box,
+40 > 2); also the plain route at the same parallelism, and the compute floor."""
 import statistics
 
 import models
@@ -45,16 +40,12 @@ def epoch_seconds(v: str, res: dict) -> dict:
 
 def trial_tail_seconds(v: str, lat: dict | None) -> float:
     """The latency measurement at a trial's end: 10,000 images in batches of 4 and 220 batch-1 calls."""
-    if not lat:
-        return 0.0
-    row = lat["variants"][v]
-    return (PAPER_GRID["val_images"] * statistics.median(row["latency_ms_per_image"])
-            + 220 * statistics.median(row["latency_ms_batch1"])) / 1e3
+    return 0.0 if not lat else (PAPER_GRID["val_images"] * statistics.median(lat["variants"][v]["latency_ms_per_image"])
+            + 220 * statistics.median(lat["variants"][v]["latency_ms_batch1"])) / 1e3
 
 
 def trials_at_once(res: dict, k: int) -> tuple[int, float, bool]:
-    """(trials at once, their speed-up over one alone, whether it was measured): part 3's, else the concurrency
-    part's best K, else K unmeasured."""
+    """(trials at once, speed-up over one, measured?): part 3's, else the concurrency part's best K, else K."""
     if res.get("parallel"):
         return res["parallel"]["k"], res["parallel"]["k"] * res["parallel"]["efficiency"], True
     rows = {int(n): r["speedup"] for n, r in (res.get("concurrency") or {}).get("k", {}).items() if r.get("speedup")}
@@ -63,11 +54,8 @@ def trials_at_once(res: dict, k: int) -> tuple[int, float, bool]:
 
 
 def orchestration_seconds(orch: dict | None, trials: int, pairs: int, k: int, train_wall: float) -> float:
-    """Ray/MLflow's share of the grid's wall time: start-up once, each trial's later start, each pair's time
-    outside the epochs, and its daemons' share of the cores all along (see ASSUMPTIONS)."""
-    if not orch:
-        return 0.0
-    return (max(0.0, orch["fixed_seconds"]) + (orch["late_start_seconds"] * trials
+    """Ray/MLflow's share of the grid's wall time, as ASSUMPTIONS says."""
+    return 0.0 if not orch else (max(0.0, orch["fixed_seconds"]) + (orch["late_start_seconds"] * trials
             + orch["outside_epochs_extra_seconds"] * pairs) / k + orch["daemon_cores"] / k * train_wall)
 
 
@@ -90,38 +78,30 @@ def project(res: dict, k: int) -> dict:
     trials, orch = g["seeds"] * len(variants), res.get("orchestration")
     trainer_s = serial["trainer"] / speedup
     orchestration_s = orchestration_seconds(orch, trials, trials, k, trainer_s)
-    fused_s = None
-    if serial["fused"] is not None:
-        fused_train_s = serial["fused"] / speedup
-        fused_s = fused_train_s + orchestration_seconds(orch, len(variants), trials, k, fused_train_s)
+    fused_s = None if serial["fused"] is None else ((fused_train_s := serial["fused"] / speedup)
+               + orchestration_seconds(orch, len(variants), trials, k, fused_train_s))
     # `make run`'s choice: the whole grid's pairs against the trial slots, whatever part of it was measured here
     pairs = g["variants"] * g["seeds"]
     auto_fuses = pairs > k
-    default_s = fused_s if auto_fuses else trainer_s + orchestration_s
+    trainer_wall_s = trainer_s + orchestration_s
+    default_s = fused_s if auto_fuses else trainer_wall_s
     flops = sum(g["seeds"] * 2 * models.macs_per_image(models.create_model(v))  # training counts 3x
                 * (g["epochs"] * (3 * g["train_images_per_epoch"] + g["val_images"]) + g["val_images"] + 220)
                 for v in variants)
     peak = max(tp["peak_all_cores_gflops"], tp["peak_gflops"]) if tp else None  # loaded cores can measure lower
     return {"k": k, "efficiency": speedup / k, "sharing_measured": measured, "variants_measured": len(variants),
             "trials": trials, "pairs": pairs, "slots": k, "trainer_route": trainer_route,
-            "trainer_wall_seconds": trainer_s + orchestration_s, "orchestration_seconds": orchestration_s,
-            "orchestration_measured": bool(orch),
-            "orchestration_fraction": orchestration_s / (trainer_s + orchestration_s),
+            "trainer_wall_seconds": trainer_wall_s, "orchestration_seconds": orchestration_s,
+            "orchestration_measured": bool(orch), "orchestration_fraction": orchestration_s / trainer_wall_s,
             "plain_wall_seconds": serial["plain"] / speedup, "serial_trainer_seconds": serial["trainer"],
             "compile_seconds": compile_seconds, "fused_wall_seconds": fused_s,
-            "trainer_scaled_by_steps": bool(tp and steps), "auto_fuses": auto_fuses,
-            "default_wall_seconds": default_s,
-            "default_speedup": (trainer_s + orchestration_s) / default_s if default_s else None,
-            "sharing": sharing_rows(res, serial["trainer"]), "total_flops": flops,
-            "floor_seconds": flops / (peak * 1e9) if peak else None, "partial_grid": len(variants) < g["variants"],
-            "assumptions": list(ASSUMPTIONS)}
-
-
-def sharing_rows(res: dict, serial_trainer: float) -> list[dict]:
-    """The old default's training time at every K the concurrency part measured (processes sharing one device)."""
-    rows = (res.get("concurrency") or {}).get("k", {})
-    return [{"k": int(n), "speedup": r["speedup"], "wall_seconds": serial_trainer / r["speedup"]}
-            for n, r in rows.items() if r.get("speedup")]
+            "trainer_scaled_by_steps": bool(tp and steps), "auto_fuses": auto_fuses, "default_wall_seconds": default_s,
+            "default_speedup": trainer_wall_s / default_s if default_s else None,
+            # the old default's training time at every K the concurrency part measured (processes sharing one device)
+            "sharing": [{"k": int(n), "speedup": r["speedup"], "wall_seconds": serial["trainer"] / r["speedup"]}
+                        for n, r in (res.get("concurrency") or {}).get("k", {}).items() if r.get("speedup")],
+            "total_flops": flops, "floor_seconds": flops / (peak * 1e9) if peak else None,
+            "partial_grid": len(variants) < g["variants"], "assumptions": list(ASSUMPTIONS)}
 
 
 def bench_projection(args, sizes, cfg, log, earlier: dict) -> dict:

@@ -3,19 +3,16 @@
     python -m bench.published --results results/paper-grid [--rounds 5] [--images 2000] [--out DIR]
     python -m bench.published --results results/paper-grid --check
 
-Loads each record's trained weights (<variant>-seed<k>.pt beside <variant>-seed<k>.json, sha256 checked) and
-times every model round-robin: each round visits every model once (starting one model later each round) and
-measures PyTorch (the paper's batch-4 definition, ms per image, and a single image) and ONNX Runtime fp32 and
-int8 (exported and int8-calibrated as the trial's export did) the same way. Each figure is the median over the
-rounds, so a load that comes and goes touches every model alike. One thread, subnormals flushed, the node's
-latency lock held while timing. Writes DIR/latency.csv and latency.md (orchestrator.analysis.latency_table),
-which the report then uses in place of the trials' own latencies.
+Loads each record's weights (<variant>-seed<k>.pt beside its record, sha256 checked) and times every model
+round-robin, one model later first each round: PyTorch (the paper's batch-4 ms per image, and a single image), then
+ONNX Runtime fp32 and int8 as the trial's export made them. Each figure is the median over the rounds, so a load that
+comes and goes touches every model alike. One thread, subnormals flushed, the node's latency lock held while timing.
+Writes DIR/latency.csv and latency.md (orchestrator.analysis.latency_table), which the report uses in place of the
+trials' own latencies.
 
 --check evaluates each loaded model the way training did and compares it with the record's final validation
 accuracy: equal on the CPU model (and torch) that trained it, within 0.05 points elsewhere.
 """
-from __future__ import annotations
-
 import datetime
 import hashlib
 import os
@@ -33,6 +30,8 @@ import data
 import models
 from orchestrator.analysis import latency_table
 from orchestrator.cli import ArgumentParser
+from bench.inputs import load
+from bench.measure import interleaved
 from bench.routes import TrainConfig, evaluate, export, latency, records, speed_in_effect
 
 CPU = torch.device("cpu")
@@ -71,12 +70,9 @@ def load_published(results_dir: str | Path) -> list[Published]:
     except records.RecordError as e:
         raise PublishedError(str(e)) from None
     out = []
-    for record in found:
-        entry = record.get("weights")
-        if not entry:
-            continue
-        path = Path(results_dir) / entry["file"]
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+    for record in (r for r in found if r.get("weights")):
+        path = Path(results_dir) / record["weights"]["file"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != record["weights"]["sha256"]:
             raise PublishedError(f"{path} is missing or is not the file its record names (sha256 differs): "
                                  f"restore it from git, or retrain that trial")
         if "spec" in record:  # an architecture of a spec file or a search: the record holds it
@@ -94,26 +90,20 @@ def load_published(results_dir: str | Path) -> list[Published]:
 def load_data(data_dir: str | None, protocol: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(training images as the trials had them, validation images, validation labels): the training subset of
     the protocol, since the int8 calibration draws from the images the trial trained on."""
-    root = data.resolve_data_dir(data_dir or None)
-    train_x, train_y = data.load_cifar10(root, "train")
-    val_x, val_y = data.load_cifar10(root, "test")
-    if protocol.get("subset_per_class"):
-        train_x, train_y = data.stratified_subset(train_x, train_y, protocol["subset_per_class"], seed=0)
-    return train_x, val_x, val_y
+    d = load(data.resolve_data_dir(data_dir or None), protocol.get("subset_per_class") or 0)
+    return d.train_images, d.val_images, d.val_labels
 
 
 # ---------------------------------------------------------------------------------------------- --check
 def reproduced_accuracy(p: Published, val_x: torch.Tensor, val_y: torch.Tensor) -> float:
-    """The model's validation accuracy, computed as training computed it (train.evaluate: eval mode, batches
-    of 500, data.normalize, the validation memory format), on one thread, subnormals flushed as recorded."""
+    """Validation accuracy as training computed it (train.evaluate), on one thread, subnormals flushed as recorded."""
     latency.flush_denormal(bool(p.record.get("speed", {}).get("flush_denormal", True)))
     with latency.torch_threads(latency.LATENCY_THREADS):
         return evaluate(p.model, val_x, val_y, CPU, p.memory_format, batch_size=EVAL_BATCH)[1]
 
 
 def check_line(p: Published, accuracy: float) -> tuple[bool, str]:
-    """Whether the reproduced accuracy is what the record says (exactly where it trained; within 0.05 points
-    elsewhere), and a line saying so."""
+    """Whether the accuracy is the record's (exactly where it trained, within 0.05 points elsewhere), and a line."""
     env = p.record.get("environment", {})
     same_machine = env.get("hardware") == latency.cpu_model() and env.get("torch_version") == torch.__version__
     recorded = p.record["final"]["final_val_accuracy"]
@@ -125,18 +115,6 @@ def check_line(p: Published, accuracy: float) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def onnx_sessions(p: Published, train_x: torch.Tensor, val_x: torch.Tensor, folder: Path) -> dict:
-    """fp32 and int8 ONNX Runtime sessions of the model, exported, parity-checked and calibrated as the trial's
-    export did (its seed and number of calibration images)."""
-    model = export.deployable(p.model)
-    fp32 = export.export_onnx(model, folder / f"{p.name}.onnx", tuple(val_x.shape[1:]))
-    export.check_parity(model, export.ort_session(fp32), val_x[:export.PARITY_IMAGES])
-    count = p.record.get("measurement", {}).get("export_calibration_images", 256)
-    int8 = export.quantize_int8(fp32, folder / f"{p.name}.int8.onnx",
-                                export.calibration_set(train_x, count, p.record["seed"]))
-    return {"fp32": export.ort_session(fp32), "int8": export.ort_session(int8)}
-
-
 def time_once(p: Published, sessions: dict, images, labels, batch1_calls: int) -> dict:
     """One round's figures for one model: PyTorch, then ONNX Runtime fp32 and int8, the same images."""
     measured = latency.measure_latency(p.model, images, labels, CPU, batch1_calls=batch1_calls,
@@ -152,26 +130,12 @@ def time_once(p: Published, sessions: dict, images, labels, batch1_calls: int) -
 def time_interleaved(published: list[Published], sessions: list[dict], images, labels, *, rounds: int,
                      batch1_calls: int, progress=print) -> pd.DataFrame:
     """Every model's LATENCY_COLUMNS, each the median over `rounds` round-robin visits."""
-    samples: list[list[dict]] = [[] for _ in published]
-    for r in range(rounds):
-        order = [(r + i) % len(published) for i in range(len(published))]  # a different first model each round
-        for i in order:
-            samples[i].append(time_once(published[i], sessions[i], images, labels, batch1_calls))
-        progress(f"round {r + 1}/{rounds} done")
+    samples = interleaved({i: lambda r, i=i: time_once(published[i], sessions[i], images, labels, batch1_calls)
+                           for i in range(len(published))}, rounds, lambda r: progress(f"round {r + 1}/{rounds} done"))
     rows = [{"variant": p.record["variant"], "seed": p.record["seed"], "weights_sha256": p.record["weights"]["sha256"],
              **pd.DataFrame(s)[list(latency_table.LATENCY_COLUMNS)].median().to_dict()}
-            for p, s in zip(published, samples)]
+            for p, s in zip(published, samples.values())]
     return pd.DataFrame(rows)
-
-
-def machine_metadata(*, rounds: int, images: int, batch1_calls: int, flushed: bool, load_before: float) -> dict:
-    """What the table's numbers depend on: the machine, the versions, when, and how they were taken."""
-    return {"machine": latency.cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "threads": latency.LATENCY_THREADS, "rounds": rounds, "images": images, "batch1_calls": batch1_calls,
-            "denormals_flushed": flushed, "order": "round-robin over all models, first model rotated each round",
-            "load_average_1min": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"}
 
 
 def run_timing(published: list[Published], args, train_x, val_x, val_y) -> tuple[Path, Path]:
@@ -180,13 +144,24 @@ def run_timing(published: list[Published], args, train_x, val_x, val_y) -> tuple
     images, labels = val_x[:args.images], val_y[:args.images]
     with tempfile.TemporaryDirectory(prefix="published-onnx-") as tmp:
         sessions = []
-        for p in published:
-            sessions.append(onnx_sessions(p, train_x, val_x, Path(tmp)))
+        for p in published:  # fp32 and int8 exported, parity-checked and calibrated as the trial's export did
+            model = export.deployable(p.model)
+            fp32 = export.export_onnx(model, Path(tmp) / f"{p.name}.onnx", tuple(val_x.shape[1:]))
+            export.check_parity(model, export.ort_session(fp32), val_x[:export.PARITY_IMAGES])
+            int8 = export.quantize_int8(fp32, Path(tmp) / f"{p.name}.int8.onnx", export.calibration_set(
+                train_x, p.record.get("measurement", {}).get("export_calibration_images", 256), p.record["seed"]))
+            sessions.append({"fp32": export.ort_session(fp32), "int8": export.ort_session(int8)})
             print(f"exported {p.name}", flush=True)
         rows = time_interleaved(published, sessions, images, labels, rounds=args.rounds,
                                 batch1_calls=args.batch1_calls, progress=lambda m: print(m, flush=True))
-    metadata = machine_metadata(rounds=args.rounds, images=len(images), batch1_calls=args.batch1_calls,
-                                flushed=flushed, load_before=load_before)
+    # what the table's numbers depend on: the machine, the versions, when, and how they were taken
+    metadata = {"machine": latency.cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                "onnxruntime": ort.__version__, "python": platform.python_version(),
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "threads": latency.LATENCY_THREADS, "rounds": args.rounds, "images": len(images),
+                "batch1_calls": args.batch1_calls, "denormals_flushed": flushed,
+                "order": "round-robin over all models, first model rotated each round",
+                "load_average_1min": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"}
     return latency_table.write(args.out or args.results, metadata, rows)
 
 

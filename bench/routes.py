@@ -1,10 +1,8 @@
 """The routes the benchmark times, and its one door to the project's trainer: every name the benchmark takes from
 `orchestrator.training` (and from the sweep, for part 4) is imported here, so a change of the trainer's API is
-adapted in this file alone. The plain route (bench/plain.py) is the yardstick and runs none of it.
-"""
-from __future__ import annotations
-
+adapted in this file alone. The plain route (bench/plain.py) is the yardstick and runs none of it."""
 import dataclasses
+import itertools
 from typing import Callable
 
 import torch
@@ -16,13 +14,12 @@ from orchestrator.training import export, latency
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.fused import FusedSeeds
 from orchestrator.training.device import cpu_model, sync, torch_threads
-from orchestrator.training.latency import measure_latency
 from orchestrator.training.protocol import TrialData, build, evaluate, load_state, seed_everything
-from orchestrator.training.single import make_step
+from orchestrator.training.single import graphed_step, make_step
 from orchestrator.training.train import speed_in_effect, train
 
-__all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "evaluate", "export", "latency", "measure_latency",
-           "records", "speed_in_effect", "sync", "torch_threads", "train"]  # taken from the trainer for the rest
+__all__ = ["SweepConfig", "TrainConfig", "TrialData", "cpu_model", "evaluate", "export", "latency", "records",
+           "speed_in_effect", "sync", "torch_threads", "train"]  # taken from the trainer for the rest
 
 
 @dataclasses.dataclass
@@ -35,12 +32,7 @@ class Route:
 
 def cycle(make_epoch):
     """Batches of epoch 1, 2, ... forever, without 1-image batches (the trainer skips them: BatchNorm1d)."""
-    epoch = 1
-    while True:
-        for x, y in make_epoch(epoch):
-            if len(y) >= 2:
-                yield x, y
-        epoch += 1
+    return ((x, y) for x, y in itertools.chain.from_iterable(map(make_epoch, itertools.count(1))) if len(y) >= 2)
 
 
 def fresh_model(cfg: TrainConfig, variant: str, device) -> tuple[torch.nn.Module, torch.memory_format]:
@@ -52,19 +44,14 @@ def fresh_model(cfg: TrainConfig, variant: str, device) -> tuple[torch.nn.Module
 
 def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, device, graphed: bool = False,
                  state: dict | None = None) -> Callable:
-    """One step of the project's trainer as its epoch loop runs it (loss and hits accumulated on the device, no
-    host sync): compiled when cfg.compile, one CUDA graph when `graphed`, from the checkpoint `state` when given.
-    `.model` and `.optimizer` are the route's own."""
+    """A step of the trainer as its epoch loop runs it (loss and hits summed on the device, no host sync); compiled
+    when cfg.compile, one CUDA graph when `graphed`, from the checkpoint `state` if given; `.model`, `.optimizer`."""
     seed_everything(0)
     trainer = build(cfg, variant, device, tensor_lr=cfg.compile)  # as a trial: a tensor lr under compile
     if state is not None:
         load_state(trainer, state)
     trainer.model.train()
-    if graphed:
-        from orchestrator.training.single import graphed_step  # CUDA only
-        step = graphed_step(trainer, cfg.batch_size)
-    else:
-        step = make_step(trainer, compiled=cfg.compile)
+    step = graphed_step(trainer, cfg.batch_size) if graphed else make_step(trainer, compiled=cfg.compile)
     batches = cycle(train_set.batches)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -79,9 +66,8 @@ def trainer_step(cfg: TrainConfig, variant: str, train_set: data.TrainSet, devic
 
 
 def fused_step(cfg: TrainConfig, variant: str, k: int, d: TrialData, device) -> Callable:
-    """One step of `--fuse-seeds`: K seeds of `variant` as one stacked network, `FusedSeeds.step` as a fused
-    trial runs it (eager on CPU, one CUDA graph on CUDA with cfg.cuda_graph), each seed on its own batch. One call
-    makes K model-steps."""
+    """One call = K model-steps of `--fuse-seeds`: K seeds of `variant` as one stacked network, `FusedSeeds.step`
+    as a fused trial runs it (eager on CPU, one CUDA graph on CUDA with cfg.cuda_graph), each on its own batch."""
     seeds = FusedSeeds(cfg, variant, range(k), d, device)
 
     def stacked(epoch):  # seed i's images in channels 3i..3i+2, its labels in column i

@@ -1,8 +1,6 @@
 """Trials sharing the machine: CPU-load accounting (`Load`), the one pool of spawned worker processes, and the parts
-that use them: K one-thread trials at once (3), the same grid through Ray Tune + MLflow and through plain processes
-(4), and K processes training on one device at once (concurrency)."""
-from __future__ import annotations
-
+that use them: parallel (3), orchestration (4) and concurrency."""
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -32,9 +30,8 @@ def machine_busy_seconds() -> float:
 
 
 class Load:
-    """CPU use during a phase, in cores: the whole machine, this process and everything it started (workers, Ray's
-    daemons and trial processes; sampled every 0.5 s, so a child that lives < 0.5 s is missed), and the rest:
-    other people's processes, which this benchmark cannot control."""
+    """CPU use during a phase, in cores: the machine, ours (this process and all it started, sampled every 0.5 s: a
+    child that lives less is missed), and the rest: other people's processes, which the benchmark cannot control."""
 
     def __init__(self):
         self._cpu, self._labels, self._base, self.samples = {}, {}, {}, []
@@ -48,14 +45,12 @@ class Load:
         """Each process's CPU-seconds so far (a process that ended keeps its last), and by label since the start."""
         me = psutil.Process()
         for p in [me, *me.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 with p.oneshot():
                     key, t = (p.pid, p.create_time()), p.cpu_times()
                 if key not in self._labels:  # first the label: a process without one is not counted
                     self._labels[key] = process_label(p)
                 self._cpu[key] = t.user + t.system
-            except psutil.Error:
-                pass
         by_label = {}
         for key, cpu in self._cpu.items():
             by_label[self._labels[key]] = by_label.get(self._labels[key], 0.0) + cpu - self._base.get(key, 0.0)
@@ -98,8 +93,7 @@ def process_label(p) -> str:
         return "spawned worker"
     if "-m" in cmd[:-1]:
         return "python -m " + cmd[cmd.index("-m") + 1]
-    scripts = [os.path.basename(a) for a in cmd[1:] if a.endswith(".py")]
-    return scripts[0] if scripts else os.path.basename(cmd[0])
+    return next((os.path.basename(a) for a in cmd[1:] if a.endswith(".py")), os.path.basename(cmd[0]))
 
 
 # --- the worker pool -------------------------------------------------------------------------------------------------
@@ -139,9 +133,8 @@ def work_trial(msg, cache, device) -> dict:
 
 
 def work_steps(msg, cache, device) -> dict:
-    """`variant` trained with train()'s step on the device (one CUDA graph there) for msg['seconds'] from
-    msg['start_at']: the model-steps made. The first request builds and warms the route, so that the K workers'
-    timed requests start together."""
+    """Model-steps of `variant` with train()'s step (a CUDA graph on CUDA) in msg['seconds'] from msg['start_at'];
+    the first request builds and warms the route, so that the K workers' timed requests start together."""
     if "steps" not in cache:
         x, y = data.synthetic_cifar10(msg["per_class"], seed=0)  # a step's time does not depend on the images
         cache["steps"] = trainer_step(TrainConfig(compile=False), msg["variant"], data.TrainSet(x, y, device=device),
@@ -161,38 +154,30 @@ def work_steps(msg, cache, device) -> dict:
 WORK = {"epoch": work_epoch, "trial": work_trial, "steps": work_steps}
 
 
-class Workers:
-    """K spawned processes, each with `threads` torch threads, serving WORK requests over pipes; ended when the
-    `with` block is left. A request that fails raises RuntimeError in `run` (the worker keeps serving)."""
+@contextlib.contextmanager
+def workers(k: int, threads: int, device):
+    """K spawned processes with `threads` torch threads, serving WORK over pipes until the `with` block ends; yields
+    run(requests): request i to worker i, all at once, their results (a failed one: RuntimeError; the worker lives)."""
+    ctx = mp.get_context("spawn")
+    conns, children = zip(*(ctx.Pipe() for _ in range(k)))
+    procs = [ctx.Process(target=serve, args=(child, threads, str(device)), daemon=True) for child in children]
+    for p in procs:
+        p.start()
 
-    def __init__(self, k: int, threads: int, device):
-        ctx = mp.get_context("spawn")
-        self.conns, self.procs = [], []
-        for _ in range(k):
-            parent, child = ctx.Pipe()
-            self.conns.append(parent)
-            self.procs.append(ctx.Process(target=serve, args=(child, threads, str(device)), daemon=True))
-            self.procs[-1].start()
-
-    def run(self, requests: list[dict]) -> list[dict]:
-        """requests[i] to worker i, all at once (the workers past the last request stay idle); their results."""
-        for conn, request in zip(self.conns, requests):
+    def run(requests: list[dict]) -> list[dict]:
+        for conn, request in zip(conns, requests):
             conn.send(request)
-        replies = [conn.recv() for conn in self.conns[:len(requests)]]
+        replies = [conn.recv() for conn in conns[:len(requests)]]
         for i, (status, value) in enumerate(replies):
             if status != "ok":
                 raise RuntimeError(f"worker {i}: {value}")
         return [value for _, value in replies]
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for conn, p in zip(self.conns, self.procs):
-            try:
+    try:
+        yield run
+    finally:
+        for conn, p in zip(conns, procs):
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
@@ -206,11 +191,11 @@ def bench_parallel(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
     log(f"parallel: K={k} processes x 1 thread, {variant}, {14 * per_class} samples per epoch, {sizes.rounds} rounds")
     request = {"kind": "epoch", "cfg": dataclasses.replace(cfg, epochs=1).to_dict(), "variant": variant,
                "data_dir": args.data_dir, "per_class": per_class, "val_images": 50}
-    with Workers(k, 1, args.device) as workers:
+    with workers(k, 1, args.device) as run:
         def at_once(n: int, seed: int) -> dict:
             """n workers' epochs started together: images/s summed, how much the epochs overlapped, others' load."""
             load_ = Load()
-            res = workers.run([dict(request, seed=seed, start_at=time.time() + 0.5)] * n)
+            res = run([dict(request, seed=seed, start_at=time.time() + 0.5)] * n)
             start, end = max(x["start"] for x in res), min(x["end"] for x in res)
             union = max(x["end"] for x in res) - min(x["start"] for x in res)
             out = {"images_per_second": sum(x["images_per_second"] for x in res),
@@ -230,14 +215,17 @@ def bench_parallel(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
 
 
 def bench_orchestration(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
-    """The same K-trial grid: plain `train()` looped in K spawned processes vs `run_sweep` (Ray Tune + MLflow),
-    same concurrency (K trials at once, 1 thread each), so the difference is what orchestration costs; with part
-    1's rate of base, trials train for sizes.grid_train_seconds each. Structural overhead: what Ray adds that
-    outside load hardly moves: start-up, later trial starts, trial time outside the epochs, and its daemons' and
-    driver's CPU (everything of ours in the Ray phase that is not a trial worker) against K trial cores."""
+    """The same K-trial grid (K at once, 1 thread each; sizes.grid_train_seconds each at part 1's rate) through plain
+    `train()` in K spawned processes and through `run_sweep` (Ray Tune + MLflow): what orchestration costs."""
     k, variant = args.parallel_k, "base"
     rate = earlier.get("throughput", {}).get("variants", {}).get(variant, {}).get("trainer_median_images_per_second", 0)
-    sweep = orchestration_grid(args, sizes, cfg, variant, rate)
+    want = (round(rate * sizes.grid_train_seconds / (14 * sizes.grid_epochs))  # 14 samples/class
+            if sizes.grid_train_seconds and rate else sizes.grid_per_class)
+    train_cfg = dataclasses.replace(cfg, epochs=sizes.grid_epochs, latency_batch1_calls=sizes.batch1_calls,
+                                    subset_per_class=even_per_class(max(want, 2), args.data_dir))
+    # the grid both routes run: base x K seeds, K trials at once on one thread (a 1/K GPU share on CUDA)
+    sweep = SweepConfig(train=train_cfg, variants=(variant,), seeds=k, cpus_per_trial=1, report=False, max_failures=0,
+                        gpus_per_trial=(1 / k if args.device.type == "cuda" else 0.0))
     log(f"orchestration: grid {variant} x seeds 0..{k - 1}, {sizes.grid_epochs} epoch(s) on "
         f"{sweep.train.subset_per_class}/class, {k} at once")
     plain = plain_grid(sweep.train, variant, k, args.device)
@@ -263,38 +251,24 @@ def bench_orchestration(args, sizes, cfg: TrainConfig, log, earlier: dict) -> di
             "overhead": ray["wall_seconds"] / plain["wall_seconds"] - 1, "min_trial_seconds": min(trial_seconds)}
 
 
-def orchestration_grid(args, sizes, cfg: TrainConfig, variant: str, images_per_second: float) -> SweepConfig:
-    """The grid both routes run: `variant` x K seeds, K trials at once on one thread (a 1/K GPU share on CUDA)."""
-    want = sizes.grid_per_class
-    if sizes.grid_train_seconds and images_per_second:
-        want = round(images_per_second * sizes.grid_train_seconds / (14 * sizes.grid_epochs))  # 14 samples/class
-    per_class = even_per_class(max(want, 2), args.data_dir)
-    train_cfg = dataclasses.replace(cfg, epochs=sizes.grid_epochs, subset_per_class=per_class,
-                                    latency_batch1_calls=sizes.batch1_calls)
-    return SweepConfig(train=train_cfg, variants=(variant,), seeds=args.parallel_k, cpus_per_trial=1, report=False,
-                       max_failures=0, gpus_per_trial=(1 / args.parallel_k if args.device.type == "cuda" else 0.0))
-
-
 def trial_stats(start: float, end: float, epoch_seconds: list, rates: list) -> dict:
     return {"start": start, "end": end, "seconds": end - start, "epoch_seconds": sum(epoch_seconds),
             "train_images_per_second": statistics.mean(rates) if rates else float("nan")}
 
 
 def plain_grid(train_cfg: TrainConfig, variant: str, k: int, device) -> dict:
-    """The grid as plain `train()` calls, one trial in each of K spawned processes (process start included): its
-    wall time, CPU load, per-trial stats and when the first trial began."""
+    """The grid as plain `train()` calls, one trial in each of K spawned processes (process start included)."""
     load_ = Load()
     t0, began = time.perf_counter(), time.time()
-    with Workers(k, 1, device) as workers:
-        trials = workers.run([{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": seed}
-                              for seed in range(k)])
+    with workers(k, 1, device) as run:
+        trials = run([{"kind": "trial", "cfg": train_cfg.to_dict(), "variant": variant, "seed": seed}
+                      for seed in range(k)])
     return {"wall_seconds": time.perf_counter() - t0, "load": load_.stop(), "trials": trials,
             "first_trial_start_seconds": min(t["start"] for t in trials) - began}
 
 
 def ray_grid(cfg: SweepConfig, k: int, device) -> dict:
-    """The grid through `ray.init` + `run_sweep` (Tune, MLflow SQLite in a temp dir): plain_grid's figures (the
-    first start counted from tuner.fit's), ray.init's and tuner.fit's seconds; the trials' from their MLflow runs."""
+    """The grid through `ray.init` + `run_sweep` (MLflow SQLite in a temp dir), the trials' figures from their runs."""
     import ray
     from mlflow import MlflowClient
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
@@ -334,15 +308,14 @@ def ray_grid(cfg: SweepConfig, k: int, device) -> dict:
 
 
 def bench_concurrency(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
-    """Aggregate model-steps/s of K processes training base at once on the device with train()'s step, and the
-    speed-up over one process. A K that fails (out of memory, say) is reported, and the next K runs."""
+    """K processes training base at once with train()'s step: model-steps/s, speed-up; a K that fails is reported."""
     out = {"variant": "base", "mps": args.mps, "k": {}}
     request = {"kind": "steps", "variant": "base", "per_class": CONCURRENCY_PER_CLASS, "seconds": 0.0, "start_at": 0.0}
     for k in sorted(set(sizes.k_list) | {1}):
         try:
-            with Workers(k, 1, args.device) as workers:
-                workers.run([request] * k)  # set up and warm up: build, capture, first allocations
-                got = workers.run([dict(request, seconds=sizes.concurrency_seconds, start_at=time.time() + 0.5)] * k)
+            with workers(k, 1, args.device) as run:
+                run([request] * k)  # set up and warm up: build, capture, first allocations
+                got = run([dict(request, seconds=sizes.concurrency_seconds, start_at=time.time() + 0.5)] * k)
             window = max(m["seconds"] for m in got)
             row = {"processes": k, "steps": [m["steps"] for m in got], "window_seconds": window,
                    "model_steps_per_second": sum(m["steps"] for m in got) / window}

@@ -1,6 +1,4 @@
 """How much `python -m bench` runs (full, quick, on a GPU) and the targets its tables judge against."""
-from __future__ import annotations
-
 import dataclasses
 
 BATCH = 4

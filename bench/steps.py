@@ -1,19 +1,12 @@
-"""Parts 7 and 8: ms per model-step, route by route, on fresh models and on a late-epoch state that holds
-subnormal floats. The routes interleave round by round in one process on one device (`measure.time_rounds`).
+"""Parts 7 and 8: ms per model-step, route by route, interleaved round by round in one process on one device.
 
-7. steps   per variant, from a fresh model:
-           plain      bench/plain.py's route (PIL + DataLoader batches, torch's default Adam, loss.item())
-           eager      the trainer's step uncompiled (--no-compile; what --no-cuda-graph runs on CUDA)
-           compiled   CPU: the default full-run trainer, forward, loss, backward and Adam in one torch.compile
-           graph      CUDA: the default, the whole step as one CUDA graph (orchestrator.training.cuda_graph)
-           fused      --fuse-seeds: K seeds as one stacked network (uncompiled, as it trains); its call time / K
-           and what the default route's first call took (compiling or capturing: a trial pays it once).
+7. steps   per variant, fresh models: plain (bench/plain.py), eager (--no-compile; what --no-cuda-graph runs on
+           CUDA), the default (compiled: one torch.compile on CPU; graph: one CUDA graph on CUDA) with its first
+           call (compiling or capturing: a trial pays it once), fused (--fuse-seeds, K seeds as one network; / K).
 8. late    V6 from a real checkpoint trained without flushing (late_state.py), the plain and the default route
            each with denormals flushed and not, and inference latency both ways. Flushing matters only from such a
            state, and only on a CPU (a part of the CPU benchmark).
 """
-from __future__ import annotations
-
 import dataclasses
 import statistics
 
@@ -30,8 +23,7 @@ LATE_VARIANT = "v6"  # the variant whose late epochs hold subnormals (base, v3 a
 
 
 def default_route(device, sizes) -> str:
-    """What a trial trains with by default here: the CUDA graph on CUDA, the compiled step on CPU (eager in a quick
-    run, which does not time the compile)."""
+    """A trial's default step here: one CUDA graph on CUDA, compiled on CPU (eager in a quick run: no compile timed)."""
     return "graph" if device.type == "cuda" else "compiled" if sizes.step_compile else "eager"
 
 
@@ -42,22 +34,17 @@ def step_data(args, sizes, cfg: TrainConfig) -> tuple:
     return d, data.TrainSet(d.train_images, d.train_labels, focus_classes=focus, device=args.device), focus
 
 
-def step_routes(args, sizes, cfg: TrainConfig, variant: str, d, train_set, focus) -> tuple[dict, dict]:
-    """{route: Route} of fresh `variant` models on this device, and why any route is not timed here."""
+def step_routes(args, sizes, cfg: TrainConfig, trainer: str, variant: str, d, train_set, focus) -> tuple:
+    """{route: Route} of fresh `variant` models on this device, `trainer` the default, and why any is not timed."""
     eager = dataclasses.replace(cfg, compile=False)
     routes = {"plain": Route(plain_step(variant, d.train_images, d.train_labels, focus, args.device), flush=False),
               "eager": Route(trainer_step(eager, variant, train_set, args.device))}
-    not_timed = {}
-    if args.device.type == "cuda":
-        routes["graph"] = Route(trainer_step(eager, variant, train_set, args.device, graphed=True))
-        not_timed["compiled"] = "CUDA: the CUDA graph takes --compile's place"
-    else:
-        not_timed["graph"] = "CPU: no CUDA graphs"
-        if sizes.step_compile:
-            routes["compiled"] = Route(trainer_step(dataclasses.replace(cfg, compile=True), variant, train_set,
-                                                    args.device))
-        else:
-            not_timed["compiled"] = "quick run: not compiled"
+    if trainer != "eager":  # one CUDA graph on CUDA, one torch.compile on CPU
+        routes[trainer] = Route(trainer_step(dataclasses.replace(cfg, compile=trainer == "compiled"), variant,
+                                             train_set, args.device, graphed=trainer == "graph"))
+    not_timed = ({"compiled": "CUDA: the CUDA graph takes --compile's place"} if args.device.type == "cuda"
+                 else {"graph": "CPU: no CUDA graphs"} if trainer == "compiled"
+                 else {"graph": "CPU: no CUDA graphs", "compiled": "quick run: not compiled"})
     # --fuse-seeds trains uncompiled (compiling the fused step cost minutes for 0.91-1.14x): time what it runs.
     routes["fused"] = Route(fused_step(eager, variant, sizes.fused_k, d, args.device), per_call=sizes.fused_k)
     return routes, not_timed
@@ -70,18 +57,17 @@ def bench_steps(args, sizes, cfg: TrainConfig, log, earlier: dict) -> dict:
         f"fused K={sizes.fused_k}, default route {trainer}")
     out = {"rounds": sizes.rounds, "calls": sizes.step_calls, "fused_k": sizes.fused_k,
            "compiled": trainer == "compiled", "samples_per_epoch": train_set.num_samples(), "trainer_route": trainer,
-           "variants": {},
-           "routes": ["plain", "eager", "graph" if args.device.type == "cuda" else "compiled", "fused"]}
+           "variants": {}, "routes": ["plain", "eager", "graph" if args.device.type == "cuda" else "compiled", "fused"]}
     for v in args.variants:
-        routes, not_timed = step_routes(args, sizes, cfg, v, d, train_set, focus)
+        routes, not_timed = step_routes(args, sizes, cfg, trainer, v, d, train_set, focus)
         # the default route's first call alone: compiling or capturing, what a trial pays once
         compile_seconds = {trainer: timed(routes[trainer], 1, args.device) / 1e3} if trainer != "eager" else {}
         times = time_rounds(routes, sizes.rounds, sizes.step_calls, args.device)
-        row = {f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()}
-        row.update({"ms_per_round": times, "compile_seconds": compile_seconds, "trainer_route": trainer,
-                    "not_timed": not_timed, "trainer_speedup": paired(times, "plain", trainer),
-                    "eager_speedup": paired(times, "eager", trainer), "fused_speedup": paired(times, trainer, "fused")})
-        out["variants"][v] = row
+        row = out["variants"][v] = {
+            **{f"{name}_ms_per_step": statistics.median(ts) for name, ts in times.items()}, "ms_per_round": times,
+            "compile_seconds": compile_seconds, "trainer_route": trainer, "not_timed": not_timed,
+            "trainer_speedup": paired(times, "plain", trainer), "eager_speedup": paired(times, "eager", trainer),
+            "fused_speedup": paired(times, trainer, "fused")}
         log(f"  {v}: " + ", ".join(f"{name} {row[f'{name}_ms_per_step']:.2f}" for name in times) +
             f" ms/step; {trainer} vs plain {row['trainer_speedup']:.2f}x, fused {row['fused_speedup']:.2f}x")
         if args.device.type == "cuda":
@@ -128,7 +114,6 @@ def late_latency(state: dict, d, sizes, device) -> dict:
     model.load_state_dict(state["model"])
     vx, vy = d.val_images[:sizes.latency_images], d.val_labels[:sizes.latency_images]
     rows = latency_rounds({flush: (lambda: (model, fmt), flush) for flush in (True, False)}, vx, vy, sizes, device)
-    med = {flush: {key: statistics.median(xs) for key, xs in row.items()} for flush, row in rows.items()}
     return {"flushed": rows[True], "not_flushed": rows[False], "images": len(vy),
-            "per_image_slowdown": med[False]["latency_ms_per_image"] / med[True]["latency_ms_per_image"],
-            "batch1_slowdown": med[False]["latency_ms_batch1"] / med[True]["latency_ms_batch1"]}
+            **{f"{name}_slowdown": statistics.median(rows[False][key]) / statistics.median(rows[True][key])
+               for name, key in (("per_image", "latency_ms_per_image"), ("batch1", "latency_ms_batch1"))}}

@@ -1,8 +1,5 @@
-"""The Markdown report: the header, the targets with their verdicts (and the cause of each missed one), then each
-measured part's section (heading, paragraphs, tables), blocks joined with a blank line. Tables are rows of
-formatted cells, written by `orchestrator.analysis.tables.to_markdown`."""
-from __future__ import annotations
-
+"""The Markdown report: the header, the targets with their verdicts (and each miss's cause), then each measured
+part's section, blocks joined with a blank line; tables of formatted cells via `analysis.tables.to_markdown`."""
 import statistics
 
 import pandas as pd
@@ -18,10 +15,8 @@ ROUTE_COLUMNS = {"plain": "plain ms", "eager": "eager ms", "compiled": "compiled
 
 def render(res: dict) -> str:
     env = res["environment"]
-    blocks = header_section(env) + targets_sections(res)
-    for key, section in SECTIONS.items():  # each only when measured
-        if res.get(key):
-            blocks += section(res[key], env)
+    blocks = header_section(env) + targets_sections(res) + [  # then each part's section, only when measured
+        block for key, section in SECTIONS.items() if res.get(key) for block in section(res[key], env)]
     return "\n\n".join(blocks) + "\n"
 
 
@@ -31,9 +26,8 @@ def table(rows: list[list[str]], columns: list[str]) -> str:
 
 def verdict(value: float, target: float, shortfall: str, cause: str, at_most: bool = False) -> str:
     """'met', or by how much (`shortfall` formats it) the value missed the target, and why."""
-    if (value <= target) if at_most else (value >= target):
-        return "met"
-    return f"**missed** by {shortfall.format(abs(target - value))}: {cause}"
+    met = value <= target if at_most else value >= target
+    return "met" if met else f"**missed** by {shortfall.format(abs(target - value))}: {cause}"
 
 
 def spread(xs) -> str:
@@ -47,15 +41,12 @@ def hours(seconds: float) -> str:
 def header_section(env: dict) -> list[str]:
     cuda = (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}, MPS daemon {'running' if env['mps'] else 'not running'}"
             if env["device"] == "cuda" else "")
-    blocks = [f"# Benchmark ({'quick' if env['quick'] else 'full'}) - {env['time']}",
-              f"Device: {env['device_label']}. torch {env['torch']}{cuda}, {env['cores']} CPU cores, {env['threads']} "
-              f"thread(s) per trial. Data: {env['data']}. Every ratio is taken within this run, measurements "
-              "interleaved; other processes on the machine are not controlled (their load is reported where it "
-              "matters)."]
-    if env["quick"]:
-        blocks.append("**Quick run**: tiny epochs and short trials; figures are indicative only (the orchestration "
-                      "trials last well under the one minute the target is defined on).")
-    return blocks
+    return [f"# Benchmark ({'quick' if env['quick'] else 'full'}) - {env['time']}",
+            f"Device: {env['device_label']}. torch {env['torch']}{cuda}, {env['cores']} CPU cores, {env['threads']} "
+            f"thread(s) per trial. Data: {env['data']}. Every ratio is taken within this run, measurements "
+            "interleaved; other processes on the machine are not controlled (their load is reported where it matters).",
+            *(["**Quick run**: tiny epochs and short trials; figures are indicative only (the orchestration trials "
+               "last well under the one minute the target is defined on)."] if env["quick"] else [])]
 
 
 def targets_sections(res: dict) -> list[str]:
@@ -143,10 +134,9 @@ def throughput_cause(row: dict) -> str:
     format_gain = fwd_bwd / parts["plain_fwd_bwd_ms"] - 1
     memory_format = " (contiguous, see *)" if not row["channels_last"] else (
         f" (channels_last {format_gain:+.0%} vs contiguous)" if abs(format_gain) > 0.05 else "")
-    return (f"forward+backward, the same convolutions in both routes, is {fwd_bwd:.1f} of the trainer's "
-            f"{trainer:.1f} ms step{memory_format}; the trainer cut data+Adam from "
-            f"{plain - parts['plain_fwd_bwd_ms']:.1f} to {trainer - fwd_bwd:.1f} ms; even at "
-            f"zero data+Adam the cap is {fwd_bwd_cap(parts):.2f}x")
+    return (f"forward+backward, the same convolutions in both routes, is {fwd_bwd:.1f} of the trainer's {trainer:.1f} "
+            f"ms step{memory_format}; the trainer cut data+Adam from {plain - parts['plain_fwd_bwd_ms']:.1f} to "
+            f"{trainer - fwd_bwd:.1f} ms; even at zero data+Adam the cap is {fwd_bwd_cap(parts):.2f}x")
 
 
 def throughput_section(tp: dict, env: dict) -> list[str]:
@@ -165,9 +155,9 @@ def throughput_section(tp: dict, env: dict) -> list[str]:
               f"copies) per measurement, {rounds} rounds interleaved trainer/plain (ABBA); img/s are medians, the "
               "speed-up is the median of the per-round ratios. Trainer: `orchestrator.training.train.train` uncompiled "
               "(part 7 times the compiled step), otherwise the default config (channels_last, fused Adam, in-memory "
-              "batched augmentation). Plain: torchvision-style PIL "
-              "dataset + DataLoader + tutorial loop + default (for-loop) Adam, contiguous. Other processes kept "
-              f"{tp['load']['other_cores']:.2f} of {env['cores']} cores busy on average meanwhile.",
+              "batched augmentation). Plain: torchvision-style PIL dataset + DataLoader + tutorial loop + default "
+              f"(for-loop) Adam, contiguous. Other processes kept {tp['load']['other_cores']:.2f} of {env['cores']} "
+              "cores busy on average meanwhile.",
               table(rows, ["variant", "trainer img/s", "trainer ms/step", "plain img/s", "plain ms/step", "speed-up",
                            f"target >= {TARGET_SPEEDUP}x"]),
               "Where the step time goes (ms per step; a plain and a trainer-style step run alternately on the same "
@@ -212,14 +202,11 @@ def orchestration_section(orch: dict, env: dict) -> list[str]:
     k = orch["k"]
     walls = [f"{orch[key]:.1f}" for key in ("plain_wall_seconds", "ray_wall_seconds", "ray_init_seconds",
                                             "ray_fit_seconds")]
-    routes = []
-    for route, label in (("plain", "plain processes"), ("ray", "Ray + MLflow")):
-        trials, load = orch[f"{route}_trials"], orch[f"{route}_load"]
-        routes.append([label, f"{orch[f'{route}_first_trial_start_seconds']:.1f}",
-                       f"{statistics.median(t['seconds'] for t in trials):.1f}",
-                       f"{statistics.median(t['epoch_seconds'] for t in trials):.1f}",
-                       f"{statistics.median(t['train_images_per_second'] for t in trials):.0f}",
-                       *(f"{load[key]:.2f}" for key in ("machine_cores", "ours_cores", "other_cores"))])
+    routes = [[label, f"{orch[f'{route}_first_trial_start_seconds']:.1f}",
+               *(f"{statistics.median(t[key] for t in orch[f'{route}_trials']):{fmt}}" for key, fmt in (
+                   ("seconds", ".1f"), ("epoch_seconds", ".1f"), ("train_images_per_second", ".0f"))),
+               *(f"{orch[f'{route}_load'][key]:.2f}" for key in ("machine_cores", "ours_cores", "other_cores"))]
+              for route, label in (("plain", "plain processes"), ("ray", "Ray + MLflow"))]
     by_process = [(label, orch[f"{phase}_load"][key]) for label, phase, key in (
         ("Plain phase", "plain", "ours_by_process_cores"), ("Ray phase", "ray", "ours_by_process_cores"),
         ("Ray phase while all trials trained", "ray", "steady_by_process_cores"))]
@@ -323,11 +310,10 @@ def steps_section(steps: dict, env: dict) -> list[str]:
             f"Median over {steps['rounds']} rounds of {steps['calls']} calls per route, the routes interleaved (the "
             "order rotates each round). plain: PIL + DataLoader + tutorial loop + default Adam. eager: the trainer's "
             "step (`--no-compile`). compiled: the default full-run trainer on CPU, the whole step in one "
-            "`torch.compile`. CUDA graph: the default on CUDA, the whole step as one graph. "
-            f"fused: `--fuse-seeds`, K={steps['fused_k']} seeds as one stacked network (uncompiled, as it trains), "
-            "its call time / K. Speed-ups are medians of the per-round ratios. Compile s: the default route's "
-            "first call (compiling or capturing), paid once per trial (Inductor's on-disk cache makes a variant's "
-            "later trials cheaper).",
+            "`torch.compile`. CUDA graph: the default on CUDA, the whole step as one graph. fused: `--fuse-seeds`, "
+            f"K={steps['fused_k']} seeds as one stacked network (uncompiled, as it trains), its call time / K. "
+            "Speed-ups are medians of the per-round ratios. Compile s: the default route's first call (compiling or "
+            "capturing), paid once per trial (Inductor's on-disk cache makes a variant's later trials cheaper).",
             table(rows, ["variant", *(ROUTE_COLUMNS[r] for r in routes), f"{trainer} vs plain",
                          *([f"{trainer} vs eager"] if vs_eager else []), f"fused vs {trainer}", "compile s"]),
             *[f"- {n}" for n in sorted(notes)]]
@@ -394,6 +380,5 @@ def pipeline_section(r: dict, env: dict) -> list[str]:
 
 
 SECTIONS = {"throughput": throughput_section, "parallel": parallel_section, "orchestration": orchestration_section,
-            "projection": projection_section, "latency": latency_section, "steps": steps_section,
-            "late": late_section, "epoch": epoch_section, "concurrency": concurrency_section,
-            "pipeline": pipeline_section}  # in the order of the report
+            "projection": projection_section, "latency": latency_section, "steps": steps_section, "late": late_section,
+            "epoch": epoch_section, "concurrency": concurrency_section, "pipeline": pipeline_section}  # report order
