@@ -96,16 +96,15 @@ def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, Swee
 
 def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict,
                      fuse_reason: str) -> str:
-    uri = cfg.tracking_uri
-    flags = cfg.to_flags()  # fuse_seeds as decided (on/off), so that --resume keeps the choice
-    parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
-        **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
-        "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
+    flags, client = cfg.to_flags(), tracking.MlflowClient(cfg.tracking_uri)  # fuse_seeds decided: --resume keeps it
+    parent_run_id = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags={
+        "kind": "sweep", "sweep_id": sweep_id, **source_tags, "variants": ",".join(cfg.variants),
+        "seeds": ",".join(map(str, cfg.seed_values())), "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
         "git_commit": records.git_state()["git_commit"],
         "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
         "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
-        **library_versions()})
-    tracking.MlflowClient(uri).log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
+        **library_versions()}).info.run_id
+    client.log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
     return parent_run_id
 
 
@@ -304,7 +303,9 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     log_summary_metrics(sweep)
     # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
     # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
-    tracking.finish_sweep_run(uri, sweep.parent_run_id, "FAILED" if failed_trials else "FINISHED")
+    status = "FAILED" if failed_trials else "FINISHED"
+    client.set_tag(sweep.parent_run_id, "sweep_status", status.lower())
+    client.set_terminated(sweep.parent_run_id, status=status)
     if sweep.cfg.report:
         from orchestrator.analysis.report import ReportError, build_report
         try:
