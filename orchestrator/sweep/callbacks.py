@@ -46,16 +46,12 @@ def eta_line(trials) -> str:
     """`sweep: 3/16 trials finished, 2 running; 41 of 160 epochs done; ETA 2.3 h`, from the epoch seconds the
     trials measured: remaining epochs x their mean epoch time / the trials running at once."""
     epochs_total = epochs_done = 0
-    epoch_seconds = []
     for trial in trials:
         epochs = int(trial.config["train"]["epochs"])
-        result = trial.last_result or {}
-        done = epochs if trial.status == "TERMINATED" else int(result.get("epoch", 0) or 0)
+        done = epochs if trial.status == "TERMINATED" else int((trial.last_result or {}).get("epoch", 0) or 0)
         epochs_total, epochs_done = epochs_total + epochs, epochs_done + min(done, epochs)
-        if result.get("epoch_seconds"):
-            epoch_seconds.append(float(result["epoch_seconds"]))
-    finished = sum(t.status == "TERMINATED" for t in trials)
-    running = sum(t.status == "RUNNING" for t in trials)
+    epoch_seconds = [float(r["epoch_seconds"]) for r in (t.last_result or {} for t in trials) if r.get("epoch_seconds")]
+    finished, running = (sum(t.status == status for t in trials) for status in ("TERMINATED", "RUNNING"))
     line = (f"sweep: {finished}/{len(trials)} trials finished, {running} running; {epochs_done} of {epochs_total} "
             f"epochs done; ")
     if epochs_done >= epochs_total:

@@ -5,6 +5,7 @@ optional TOML file (`--config`; flags given on the command line win).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import tomllib
 import typing
@@ -12,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import models
-from models import list_models
 from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
-ALL_VARIANTS = tuple(list_models())
+ALL_VARIANTS = tuple(models.list_models())
 SECTIONS = ("what to run", "resume", "protocol", "data", "speed", "device", "measurement", "cluster", "tracking",
             "report")
 # A field's help section where the CLI shows it elsewhere than its TrainConfig declares (that file is training's).
@@ -113,9 +113,8 @@ class SweepConfig:
             (bool(self.results_dir) or not self.skip_existing,
              "--skip-existing needs --results-dir: pass the folder whose records to skip"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        if problem := next((message for ok, message in checks if not ok), None):
+            raise ConfigError(problem)
         return self
 
     # One flat namespace of field names, as the flags and config files spell them.
@@ -142,22 +141,14 @@ _HINTS = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(SweepCon
 
 
 # --- CLI: one flag per field ---------------------------------------------------------------------
-def _parse_tuple(item_type):
+def _typed(kind, many: bool = False):
+    """argparse `type=` for int/float/str (with `many`: a comma-separated tuple of them) naming the type expected."""
     def parse(text: str):
         try:
-            return tuple(item_type(x.strip()) for x in text.split(",") if x.strip())
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip()) if many else kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item_type.__name__}, got {text!r}")
-    return parse
-
-
-def _typed(kind):
-    """argparse `type=` for int/float/str whose error names the type expected."""
-    def parse(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}")
+            expected = f"a comma-separated list of {kind.__name__}" if many else kind.__name__
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return parse
 
 
@@ -177,7 +168,7 @@ def _add_field(group, f: dataclasses.Field) -> None:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif typing.get_origin(hint) is tuple:
         # A string default goes through `type` too, and shows in --help as the user would type it.
-        group.add_argument(flag, type=_parse_tuple(typing.get_args(hint)[0]), metavar="A,B,...",
+        group.add_argument(flag, type=_typed(typing.get_args(hint)[0], many=True), metavar="A,B,...",
                            **{**kw, "default": ",".join(map(str, f.default))})
     elif f.metadata.get("choices") == FUSE_CHOICES:
         # auto|on|off, and the on/off spelling of the boolean flag it replaced: --fuse-seeds, --no-fuse-seeds
@@ -201,37 +192,29 @@ def build_parser(prog: str = "python -m orchestrator.run", description: str = ""
     return parser
 
 
+# What a TOML value of each field type must be, as a wrong one's error says it, with an example.
+TOML_KINDS = {bool: ("true or false", "true"), int: ("an integer", "2"), float: ("a number", "0.0005"),
+              str: ("a quoted string", '"..."')}
+
+
+def _is_toml(value, kind) -> bool:
+    """isinstance as a field of that type takes a TOML value: true is no number, and 2 is a float too."""
+    return isinstance(value, (int, float) if kind is float else kind) and (kind is bool or not isinstance(value, bool))
+
+
 def _from_toml(path: str, key: str, value, hint):
     """A TOML value as the field's type: the same values the flag takes (lists may also be comma strings)."""
-    def wrong(kind: str):
-        return ConfigError(f"config file {path}: {key} must be {kind} (got {value!r}): fix that line, e.g. "
-                           f"{key} = {_toml_example(hint)}")
-    if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
-        if isinstance(value, str):
-            try:
-                return _parse_tuple(item)(value)
-            except argparse.ArgumentTypeError:
-                raise wrong(f"a list of {item.__name__}") from None
-        if isinstance(value, list) and all(isinstance(x, item) and not isinstance(x, bool) for x in value):
-            return tuple(value)
-        raise wrong(f"a list of {item.__name__}")
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, hint)
-    if not ok:
-        raise wrong({bool: "true or false", int: "an integer", float: "a number", str: "a quoted string"}[hint])
-    return value
-
-
-def _toml_example(hint) -> str:
-    return {bool: "true", int: "2", float: "0.0005", str: '"..."'}.get(hint, '["base", "v6"]')
+    item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+    if item is None and _is_toml(value, hint):
+        return float(value) if hint is float else value
+    if item is not None and isinstance(value, list) and all(_is_toml(x, item) for x in value):
+        return tuple(value)
+    if item is not None and isinstance(value, str):
+        with contextlib.suppress(argparse.ArgumentTypeError):
+            return _typed(item, many=True)(value)
+    kind, example = TOML_KINDS[hint] if item is None else (f"a list of {item.__name__}", '["base", "v6"]')
+    raise ConfigError(f"config file {path}: {key} must be {kind} (got {value!r}): fix that line, e.g. "
+                      f"{key} = {example}")
 
 
 def load_config_file(path: str) -> dict:
@@ -258,13 +241,6 @@ def load_config_file(path: str) -> dict:
     return values
 
 
-def with_quick(values: dict, given: set[str]) -> dict:
-    """--quick's values (QUICK) for the flags not given explicitly: the command line and --config win."""
-    if not values.get("quick"):
-        return values
-    return {**values, **{k: v for k, v in QUICK.items() if k not in given}}
-
-
 def given_flags(argv, **parser_kw) -> set[str]:
     """The fields the command line sets explicitly (argparse's defaults can't tell `--epochs 10` from none)."""
     parser = build_parser(**parser_kw)
@@ -283,13 +259,9 @@ def parse_config(argv=None, **parser_kw) -> SweepConfig:
         args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "config"}
     given = set(from_file) | given_flags(argv, **parser_kw)
-    return SweepConfig.from_flags(with_specs(with_quick(values, given), given)).validate()
-
-
-def with_specs(values: dict, given: set[str]) -> dict:
-    """--spec files train as variants named after them: beside the --variants given, or alone."""
-    if not values.get("spec"):
-        return values
-    names = tuple(Path(path).stem for path in values["spec"])
-    variants = tuple(values["variants"]) if "variants" in given else ()
-    return {**values, "variants": tuple(dict.fromkeys((*variants, *names)))}
+    if values.get("quick"):  # QUICK's values for the flags not given explicitly: the command line and --config win
+        values.update({k: v for k, v in QUICK.items() if k not in given})
+    if values.get("spec"):  # spec files train as variants named after them: beside the --variants given, or alone
+        variants = values["variants"] if "variants" in given else ()
+        values["variants"] = tuple(dict.fromkeys((*variants, *(Path(path).stem for path in values["spec"]))))
+    return SweepConfig.from_flags(values).validate()

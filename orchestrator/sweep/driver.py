@@ -6,6 +6,7 @@ line and a non-zero exit before any trial starts (orchestrator.sweep.preflight),
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -62,17 +63,8 @@ class Sweep:
 
 
 def library_versions() -> dict:
-    import mlflow
-    import ray
-    import torch
-    import torchvision
-    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__,
-            "python_version": platform.python_version()}
-
-
-def new_sweep_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return {**{f"{name}_version": importlib.import_module(name).__version__
+               for name in ("torch", "torchvision", "ray", "mlflow")}, "python_version": platform.python_version()}
 
 
 # --- 1. open the sweep ------------------------------------------------------------------------------
@@ -96,16 +88,15 @@ def find_resumable(cfg: SweepConfig, experiment_id: str) -> tuple[str, str, Swee
 
 def start_parent_run(cfg: SweepConfig, experiment_id: str, sweep_id: str, storage: str, source_tags: dict,
                      fuse_reason: str) -> str:
-    uri = cfg.tracking_uri
-    flags = cfg.to_flags()  # fuse_seeds as decided (on/off), so that --resume keeps the choice
-    parent_run_id = tracking.start_sweep_run(uri, experiment_id, sweep_id, {
-        **source_tags, "variants": ",".join(cfg.variants), "seeds": ",".join(map(str, cfg.seed_values())),
-        "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
+    flags, client = cfg.to_flags(), tracking.MlflowClient(cfg.tracking_uri)  # fuse_seeds decided: --resume keeps it
+    parent_run_id = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags={
+        "kind": "sweep", "sweep_id": sweep_id, **source_tags, "variants": ",".join(cfg.variants),
+        "seeds": ",".join(map(str, cfg.seed_values())), "fuse_seeds": cfg.fuse_seeds, "fuse_seeds_reason": fuse_reason,
         "git_commit": records.git_state()["git_commit"],
         "command": shlex.join([sys.executable, "-m", "orchestrator.run", *sys.argv[1:]]),
         "host": socket.gethostname(), "ray_storage_path": storage, "config_json": json.dumps(flags),
-        **library_versions()})
-    tracking.MlflowClient(uri).log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
+        **library_versions()}).info.run_id
+    client.log_batch(parent_run_id, params=[tracking.Param(k, str(v)) for k, v in flags.items()])
     return parent_run_id
 
 
@@ -118,7 +109,7 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     preflight.check_device(cfg)
     preflight.check_output_dirs(cfg)
     tracking.check_tracking(uri)
-    sweep_id, parent_run_id, storage = new_sweep_id(), None, None
+    sweep_id, parent_run_id, storage = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6], None, None
     if cfg.resume:
         preflight.check_resumable(cfg, uri)
         sweep_id, parent_run_id, cfg, storage = find_resumable(cfg, tracking.ensure_experiment(uri, cfg.experiment_name))
@@ -204,19 +195,14 @@ def pairs_of(result) -> list[tuple[str, int]]:
 
 def seed_outcomes(result) -> list[tuple[str, int, str, dict]]:
     """(variant, seed, status, last metrics) per pair: status error, diverged or done (or unfinished)."""
-    metrics, per_seed = result.metrics or {}, (result.metrics or {}).get("per_seed") or {}
-    outcomes = []
+    metrics, outcomes = result.metrics or {}, []
     for variant, seed in pairs_of(result):
-        seed_metrics = per_seed.get(str(seed), metrics)
-        status = "error" if result.error else ("diverged" if seed_metrics.get("diverged") or
-                                               seed_metrics.get("status") == "diverged" else
-                                               "done" if metrics.get("done") else "unfinished")
+        seed_metrics = (metrics.get("per_seed") or {}).get(str(seed), metrics)
+        diverged = seed_metrics.get("diverged") or seed_metrics.get("status") == "diverged"
+        status = ("error" if result.error else "diverged" if diverged else
+                  "done" if metrics.get("done") else "unfinished")
         outcomes.append((variant, seed, status, seed_metrics))
     return outcomes
-
-
-def is_done(result) -> bool:
-    return bool((result.metrics or {}).get("done"))
 
 
 def write_missing_records(sweep: Sweep, results) -> None:
@@ -231,9 +217,7 @@ def write_missing_records(sweep: Sweep, results) -> None:
 def close_errored_runs(sweep: Sweep, results) -> list[str]:
     """Names of the trials Ray gave up on. A trial killed outright (OOM, SIGKILL, lost node) could not end its
     own MLflow run: mark it FAILED with Ray's error, so the UI doesn't show it running forever."""
-    failed = []
-    uri = sweep.cfg.tracking_uri
-    client = tracking.MlflowClient(uri)
+    failed, uri, client = [], sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
     for r, (variant, seed) in ((r, pair) for r in results if r.error for pair in pairs_of(r)):
         failed.append(trial_name(variant, seed))
         for run in tracking.find_runs(uri, sweep.experiment_id, kind="trial", sweep_id=sweep.sweep_id,
@@ -249,8 +233,7 @@ def summarize(results):
     import pandas as pd
     rows = [{"variant": variant, "seed": seed, "status": status, **{c: m.get(c) for c in TABLE_COLUMNS[3:]}}
             for r in results for variant, seed, status, m in seed_outcomes(r)]
-    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    return df.sort_values(["variant", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values(["variant", "seed"]).reset_index(drop=True)
 
 
 def summary_text(summary, train_cfg) -> str:
@@ -260,8 +243,7 @@ def summary_text(summary, train_cfg) -> str:
     for c in PERCENT_COLUMNS:
         shown[f"{c}_pct"] = [f"{100 * x:.2f}" if x == x and x is not None else "-" for x in summary[c]]
     text = shown.to_string(index=False, na_rep="-")
-    differences = records.differences_from_paper(records.protocol_of(train_cfg, ""))
-    if differences:
+    if differences := records.differences_from_paper(records.protocol_of(train_cfg, "")):
         text += (f"\n⚠ not the paper's protocol: {'; '.join(differences)}. Accuracies are not comparable with "
                  f"the paper's.")
     return text
@@ -290,7 +272,7 @@ def log_summary_metrics(sweep: Sweep) -> None:
 
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
-    if any(not r.error and not is_done(r) and not (r.metrics or {}).get("diverged") for r in results):
+    if any(not r.error and not any((r.metrics or {}).get(k) for k in ("done", "diverged")) for r in results):
         # Ctrl-C or SIGTERM: Tune saved its state (running trials as RUNNING) and returned, then stopped those
         # trials. The sweep is interrupted, not done: run_sweep ends its runs KILLED, resumable.
         raise KeyboardInterrupt
@@ -304,7 +286,9 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     log_summary_metrics(sweep)
     # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
     # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
-    tracking.finish_sweep_run(uri, sweep.parent_run_id, "FAILED" if failed_trials else "FINISHED")
+    status = "FAILED" if failed_trials else "FINISHED"
+    client.set_tag(sweep.parent_run_id, "sweep_status", status.lower())
+    client.set_terminated(sweep.parent_run_id, status=status)
     if sweep.cfg.report:
         from orchestrator.analysis.report import ReportError, build_report
         try:

@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import data
@@ -65,8 +66,7 @@ def check_output_dirs(cfg: SweepConfig) -> None:
     if "://" not in cfg.storage_path:
         outputs.append(("--storage-path", cfg.storage_path, False))
     for flag, path, writable in outputs:
-        problem = directory_problem(path, writable)
-        if problem:
+        if problem := directory_problem(path, writable):
             raise SweepError(f"{flag} {path} {problem}: pass a writable directory")
 
 
@@ -137,8 +137,7 @@ def start_ray(cfg: SweepConfig) -> bool:
                 raise SweepError(f"{where} requires its auth token: set RAY_AUTH_MODE=token and put {token}") from None
             raise SweepError(f"{where} refused this token (or found none): put {token}") from None
         raise SweepError(f"cannot connect to Ray at {cfg.address or 'local'}: {str(e).splitlines()[0]}") from None
-    cpus = ray.cluster_resources().get("CPU", 0)
-    gpus = ray.cluster_resources().get("GPU", 0)
+    cpus, gpus = (ray.cluster_resources().get(kind, 0) for kind in ("CPU", "GPU"))
     if cfg.cpus_per_trial > cpus:
         raise SweepError(f"--cpus-per-trial {cfg.cpus_per_trial} is more than the cluster's {cpus:g} CPUs: "
                          f"lower it or add nodes")
@@ -162,10 +161,8 @@ def check_resumable(cfg: SweepConfig, uri: str) -> None:
 
 def fuse_seeds_choice(pairs: list, resources: dict, cpus_per_trial: int, gpus_per_trial: float) -> tuple[bool, str]:
     """Whether `--fuse-seeds auto` fuses each variant's seeds into one trial, and why (for the console and the
-    parent run). Fuse when the sweep has more (variant, seed) pairs than the cluster runs trials at once: fused
-    trials take fewer, faster steps. Otherwise one trial per pair, so a large cluster runs everything at once.
-    `pairs` are the (variant, seed) pairs to train (dicts or tuples), `resources` ray.cluster_resources()."""
-    variants = [p["variant"] if isinstance(p, dict) else p[0] for p in pairs]
+    parent run): when the (variant, seed) `pairs` to train (dicts or tuples) outnumber the trials the cluster runs
+    at once (`resources`: ray.cluster_resources()), as fused trials take fewer, faster steps; else one trial a pair."""
     cpus = resources.get("CPU", 0)
     slots, why = int(cpus // cpus_per_trial), f"{cpus:g} CPUs / {cpus_per_trial} per trial"
     if gpus_per_trial > 0:
@@ -174,6 +171,6 @@ def fuse_seeds_choice(pairs: list, resources: dict, cpus_per_trial: int, gpus_pe
         if gpu_slots < slots:
             slots, why = gpu_slots, f"{gpus:g} GPUs / {gpus_per_trial:g} per trial"
     counts = f"{len(pairs)} (variant, seed) pairs, {slots} trial slots: {why}"
-    if max((variants.count(v) for v in set(variants)), default=0) < 2:
+    if max(Counter(p["variant"] if isinstance(p, dict) else p[0] for p in pairs).values(), default=0) < 2:
         return False, f"{counts}; one seed per variant, nothing to fuse"
     return len(pairs) > slots, counts

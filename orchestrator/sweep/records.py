@@ -7,8 +7,8 @@
 `protocol` holds every setting that changes what a trial computes, plus a digest of the data, and
 `protocol_hash` is the hash of exactly that: records of one hash are one experiment and may be averaged.
 Speed options that keep the maths (fused seeds, compile, memory format, fused kernels, denormal flushing, CUDA
-graph, device) are recorded apart, outside the hash, as they took effect in the trial. A record names no host and no user. Files are written atomically: a crash leaves
-the old file or the new one, never half of one.
+graph, device) are recorded apart, outside the hash, as they took effect in the trial. A record names no host and
+no user. Files are written atomically: a crash leaves the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+
+from orchestrator.names import trial_name
 
 SCHEMA_VERSION = 1
 # Config fields that change what a trial computes (its protocol). `focus_classes` is stored as label indices.
@@ -36,14 +38,11 @@ class RecordError(ValueError):
 def protocol_of(cfg, data_fingerprint: str) -> dict:
     """The protocol of `cfg` (its effective values, so --quick is 2 epochs) on data with this fingerprint."""
     from data import parse_focus_classes
-    protocol = {name: getattr(cfg, name) for name in PROTOCOL_FIELDS}
-    protocol["focus_classes"] = list(parse_focus_classes(cfg.focus_classes))
-    protocol["data_fingerprint"] = data_fingerprint
-    return protocol
+    return {**{name: getattr(cfg, name) for name in PROTOCOL_FIELDS},
+            "focus_classes": list(parse_focus_classes(cfg.focus_classes)), "data_fingerprint": data_fingerprint}
 
 
 def paper_protocol() -> dict:
-    """The paper's protocol: this project's defaults (without a data fingerprint)."""
     from orchestrator.training.config import TrainConfig
     return protocol_of(TrainConfig(), "")
 
@@ -61,36 +60,30 @@ def protocol_hash(protocol: dict) -> str:
 
 
 def record_name(variant: str, seed: int) -> str:
-    return f"{variant}-seed{seed}.json"
+    return f"{trial_name(variant, seed)}.json"
 
 
 def git_state() -> dict:
     """The commit of the code that ran and whether tracked files differed from it."""
-    here = Path(__file__).resolve().parent
-
     def git(*args) -> str | None:
         try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=here)
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                 cwd=Path(__file__).resolve().parent)
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit or "unknown", "git_dirty": None if status is None else bool(status)}
 
 
-def weights_name(variant: str, seed: int) -> str:
-    return f"{variant}-seed{seed}.pt"
-
-
-def _write_atomically(path: Path, write) -> Path:
-    """`write(file)` into a temp file beside `path`, fsync, rename: a crash leaves the old file or the new one."""
+def _write_atomically(path: Path, content: bytes) -> Path:
+    """`content` into a temp file beside `path`, fsync, rename: a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -101,17 +94,15 @@ def _write_atomically(path: Path, write) -> Path:
 
 
 def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
-    """Write `record` to results_dir/<variant>-seed<k>.json atomically."""
     text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True) + "\n"
-    path = Path(results_dir) / record_name(record["variant"], record["seed"])
-    return _write_atomically(path, lambda f: f.write(text.encode()))
+    return _write_atomically(Path(results_dir) / record_name(record["variant"], record["seed"]), text.encode())
 
 
 def write_weights(results_dir: str | os.PathLike, variant: str, seed: int, source: str | os.PathLike) -> dict:
     """Copy a trial's state-dict file to results_dir/<variant>-seed<k>.pt atomically; return the record's
     "weights" entry (file name, bytes, sha256), written before the record so that no record lacks its weights."""
     content = Path(source).read_bytes()
-    path = _write_atomically(Path(results_dir) / weights_name(variant, seed), lambda f: f.write(content))
+    path = _write_atomically(Path(results_dir) / f"{trial_name(variant, seed)}.pt", content)
     return {"file": path.name, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
@@ -126,8 +117,7 @@ def load_record(path: str | os.PathLike) -> dict:
         found = record.get("schema_version") if isinstance(record, dict) else type(record).__name__
         raise RecordError(f"record {path} has schema version {found!r}, this code reads {SCHEMA_VERSION}: "
                           f"rebuild it with this version's orchestrator.run or move it to another folder")
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
+    if missing := [k for k in REQUIRED_KEYS if k not in record]:
         raise RecordError(f"record {path} lacks {', '.join(missing)}: it is incomplete; delete it to train "
                           f"that trial again")
     if protocol_hash(record["protocol"]) != record["protocol_hash"]:
@@ -140,25 +130,18 @@ def load_record(path: str | os.PathLike) -> dict:
 
 
 def load_records(results_dir: str | os.PathLike) -> list[dict]:
-    """Every record in the folder (none if it does not exist), sorted by file name."""
     folder = Path(results_dir)
     return [load_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
-def protocol_difference(a: dict, b: dict) -> list[str]:
-    """Names of the protocol fields whose values differ between two protocols."""
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def check_one_protocol(records: list[dict], where: str, protocol: dict | None = None) -> None:
     """Refuse a folder whose records are of more than one protocol, or of another one than `protocol`."""
     reference = protocol if protocol is not None else (records[0]["protocol"] if records else None)
     for record in records:
-        differs = protocol_difference(reference, record["protocol"])
+        differs = sorted(k for k in {*reference, *record["protocol"]} if reference.get(k) != record["protocol"].get(k))
         if differs:
             name = record_name(record["variant"], record["seed"])
-            against = "this sweep" if protocol is not None else record_name(records[0]["variant"],
-                                                                              records[0]["seed"])
+            against = "this sweep" if protocol is not None else record_name(records[0]["variant"], records[0]["seed"])
             raise RecordError(f"{where}/{name} was trained under another protocol than {against} (differs in "
                               f"{', '.join(differs)}): use another --results-dir for another protocol")
 

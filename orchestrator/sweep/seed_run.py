@@ -21,7 +21,7 @@ from mlflow.types import Schema, TensorSpec
 
 import data
 import models
-from orchestrator.sweep.tracking import INTERRUPTED_REASON, TrialRun
+from orchestrator.sweep.tracking import TrialRun
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.latency import latency_context
 
@@ -42,12 +42,10 @@ class SeedRun:
     `fused_seeds`, and the speed options in effect as `speed_json`; the params are what was asked for)."""
 
     def __init__(self, cfg: TrainConfig, sweep: dict, variant: str, seed: int, device, speed: dict):
-        self.sweep, self.seed = sweep, seed
+        self.sweep, self.monitor = sweep, None
         self.run = TrialRun(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"], sweep["sweep_id"],
                             variant, seed, tags=sweep.get("source_tags"))
-        previous = self.run.previous
-        self.finished_before = previous is not None and previous.info.status == "FINISHED"
-        self.monitor = None
+        self.finished_before = self.run.previous is not None and self.run.previous.info.status == "FINISHED"
         if self.finished_before:
             return  # logged whole by an earlier attempt: leave it as it is
         self.run.set_tags({"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
@@ -74,22 +72,11 @@ class SeedRun:
                                             tracking_uri=self.sweep["tracking_uri"])
         self.monitor.start()
 
-    def log_epoch(self, metrics: dict, epoch: int) -> None:
-        self.run.log_metrics(metrics, step=epoch)
-
-    def stop_monitor(self) -> None:
+    def end(self, status: str, reason: str | None = None) -> None:
         if self.monitor is not None:
             self.monitor.finish()
             self.monitor = None
-
-    def fail(self, reason: str) -> None:
-        self.stop_monitor()
-        self.run.finish("FAILED", reason=reason)
-
-    def kill(self) -> None:
-        """Stopped by the sweep's interruption: KILLED and resumable, as the driver marks it too."""
-        self.stop_monitor()
-        self.run.finish("KILLED", reason=INTERRUPTED_REASON)
+        self.run.finish(status, reason=reason)
 
     def finish(self, result: dict) -> None:
         """Final metrics, both ONNX files, the model; then FINISHED, once, after everything is logged."""
@@ -97,8 +84,7 @@ class SeedRun:
         for path in result["exported"].values():  # model.onnx and model.int8.onnx
             self.run.client.log_artifact(self.run.run_id, str(path), artifact_path="onnx")
         log_model(self.run.run_id, self.sweep["experiment_id"], result["model"])
-        self.stop_monitor()
-        self.run.finish("FINISHED")
+        self.end("FINISHED")
 
 
 def log_model(run_id: str, experiment_id: str, model: torch.nn.Module) -> None:

@@ -3,30 +3,26 @@ bound to a private address, started detached and stopped again by the pid file i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 from orchestrator.cli import ArgumentParser
 from orchestrator.names import DEFAULT_TRACKING_URI, sqlite_path
 from orchestrator.sweep.tracking import TrackingError, resolve_tracking_uri
 
 
-def serve_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str,
-                  workers: int = 1) -> list[str]:
-    """The `mlflow server` command line this project uses: artifacts proxied through the server
-    (--serve-artifacts), so workers need no shared disk."""
-    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-            "--backend-store-uri", backend_store_uri, "--serve-artifacts",
-            "--artifacts-destination", artifacts_destination, "--workers", str(workers)]
-
-
 def check_bind_host(host: str) -> None:
     """Refuse every-interface and public addresses: the server has no authentication of its own."""
-    import ipaddress
-    import socket
     try:
         addrs = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)}
     except (OSError, ValueError):
@@ -39,10 +35,6 @@ def check_bind_host(host: str) -> None:
 
 def stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
     """Stop the server an earlier --detach started (e.g. before `ray up` restarts the head), if it still runs."""
-    import signal
-    import time
-
-    import psutil
     try:
         pid = int(pid_file.read_text().strip())
         cmdline = psutil.Process(pid).cmdline()
@@ -53,14 +45,12 @@ def stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
 
     def group_alive() -> bool:  # zombies don't count: they hold no port
         for proc in psutil.process_iter(["status"]):
-            try:
+            with contextlib.suppress(OSError):  # gone meanwhile
                 if os.getpgid(proc.pid) == pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
                     return True
-            except OSError:
-                pass
         return False
 
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)  # --detach made it a session leader: its workers share its group
         deadline = time.time() + timeout_s
         while group_alive():
@@ -68,14 +58,10 @@ def stop_recorded_server(pid_file: Path, timeout_s: float = 30.0) -> None:
                 os.killpg(pid, signal.SIGKILL)
                 break
             time.sleep(0.2)
-    except ProcessLookupError:
-        pass
 
 
 def _detach(cmd: list[str], uri: str, run_dir: Path, timeout_s: float = 180.0) -> int:
     """Start the server in its own session, wait until it answers, record pid and URI in run_dir."""
-    import signal
-    import time
     run_dir.mkdir(parents=True, exist_ok=True)
     stop_recorded_server(run_dir / "server.pid")
     with open(run_dir / "server.log", "ab") as log:
@@ -140,7 +126,10 @@ def main(argv=None) -> int:
     if "://" not in dest:
         Path(dest).expanduser().mkdir(parents=True, exist_ok=True)
         dest = str(Path(dest).expanduser().resolve())
-    cmd = serve_command(args.host, args.port, backend, dest, args.workers)
+    # Artifacts proxied through the server (--serve-artifacts), so workers need no shared disk.
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
+           "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", dest,
+           "--workers", str(args.workers)]
     if args.detach:
         host = f"[{args.host}]" if ":" in args.host else args.host
         return _detach(cmd, f"http://{host}:{args.port}", Path(args.run_dir).expanduser())

@@ -1,12 +1,10 @@
 """MLflow: the store checks the driver makes, the sweep's parent run and each trial's child run (the tracking
-server's lifecycle is orchestrator.sweep.server's).
-
-Every trial logs an epoch only after that epoch's checkpoint is persisted, and logs only the steps its run
-does not have yet, so a restarted trial never logs an epoch twice and never skips one.
-"""
+server's lifecycle is orchestrator.sweep.server's). A trial logs an epoch only once its checkpoint is persisted,
+and only the steps its run lacks: a restarted trial never logs an epoch twice and never skips one."""
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,12 +29,6 @@ def resolve_tracking_uri(uri: str) -> str:
     if "://" not in uri:  # a plain directory path: MLflow's file store is deprecated, keep users on SQLite
         raise TrackingError(f"tracking URI {uri!r} is not a URI: use sqlite:///path/to/mlflow.db or http://host:port")
     return uri
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """For a local SQLite store, artifacts go beside the database (mlflow/artifacts/); servers decide their own."""
-    db = sqlite_path(uri)
-    return (db.parent / "artifacts").resolve().as_uri() if db is not None else None
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
@@ -89,19 +81,19 @@ def _check_sqlite(db: Path) -> None:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """Create (or find) the experiment on the driver, before any trial starts; return its id."""
+    db = sqlite_path(uri)
     try:
         client = MlflowClient(uri)  # opens (and migrates) the store: a file that is not a database fails here
         exp = client.get_experiment_by_name(name)
-        if exp is None:
-            return client.create_experiment(name, artifact_location=default_artifact_location(uri))
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it in the MLflow UI "
-                                f"or pass another --experiment-name")
-        return exp.experiment_id
-    except TrackingError:
-        raise
+        if exp is None:  # a local SQLite store keeps artifacts beside it (mlflow/artifacts/); a server its own
+            artifacts = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+            return client.create_experiment(name, artifact_location=artifacts)
     except Exception as e:  # MLflow raises many types for a broken store; say it in one line
         raise TrackingError(f"cannot use the MLflow store {uri}: {str(e).splitlines()[0]}") from None
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it in the MLflow UI "
+                            f"or pass another --experiment-name")
+    return exp.experiment_id
 
 
 def all_pages(search, *args, **kwargs) -> list:
@@ -111,8 +103,7 @@ def all_pages(search, *args, **kwargs) -> list:
     while True:
         page = search(*args, page_token=token, **kwargs)
         items += list(page)
-        token = page.token
-        if not token:
+        if not (token := page.token):
             return items
 
 
@@ -129,17 +120,15 @@ class TrialRun:
         self.client = MlflowClient(uri)
         existing = find_runs(uri, experiment_id, kind="trial", sweep_id=sweep_id, variant=variant, seed=str(seed))
         self.previous = existing[0] if existing else None  # what an earlier attempt left, if any
-        if existing:
-            self.run_id = existing[0].info.run_id
-            if existing[0].info.status != "FINISHED":
+        if self.previous is not None:
+            self.run_id = self.previous.info.run_id
+            if self.previous.info.status != "FINISHED":
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=trial_name(variant, seed), tags={
+            self.run_id = self.client.create_run(experiment_id, run_name=trial_name(variant, seed), tags={
                 "mlflow.parentRunId": parent_run_id, "kind": "trial", "sweep_id": sweep_id,
-                "variant": variant, "seed": str(seed), **(tags or {})})
-            self.run_id = run.info.run_id
-        self.uri = uri
-        self._logged_steps: dict[str, set[int]] | None = None
+                "variant": variant, "seed": str(seed), **(tags or {})}).info.run_id
+        self._logged_steps: dict[str, set[int]] = {}
 
     def set_tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -151,22 +140,18 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=new)
 
     def _steps(self, key: str) -> set[int]:
-        if self._logged_steps is None:
-            self._logged_steps = {}
         if key not in self._logged_steps:
             self._logged_steps[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
         return self._logged_steps[key]
 
-    def log_metrics(self, metrics: dict, step: int) -> int:
-        """Log the metrics this run lacks at `step` in one batch; returns how many were new."""
-        import time
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Log the metrics this run lacks at `step` in one batch."""
         now = int(time.time() * 1000)
         new = [Metric(k, float(v), now, step) for k, v in metrics.items() if step not in self._steps(k)]
         if new:
             self.client.log_batch(self.run_id, metrics=new)
             for m in new:
                 self._steps(m.key).add(step)
-        return len(new)
 
     def log_history(self, history: list[dict]) -> None:
         """Back-fill epochs a crashed attempt checkpointed but did not get to log."""
@@ -196,23 +181,17 @@ def source_tags(git_commit: str) -> dict:
             mlflow_tags.MLFLOW_GIT_COMMIT: git_commit}
 
 
-def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, tags: dict) -> str:
-    run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep_id}",
-                                       tags={"kind": "sweep", "sweep_id": sweep_id, **tags})
-    return run.info.run_id
-
-
 # How Tune stops a trial of an interrupted sweep (Ctrl-C: KeyboardInterrupt). A trial so stopped ends its runs
 # KILLED; a run FAILED by one of these (its failure_reason starts with the name) is ended KILLED by end_open_runs.
 INTERRUPTIONS = (SystemExit, KeyboardInterrupt)
 INTERRUPTED_REASON = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM); --resume continues this run"
 
 
-def end_open_runs(uri: str, experiment_id: str, sweep_id: str, status: str = "KILLED") -> list[str]:
+def end_open_runs(uri: str, experiment_id: str, sweep_id: str, status: str = "KILLED") -> None:
     """End an interrupted sweep's parent run and each trial run still RUNNING, or FAILED by the interruption
-    itself, as `status`; the names of the trial runs ended. Nothing marks the sweep finished, so --resume finds
-    it (a resumed trial sets its run RUNNING again). Other ends (FINISHED, a crash, a divergence) are kept."""
-    client, ended = MlflowClient(uri), []
+    itself, as `status`. Nothing marks the sweep finished, so --resume finds it (a resumed trial sets its run
+    RUNNING again). Other ends (FINISHED, a crash, a divergence) are kept."""
+    client = MlflowClient(uri)
     for run in find_runs(uri, experiment_id, sweep_id=sweep_id):
         trial = run.data.tags.get("kind") == "trial"
         stopped = run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(
@@ -220,12 +199,4 @@ def end_open_runs(uri: str, experiment_id: str, sweep_id: str, status: str = "KI
         if run.info.status == "RUNNING" or (trial and stopped):
             if trial:
                 client.set_tag(run.info.run_id, "failure_reason", INTERRUPTED_REASON)
-                ended.append(run.info.run_name)
             client.set_terminated(run.info.run_id, status=status)
-    return sorted(ended)
-
-
-def finish_sweep_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    client = MlflowClient(uri)
-    client.set_tag(run_id, "sweep_status", status.lower())
-    client.set_terminated(run_id, status=status)

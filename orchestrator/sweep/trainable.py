@@ -9,6 +9,7 @@ the checkpoint, and stays out; the others go on. (Deterministic: a retry would d
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from ray import tune
 import models
 from orchestrator.names import trial_name
 from orchestrator.sweep.seed_run import SeedRun
-from orchestrator.sweep.tracking import INTERRUPTIONS
+from orchestrator.sweep.tracking import INTERRUPTED_REASON, INTERRUPTIONS
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.device import flush_denormal, resolve_device
 from orchestrator.training.metrics import EPOCH_METRICS
@@ -44,8 +45,7 @@ def load_checkpoint(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        # weights_only: a checkpoint is data, never code.
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)  # data, never code
 
 
 class SignOfLife:
@@ -70,11 +70,9 @@ class SignOfLife:
             self.tagging.start()
 
     def tag(self, where: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # only a progress tag: the epoch's own logging reports a lost server
             for run in self.runs:
                 run.set_tags({"progress": where})
-        except Exception:  # only a progress tag: the epoch's own logging reports a lost server
-            pass
 
 
 class Trial:
@@ -102,7 +100,7 @@ class Trial:
         for seed, reason in diverged.items():
             if seed not in self.diverged:
                 self.diverged[seed] = reason
-                self.runs[seed].fail(reason)
+                self.runs[seed].end("FAILED", reason)
         if not finished:
             return  # every seed diverged this epoch: nothing left to checkpoint
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +117,7 @@ class Trial:
             if self.states is None and self.sweep.get("fault", "") == f"{trial_name(self.variant, seed)}:{epoch}":
                 os.kill(os.getpid(), signal.SIGKILL)
         for seed, (metrics, _) in finished.items():
-            self.runs[seed].log_epoch(metrics, epoch)
+            self.runs[seed].run.log_metrics(metrics, step=epoch)
 
     def summary(self, results: dict[int, dict]) -> dict:
         """What the driver's summary table shows of each seed (Tune keeps one result per trial)."""
@@ -165,12 +163,11 @@ def run_trial(config: dict) -> None:
                                       on_progress=SignOfLife([trial.runs[s].run for s in training], name, cfg.epochs))
             except BaseException as e:
                 # Maybe after the driver has marked the runs KILLED: a FAILED written last would stick.
-                interrupted = isinstance(e, INTERRUPTIONS)
                 for seed in trial.to_train():
-                    if interrupted:
-                        trial.runs[seed].kill()
+                    if isinstance(e, INTERRUPTIONS):  # KILLED and resumable, as the driver marks them too
+                        trial.runs[seed].end("KILLED", INTERRUPTED_REASON)
                     else:
-                        trial.runs[seed].fail(f"{type(e).__name__}: {e}")
+                        trial.runs[seed].end("FAILED", f"{type(e).__name__}: {e}")
                 raise
             for seed, result in results.items():
                 if not result["diverged"] and seed not in trial.diverged:
