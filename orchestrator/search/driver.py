@@ -138,12 +138,9 @@ def open_search(cfg: SearchConfig, kind: str = "search") -> Search:
     storage = preflight.check_storage(storage or cfg.storage_path)
     preflight.start_ray(SweepConfig(address=cfg.address, cpus_per_trial=cfg.cpus_per_trial,
                                     gpus_per_trial=cfg.gpus_per_trial))
-    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
-    source_tags = tracking.source_tags(records.git_state()["git_commit"])
-    if parent_run_id is None:
-        parent_run_id = _start_parent(cfg, uri, experiment_id, kind, storage, source_tags)
-    else:
-        tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    experiment_id, parent_run_id, source_tags = tracking.open_parent_run(
+        uri, cfg.experiment_name, records.git_state()["git_commit"], parent_run_id,
+        lambda experiment_id, tags: _start_parent(cfg, uri, experiment_id, kind, storage, tags))
     return Search(cfg, experiment_id, parent_run_id, storage, data_dir, source_tags)
 
 

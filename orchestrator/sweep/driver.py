@@ -126,12 +126,9 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     owns_ray = preflight.start_ray(cfg)
     cfg, fuse_reason = choose_fuse_seeds(cfg, pairs, resumed=parent_run_id is not None)
     print(f"fuse seeds: {cfg.fuse_seeds} ({fuse_reason})", flush=True)
-    experiment_id = tracking.ensure_experiment(uri, cfg.experiment_name)
-    source_tags = tracking.source_tags(records.git_state()["git_commit"])
-    if parent_run_id is None:
-        parent_run_id = start_parent_run(cfg, experiment_id, sweep_id, storage, source_tags, fuse_reason)
-    else:
-        tracking.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    experiment_id, parent_run_id, source_tags = tracking.open_parent_run(
+        uri, cfg.experiment_name, records.git_state()["git_commit"], parent_run_id,
+        lambda experiment_id, tags: start_parent_run(cfg, experiment_id, sweep_id, storage, tags, fuse_reason))
     protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
     specs = {name: models.to_dict(spec) for name, spec in cfg.specs().items()}
     return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray, specs)

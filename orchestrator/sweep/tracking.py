@@ -170,6 +170,18 @@ class TrialRun:
 ENTRY_POINT = str(Path(__file__).resolve().parents[1] / "run.py")  # every sweep starts there
 
 
+def open_parent_run(uri: str, experiment_name: str, git_commit: str, parent_run_id: str | None,
+                    start) -> tuple[str, str, dict]:
+    """(experiment id, parent run id, source tags) of a sweep or search: a new parent run from `start(experiment_id,
+    source_tags)`, or the resumed one set RUNNING again."""
+    experiment_id, tags = ensure_experiment(uri, experiment_name), source_tags(git_commit)
+    if parent_run_id is None:
+        parent_run_id = start(experiment_id, tags)
+    else:
+        MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+    return experiment_id, parent_run_id, tags
+
+
 def source_tags(git_commit: str) -> dict:
     """MLflow's standard source tags (the UI's Source, Version and User columns) for a sweep and its trials: the
     user MLflow resolves, the sweep's entry point and the commit of its code. Resolved once, on the driver:
