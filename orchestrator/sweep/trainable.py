@@ -162,7 +162,8 @@ def run_trial(config: dict) -> None:
                                       after_epoch=trial.after_epoch, export_dir=export_dir,
                                       on_progress=SignOfLife([trial.runs[s].run for s in training], name, cfg.epochs))
             except BaseException as e:
-                # Maybe after the driver has marked the runs KILLED: a FAILED written last would stick.
+                # Tune stops the trials of an interrupted sweep with SystemExit (Ctrl-C: KeyboardInterrupt), maybe
+                # after the driver has marked their runs KILLED: a FAILED written last would stick.
                 for seed in trial.to_train():
                     if isinstance(e, INTERRUPTIONS):  # KILLED and resumable, as the driver marks them too
                         trial.runs[seed].end("KILLED", INTERRUPTED_REASON)
