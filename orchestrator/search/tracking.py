@@ -9,7 +9,7 @@ import time
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from orchestrator.sweep.tracking import all_pages, find_runs
+from orchestrator.sweep.tracking import ChildRun, all_pages, find_runs
 
 
 def search_runs(uri: str, experiment_id: str, name: str | None = None, unfinished: bool = False,
@@ -41,40 +41,14 @@ def candidate_runs(uri: str, experiment_id: str, search_id: str) -> list:
     return all_pages(client.search_runs, [experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
 
 
-class CandidateRun:
+class CandidateRun(ChildRun):
     """The MLflow run of one candidate (one Tune trial): nested under the search's parent run, keyed by the Tune
     trial id, which a restored search keeps. A restarted candidate finds its run and logs only what it lacks."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, search_id: str, trial_id: str,
                  run_name: str, tags: dict):
-        self.client = MlflowClient(uri)
-        existing = find_runs(uri, experiment_id, kind="candidate", search_id=search_id, trial_id=trial_id)
-        if existing:
-            self.run_id = existing[0].info.run_id
-            if existing[0].info.status != "FINISHED":
-                self.client.update_run(self.run_id, status="RUNNING")
-        else:
-            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags={
-                "mlflow.parentRunId": parent_run_id, "kind": "candidate", "search_id": search_id,
-                "trial_id": trial_id, **tags}).info.run_id
-        self._steps: dict[str, set[int]] = {}
-
-    def set_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_params(self, params: dict) -> None:
-        have = self.client.get_run(self.run_id).data.params
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have])
-
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        """The metrics this run lacks at `step`, in one batch: a restarted candidate never logs an epoch twice."""
-        for key in metrics.keys() - self._steps.keys():
-            self._steps[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
-        now = int(time.time() * 1000)
-        new = [Metric(k, float(v), now, step) for k, v in metrics.items() if step not in self._steps[k]]
-        self.client.log_batch(self.run_id, metrics=new)  # none new: log_batch sends nothing
-        for m in new:
-            self._steps[m.key].add(step)
+        super().__init__(uri, experiment_id, parent_run_id, run_name,
+                         {"kind": "candidate", "search_id": search_id, "trial_id": trial_id}, tags)
 
     def finish(self, status: str, epochs_run: int, reason: str = "") -> None:
         """Not stopped early: progress.CandidateCloser closes the runs of candidates ASHA stopped."""

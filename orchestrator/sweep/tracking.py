@@ -112,22 +112,22 @@ def find_runs(uri: str, experiment_id: str, **tags) -> list:
     return MlflowClient(uri).search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
 
 
-class TrialRun:
-    """The MLflow child run of one (variant, seed) trial; found again, never duplicated, on restart."""
+class ChildRun:
+    """An MLflow run nested under a parent run and keyed by `key_tags`: found again, never duplicated, on restart,
+    and logging only what it lacks (a restarted trial or candidate never logs a param or an epoch twice)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str, variant: str, seed: int,
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, run_name: str, key_tags: dict,
                  tags: dict | None = None):
         self.client = MlflowClient(uri)
-        existing = find_runs(uri, experiment_id, kind="trial", sweep_id=sweep_id, variant=variant, seed=str(seed))
+        existing = find_runs(uri, experiment_id, **key_tags)
         self.previous = existing[0] if existing else None  # what an earlier attempt left, if any
         if self.previous is not None:
             self.run_id = self.previous.info.run_id
             if self.previous.info.status != "FINISHED":
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
-            self.run_id = self.client.create_run(experiment_id, run_name=trial_name(variant, seed), tags={
-                "mlflow.parentRunId": parent_run_id, "kind": "trial", "sweep_id": sweep_id,
-                "variant": variant, "seed": str(seed), **(tags or {})}).info.run_id
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags={
+                "mlflow.parentRunId": parent_run_id, **key_tags, **(tags or {})}).info.run_id
         self._logged_steps: dict[str, set[int]] = {}
 
     def set_tags(self, tags: dict) -> None:
@@ -152,6 +152,15 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=new)
             for m in new:
                 self._steps(m.key).add(step)
+
+
+class TrialRun(ChildRun):
+    """The MLflow child run of one (variant, seed) trial."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str, variant: str, seed: int,
+                 tags: dict | None = None):
+        super().__init__(uri, experiment_id, parent_run_id, trial_name(variant, seed),
+                         {"kind": "trial", "sweep_id": sweep_id, "variant": variant, "seed": str(seed)}, tags)
 
     def log_history(self, history: list[dict]) -> None:
         """Back-fill epochs a crashed attempt checkpointed but did not get to log."""
