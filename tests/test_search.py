@@ -193,8 +193,14 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
     assert all(run.info.run_name in table for run in candidates) and (out / "results.csv").is_file()
     specs = sorted((out / "specs").glob("rank*.toml"))
     assert len(specs) == 2 and all(models.param_count(load_spec(p)) <= TINY_BUDGET for p in specs)
+    # One sweep re-validates both specs, so their trials share the machine's slots.
     script = (out / "revalidate.sh").read_text()
-    assert f"python -m orchestrator.run --spec {specs[0]} --seeds 2 --results-dir results/s1" in script
+    assert f"python -m orchestrator.run --spec {specs[0]},{specs[1]} --seeds 2 --results-dir results/s1" in script
+    # The cost is the candidates' run durations added up: in the table per candidate, and in total.
+    minutes = [(r.info.end_time - r.info.start_time) / 60_000 for r in candidates]
+    assert all(m > 0 for m in minutes)
+    assert table.startswith(f"6 candidates; cost {sum(minutes) / 60:.1f} CPU-hours") and "train_minutes" in table
+    assert abs(parent.data.metrics["candidate_hours"] - sum(minutes) / 60) < 1e-9
 
 
 def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):

@@ -215,7 +215,8 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
         raise SearchInterrupted(f"continue with `python -m orchestrator.search --resume --name {cfg.name}`")
     runs = search_tracking.candidate_runs(uri, search.experiment_id, cfg.name)
     rows = tables.rank(tables.candidate_rows(runs, cfg.proxy_epochs), cfg.objectives())
-    md, csv_path = tables.write_table(rows, search.out_dir)
+    cost = tables.cost_line(rows, cfg.cpus_per_trial, cfg.gpus_per_trial)
+    md, csv_path = tables.write_table(rows, search.out_dir, cost)
     chosen = tables.selected(rows, cfg.top_k, pareto=len(cfg.objectives()) > 1)
     spec_files = tables.write_specs(chosen, search.out_dir)
     commands, script = tables.write_revalidation(spec_files, cfg.revalidate_seeds, cfg.name, search.out_dir)
@@ -224,12 +225,13 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
                             else "search/specs")
     best = [r["heldout_accuracy"] for r in rows if r["status"] == "done"][:1]  # rows are ranked
     metrics = {"search_wall_seconds": wall_seconds, "candidates_trained": len(rows),
+               "candidate_hours": sum(r["train_minutes"] or 0.0 for r in rows) / 60,
                "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows),
                **({"best_heldout_accuracy": best[0]} if best else {})}
     for key, value in metrics.items():
         client.log_metric(search.parent_run_id, key, float(value))
     search_tracking.finish_search_run(uri, search.parent_run_id)
-    return {"rows": rows, "chosen": chosen, "spec_files": spec_files, "commands": commands, "table": md,
+    return {"rows": rows, "chosen": chosen, "spec_files": spec_files, "commands": commands, "table": md, "cost": cost,
             "script": script, "wall_seconds": wall_seconds, "parent_run_id": search.parent_run_id}
 
 
@@ -238,7 +240,7 @@ def print_summary(search: Search, out: dict) -> None:
     killed = sum(r["status"] == "killed" for r in rows)
     print(f"\nsearch {cfg.name} finished in {out['wall_seconds'] / 60:.1f} min: {len(rows) - killed} candidates, "
           f"{sum(r['status'] == 'stopped' for r in rows)} stopped early by ASHA"
-          + (f" ({killed} more killed with an earlier driver)" if killed else "") + "\n", flush=True)
+          + (f" ({killed} more killed with an earlier driver)" if killed else "") + f"\n{out['cost']}\n", flush=True)
     print(tables.markdown_table(rows[:20]) + (f"... {len(rows) - 20} more in {out['table']}\n" if len(rows) > 20
                                               else ""))
     what = "the Pareto front" if len(cfg.objectives()) > 1 else f"the top {cfg.top_k}"

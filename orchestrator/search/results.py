@@ -13,9 +13,10 @@ from models.spec import dump_toml, from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("rank", "candidate", "spec_hash", "params", "size_mb", "macs", "latency_ms_batch1", "heldout_accuracy",
-           "epochs_run", "status", "pareto", "shape")
+           "epochs_run", "train_minutes", "status", "pareto", "shape")
 CELL_FORMATS = {"heldout_accuracy": lambda v: f"{100 * v:.2f}", "size_mb": "{:.4f}".format, "params": "{:,}".format,
-         "latency_ms_batch1": "{:.3f}".format, "macs": "{:,}".format, "pareto": lambda v: "yes" if v else ""}
+         "latency_ms_batch1": "{:.3f}".format, "macs": "{:,}".format, "pareto": lambda v: "yes" if v else "",
+         "train_minutes": "{:.1f}".format}
 
 
 def _status(run, epochs_run: int, epochs: int) -> str:
@@ -24,6 +25,19 @@ def _status(run, epochs_run: int, epochs: int) -> str:
     if run.info.status != "FINISHED":
         return "killed" if run.info.status == "KILLED" else "unfinished"
     return "done" if epochs_run >= epochs and run.data.tags.get("stopped_early") != "true" else "stopped"
+
+
+def _minutes(run) -> float | None:
+    """How long the candidate's run lasted (pricing, timing and its proxy epochs); None while it runs."""
+    return (run.info.end_time - run.info.start_time) / 60_000 if run.info.end_time else None
+
+
+def cost_line(rows: list[dict], cpus_per_trial: int, gpus_per_trial: float = 0) -> str:
+    """The search's cost in machine hours: the candidates' run durations added up, times what each held."""
+    hours = sum(r["train_minutes"] or 0.0 for r in rows) / 60
+    unit, held = ("GPU", gpus_per_trial) if gpus_per_trial else ("CPU", cpus_per_trial)
+    return (f"{len(rows)} candidates; cost {hours * held:.1f} {unit}-hours ({hours:.1f} candidate-hours of {held:g} "
+            f"{unit} each: the candidates' MLflow run durations added up)")
 
 
 def candidate_rows(runs, epochs: int) -> list[dict]:
@@ -36,7 +50,8 @@ def candidate_rows(runs, epochs: int) -> list[dict]:
                      "params": int(m["param_count"]) if "param_count" in m else None, "size_mb": m.get("size_mb"),
                      "macs": int(m["macs_per_image"]) if "macs_per_image" in m else None,
                      "latency_ms_batch1": m.get("latency_ms_batch1"), "heldout_accuracy": m.get("heldout_accuracy"),
-                     "epochs_run": epochs_run, "status": _status(run, epochs_run, epochs), "pareto": False,
+                     "epochs_run": epochs_run, "train_minutes": _minutes(run),
+                     "status": _status(run, epochs_run, epochs), "pareto": False,
                      "shape": tags.get("shape", ""), "spec_json": tags.get("spec_json", ""),
                      "run_id": run.info.run_id})
     return rows
@@ -94,9 +109,9 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
     return path
 
 
-def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def write_table(rows: list[dict], out_dir: Path, cost: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.md").write_text(markdown_table(rows))
+    (out_dir / "results.md").write_text(f"{cost}\n\n{markdown_table(rows)}")
     return out_dir / "results.md", write_csv(out_dir / "results.csv", rows, [*COLUMNS, "run_id"])
 
 
@@ -111,10 +126,13 @@ def write_specs(chosen: list[dict], out_dir: Path) -> list[Path]:
 
 
 def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path) -> tuple[list, Path]:
-    """The normal sweep that re-validates each spec under the full paper protocol with `seeds` seeds (the first
-    time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs them."""
-    commands = [["python", "-m", "orchestrator.run", "--spec", str(path), "--seeds", str(seeds),
-                 "--results-dir", f"results/{search_name}"] for path in spec_files]
+    """The normal sweep that re-validates the specs under the full paper protocol with `seeds` seeds (the first
+    time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs it.
+    One sweep for all specs, so their trials (fused seeds on a small machine) share every slot; a path with a comma
+    cannot join --spec's list, so then one sweep per spec."""
+    groups = [spec_files] if not any("," in str(p) for p in spec_files) else [[p] for p in spec_files]
+    commands = [["python", "-m", "orchestrator.run", "--spec", ",".join(map(str, group)), "--seeds", str(seeds),
+                 "--results-dir", f"results/{search_name}"] for group in groups if group]
     path = out_dir / "revalidate.sh"
     path.write_text("#!/bin/sh\n# Re-validate the search's top specs under the full protocol (run from the "
                     "repository root).\nset -e\n" + "".join(shlex.join(c) + "\n" for c in commands))
@@ -123,7 +141,7 @@ def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out
 
 
 def revalidate(commands: list[list[str]]) -> int:
-    """Run the re-validation sweeps one after the other (each uses every CPU); the first failure's exit code."""
+    """Run the re-validation sweep(s) one after the other; the first failure's exit code."""
     for command in commands:
         print(f"re-validating: {shlex.join(command)}", flush=True)
         code = subprocess.run([sys.executable, *command[1:]], cwd=REPO).returncode
