@@ -214,7 +214,9 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
         client.set_terminated(search.parent_run_id, status="KILLED")
         raise SearchInterrupted(f"continue with `python -m orchestrator.search --resume --name {cfg.name}`")
     runs = search_tracking.candidate_runs(uri, search.experiment_id, cfg.name)
-    rows = tables.rank(tables.candidate_rows(runs, cfg.proxy_epochs), cfg.objectives())
+    epoch_seconds = {r.info.run_id: [m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")]
+                     for r in runs}
+    rows = tables.rank(tables.candidate_rows(runs, cfg.proxy_epochs, epoch_seconds), cfg.objectives())
     cost = tables.cost_line(rows, cfg.cpus_per_trial, cfg.gpus_per_trial)
     md, csv_path = tables.write_table(rows, search.out_dir, cost)
     chosen = tables.selected(rows, cfg.top_k, pareto=len(cfg.objectives()) > 1)
@@ -225,7 +227,7 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
                             else "search/specs")
     best = [r["heldout_accuracy"] for r in rows if r["status"] == "done"][:1]  # rows are ranked
     metrics = {"search_wall_seconds": wall_seconds, "candidates_trained": len(rows),
-               "candidate_hours": sum(r["train_minutes"] or 0.0 for r in rows) / 60,
+               "candidate_hours": sum(r["train_minutes"] for r in rows) / 60,
                "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows),
                **({"best_heldout_accuracy": best[0]} if best else {})}
     for key, value in metrics.items():

@@ -27,21 +27,18 @@ def _status(run, epochs_run: int, epochs: int) -> str:
     return "done" if epochs_run >= epochs and run.data.tags.get("stopped_early") != "true" else "stopped"
 
 
-def _minutes(run) -> float | None:
-    """How long the candidate's run lasted (pricing, timing and its proxy epochs); None while it runs."""
-    return (run.info.end_time - run.info.start_time) / 60_000 if run.info.end_time else None
-
-
 def cost_line(rows: list[dict], cpus_per_trial: int, gpus_per_trial: float = 0) -> str:
-    """The search's cost in machine hours: the candidates' run durations added up, times what each held."""
-    hours = sum(r["train_minutes"] or 0.0 for r in rows) / 60
+    """The search's cost in machine hours: the candidates' training time added up, times what each held."""
+    hours = sum(r["train_minutes"] for r in rows) / 60
     unit, held = ("GPU", gpus_per_trial) if gpus_per_trial else ("CPU", cpus_per_trial)
     return (f"{len(rows)} candidates; cost {hours * held:.1f} {unit}-hours ({hours:.1f} candidate-hours of {held:g} "
-            f"{unit} each: the candidates' MLflow run durations added up)")
+            f"{unit} each: every proxy epoch the candidates logged, added up)")
 
 
-def candidate_rows(runs, epochs: int) -> list[dict]:
-    """One row per candidate run, from what it logged (the last epoch's held-out accuracy)."""
+def candidate_rows(runs, epochs: int, epoch_seconds: dict[str, list[float]]) -> list[dict]:
+    """One row per candidate run, from what it logged (the last epoch's held-out accuracy), and its training
+    minutes from `epoch_seconds` (run id: every epoch_seconds it logged, an epoch trained again after a lost
+    driver included: that was paid for too). Not the run's start to end: a resumed run spans the gap between."""
     rows = []
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
@@ -50,7 +47,7 @@ def candidate_rows(runs, epochs: int) -> list[dict]:
                      "params": int(m["param_count"]) if "param_count" in m else None, "size_mb": m.get("size_mb"),
                      "macs": int(m["macs_per_image"]) if "macs_per_image" in m else None,
                      "latency_ms_batch1": m.get("latency_ms_batch1"), "heldout_accuracy": m.get("heldout_accuracy"),
-                     "epochs_run": epochs_run, "train_minutes": _minutes(run),
+                     "epochs_run": epochs_run, "train_minutes": sum(epoch_seconds.get(run.info.run_id, ())) / 60,
                      "status": _status(run, epochs_run, epochs), "pareto": False,
                      "shape": tags.get("shape", ""), "spec_json": tags.get("spec_json", ""),
                      "run_id": run.info.run_id})
