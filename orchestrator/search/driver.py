@@ -227,7 +227,7 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
                             else "search/specs")
     best = [r["heldout_accuracy"] for r in rows if r["status"] == "done"][:1]  # rows are ranked
     metrics = {"search_wall_seconds": wall_seconds, "candidates_trained": len(rows),
-               "candidate_hours": sum(r["train_minutes"] for r in rows) / 60,
+               "candidate_hours": tables.candidate_hours(rows),
                "candidates_stopped_early": sum(r["status"] == "stopped" for r in rows),
                **({"best_heldout_accuracy": best[0]} if best else {})}
     for key, value in metrics.items():

@@ -27,9 +27,13 @@ def _status(run, epochs_run: int, epochs: int) -> str:
     return "done" if epochs_run >= epochs and run.data.tags.get("stopped_early") != "true" else "stopped"
 
 
+def candidate_hours(rows: list[dict]) -> float:
+    return sum(r["train_minutes"] for r in rows) / 60
+
+
 def cost_line(rows: list[dict], cpus_per_trial: int, gpus_per_trial: float = 0) -> str:
     """The search's cost in machine hours: the candidates' training time added up, times what each held."""
-    hours = sum(r["train_minutes"] for r in rows) / 60
+    hours = candidate_hours(rows)
     unit, held = ("GPU", gpus_per_trial) if gpus_per_trial else ("CPU", cpus_per_trial)
     return (f"{len(rows)} candidates; cost {hours * held:.1f} {unit}-hours ({hours:.1f} candidate-hours of {held:g} "
             f"{unit} each: every proxy epoch the candidates logged, added up)")
