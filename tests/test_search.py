@@ -160,7 +160,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_trial(flags, message, tiny_
 
 # --- a real search -------------------------------------------------------------------------------------------
 def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_run(no_test_set, tmp_path,
-                                                                                     local_ray):
+                                                                                     local_ray, capsys):
     """6 candidates one at a time (so ASHA's decisions repeat on a machine), 2 epochs, on data whose test batch
     is garbage: the search ran, so it never read the test set."""
     assert command.main(search_args(tmp_path, no_test_set, "--name", "s1", "--candidates", "6",
@@ -195,13 +195,16 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
     assert len(specs) == 2 and all(models.param_count(load_spec(p)) <= TINY_BUDGET for p in specs)
     # One sweep re-validates both specs, so their trials share the machine's slots.
     script = (out / "revalidate.sh").read_text()
-    assert f"python -m orchestrator.run --spec {specs[0]},{specs[1]} --seeds 2 --results-dir results/s1" in script
+    assert f"python -m orchestrator.run --spec {specs[0]},{specs[1]} --seeds 2 --results-dir results/s1 --skip-existing" in script
     # The cost is the candidates' logged epoch times added up: in the table per candidate, and in total.
     minutes = [sum(m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")) / 60
                for r in candidates]
     assert all(m > 0 for m in minutes)
     assert table.startswith(f"6 candidates; cost {sum(minutes) / 60:.1f} CPU-hours") and "train_minutes" in table
     assert abs(parent.data.metrics["candidate_hours"] - sum(minutes) / 60) < 1e-9
+    # A finished search is not searched again: --resume says so and names the re-validation script.
+    assert command.main(search_args(tmp_path, no_test_set, "--name", "s1", "--resume")) == 2
+    assert f"re-validate its top specs with `sh {out}/revalidate.sh`" in capsys.readouterr().err
 
 
 def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):

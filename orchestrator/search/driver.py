@@ -103,8 +103,9 @@ def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str]:
                           f"--tracking-uri, or start a new search without --resume")
     run = runs[0]
     if run.data.tags.get("search_status") == "finished":
-        raise SearchError(f"search {cfg.name!r} finished already: its results are in "
-                          f"{json.loads(run.data.tags['config_json'])['out_dir']}/{cfg.name}/")
+        out = f"{json.loads(run.data.tags['config_json'])['out_dir']}/{cfg.name}"
+        raise SearchError(f"search {cfg.name!r} finished already: its results are in {out}/; re-validate its "
+                          f"top specs with `sh {out}/revalidate.sh`")
     # Where to run and what to do afterwards may change between attempts; what to search may not.
     stored = SearchConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
         resume=True, address=cfg.address, revalidate=cfg.revalidate, tracking_uri=uri)

@@ -130,10 +130,11 @@ def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out
     """The normal sweep that re-validates the specs under the full paper protocol with `seeds` seeds (the first
     time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs it.
     One sweep for all specs, so their trials (fused seeds on a small machine) share every slot; a path with a comma
-    cannot join --spec's list, so then one sweep per spec."""
+    cannot join --spec's list, so then one sweep per spec. --skip-existing: re-running the script after an
+    interruption trains only the (spec, seed) pairs that have no record yet."""
     groups = [spec_files] if not any("," in str(p) for p in spec_files) else [[p] for p in spec_files]
     commands = [["python", "-m", "orchestrator.run", "--spec", ",".join(map(str, group)), "--seeds", str(seeds),
-                 "--results-dir", f"results/{search_name}"] for group in groups if group]
+                 "--results-dir", f"results/{search_name}", "--skip-existing"] for group in groups if group]
     path = out_dir / "revalidate.sh"
     path.write_text("#!/bin/sh\n# Re-validate the search's top specs under the full protocol (run from the "
                     "repository root).\nset -e\n" + "".join(shlex.join(c) + "\n" for c in commands))
