@@ -210,61 +210,67 @@ def test_full_or_read_only_disk_fails_in_one_line_before_any_trial(mode, what, e
 
 
 # --- the tracking server goes away mid-sweep -----------------------------------------------------------
-def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
-    """SIGKILL the MLflow server once the first epoch is in its store, keep it down while both trials train on
-    (until one has checkpointed another epoch or 60 s have passed, then 2 s, plus its restart), restart it on the
-    same port and store.
-    Epochs logged meanwhile are retried by MLflow's client (7 retries, exponential backoff: ~4 min) and arrive;
-    each epoch is in the store exactly once. 6 epochs: after the first is in the store, the trials have epochs
-    enough ahead that a loaded machine cannot finish them all before the server is down."""
-    port, store = free_port(), tmp_path / "server"
-    server = start_tracking_server(store, port)
-    uri = f"http://127.0.0.1:{port}"
-    outage: dict = {}
+class ServerOutage:
+    """SIGKILL the MLflow server once the first epoch is in its store, keep it down while the trials train on
+    (until one has checkpointed another epoch or 60 s have passed, then 2 s), restart it on the same port and
+    store. Runs in a thread; `outage` holds the times and what the store had when the server died."""
 
-    def epochs_in_store() -> set:
+    def __init__(self, store: Path, port: int, ray_dir: Path):
+        self.store, self.port, self.ray_dir = store, port, ray_dir
+        self.server = start_tracking_server(store, port)
+        self.outage: dict = {}
+        self.thread = threading.Thread(target=self.fault, daemon=True)
+
+    def epochs_in_store(self) -> set:
         """(run id, epoch) of every epoch whose train_loss the store holds."""
         try:
-            with sqlite3.connect(f"file:{store}/mlflow.db?mode=ro", uri=True, timeout=5) as db:
+            with sqlite3.connect(f"file:{self.store}/mlflow.db?mode=ro", uri=True, timeout=5) as db:
                 return set(db.execute("select run_uuid, step from metrics where key = 'train_loss'").fetchall())
         except sqlite3.Error:
             return set()
 
-    def checkpoints() -> set:
-        return set((tmp_path / "ray").glob("sweep-*/*/checkpoint_*"))
+    def checkpoints(self) -> set:
+        return set(self.ray_dir.glob("sweep-*/*/checkpoint_*"))
 
-    def fault():
-        nonlocal server
+    def fault(self):
         try:
-            wait_for(lambda: epochs_in_store(), 300, "the first epoch in the store")
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-            outage["down_ms"] = time.time() * 1000
-            outage["stored_before"] = epochs_in_store()
+            wait_for(lambda: self.epochs_in_store(), 300, "the first epoch in the store")
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait()
+            self.outage["down_ms"] = time.time() * 1000
+            self.outage["stored_before"] = self.epochs_in_store()
             # Down until a trial has checkpointed another epoch, which it logs right after (orchestrator.sweep.trainable),
             # so that a log call surely meets the outage (a fixed 5 s missed every epoch on a loaded machine); but
             # for 60 s at most: a trial the kill caught mid-call checkpoints nothing until that call, retried by
             # MLflow's client for ~4 min, gets through, so the server must be back within those retries.
-            before, deadline = checkpoints(), time.time() + 60
-            while not checkpoints() - before and time.time() < deadline:
+            before, deadline = self.checkpoints(), time.time() + 60
+            while not self.checkpoints() - before and time.time() < deadline:
                 time.sleep(0.5)
             time.sleep(2)
-            outage["restart_ms"] = time.time() * 1000
-            server = start_tracking_server(store, port)  # same port, same SQLite store and artifacts
-            outage["up_ms"] = time.time() * 1000
-        except BaseException as e:  # reported by the test thread below
-            outage["error"] = e
-            if server.poll() is not None:  # bring it back, or the sweep waits out MLflow's retries on every call
-                server = start_tracking_server(store, port)
-    chaos = threading.Thread(target=fault, daemon=True)
-    chaos.start()
+            self.server = start_tracking_server(self.store, self.port)  # same port, same SQLite store and artifacts
+            self.outage["up_ms"] = time.time() * 1000
+        except BaseException as e:  # reported by the test thread
+            self.outage["error"] = e
+            if self.server.poll() is not None:  # bring it back, or the sweep waits out MLflow's retries on every call
+                self.server = start_tracking_server(self.store, self.port)
+
+
+def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tmp_path, local_ray):
+    """The server dies after the first epoch is stored and comes back while both trials train on (ServerOutage).
+    Epochs logged meanwhile are retried by MLflow's client (7 retries, exponential backoff: ~4 min) and arrive;
+    each epoch is in the store exactly once. 6 epochs: after the first is in the store, the trials have epochs
+    enough ahead that a loaded machine cannot finish them all before the server is down."""
+    port = free_port()
+    chaos = ServerOutage(tmp_path / "server", port, tmp_path / "ray")
+    uri, outage = f"http://127.0.0.1:{port}", chaos.outage
+    chaos.thread.start()
     try:
         cfg = SweepConfig.from_flags(dict(variants=("base",), seeds=2, epochs=6, data_dir=str(tiny_cifar),
                                           compile=False, export="none", fuse_seeds="off",
                                           tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                                           latency_batch1_calls=20, report=False))
         out = orun.run_sweep(cfg)
-        chaos.join(timeout=900)
+        chaos.thread.join(timeout=900)
         assert "error" not in outage, outage.get("error")
         assert "up_ms" in outage, "the server was never restarted"
         client = MlflowClient(uri)
@@ -280,9 +286,8 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
         assert met_the_outage, outage
         assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
     finally:
-        chaos.join(timeout=300)
-        stop_tracking_server(server)
-
+        chaos.thread.join(timeout=300)
+        stop_tracking_server(chaos.server)
 
 
 # --- a trial out of retries ----------------------------------------------------------------------------
