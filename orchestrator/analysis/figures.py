@@ -136,15 +136,18 @@ def _left_out(s: pd.DataFrame, x: str, paper: pd.DataFrame) -> list[str]:
 
 def _paper_points(ax, s: pd.DataFrame, paper: pd.DataFrame, x: str, paper_x: str, colors: dict, placed) -> list:
     """The paper's points: black crosses, each labelled and joined to ours for the same variant (where `placed`)
-    by a dotted line in that variant's colour; returns the labels."""
+    by a dotted line in that variant's colour; returns the labels. A study with architectures of its own (a
+    search's re-validated specs) gets all eight of the paper's points, the landscape they are measured against;
+    otherwise those of the variants it ran."""
     texts = []
-    ref = [v for v in s.index if v in paper.index and not pd.isna(paper.loc[v, paper_x])]
+    own = any(v not in paper.index for v in s.index)
+    ref = [v for v in (paper.index if own else s.index) if v in paper.index and not pd.isna(paper.loc[v, paper_x])]
     ax.scatter([paper.loc[v, paper_x] for v in ref], [paper.loc[v, "val_accuracy_pct"] for v in ref], marker="x",
                color="black", zorder=3, label="paper (1 run, its hardware)" if paper_x.startswith("latency")
                else "paper (1 run)")
     for v in ref:
         px, py = paper.loc[v, paper_x], paper.loc[v, "val_accuracy_pct"]
-        if placed[v]:
+        if placed.get(v, False):
             ax.plot([s.loc[v, x], px], [s.loc[v, "val_accuracy_pct_mean"], py], ":", color=colors[v], lw=1)
         texts.append(label_point(ax, f"{label(v, paper)} paper", (px, py), color="0.35", fontstyle="italic"))
     return texts

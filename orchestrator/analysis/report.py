@@ -21,6 +21,7 @@ from orchestrator.analysis import latency_table
 from orchestrator.analysis import tables as fmt
 from orchestrator.analysis.claims import claims, verdict_lines
 from orchestrator.analysis.comparisons import ALPHA, vs_paper
+from orchestrator.analysis.discoveries import discoveries, goal_lines, own_variants, references
 from orchestrator.analysis.figures import (accuracy_vs_latency_figure, accuracy_vs_size_figure, curves_figure,
                                            int8_accuracy_vs_bytes_figure, ranking_stability_figure)
 from orchestrator.analysis.paper_tables import deployment, latency_by_machine, table2, table5
@@ -139,6 +140,10 @@ def _tables(study: Study) -> tuple[list, pd.DataFrame, int]:
          [f"Spearman rank correlation, ours vs paper: {fmt.num(rho, 3)}.", ""]),
         ("ranking_stability", "Ranking stability across seeds", stable_num, stable_shown, [stable_note, ""]),
     ]
+    if own_variants(study) and references(study):
+        found_num, found_shown = discoveries(study)
+        tables.insert(4, ("discoveries", "Own architectures against Base, V6 and Alpha (accuracy, Welch's t-test; "
+                          "Holm over this table)", found_num, found_shown, goal_lines(found_num)))
     if study.summary["n_exported"].fillna(0).sum() > 0:
         tables.append(("deployment", "Deployment: ONNX and int8 files, accuracy and ONNX Runtime latency"
                        + (f" ({latency[2:]})" if latency else ""), *deployment(study), []))
