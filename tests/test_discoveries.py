@@ -55,8 +55,10 @@ def test_report_has_the_table_and_the_figures_all_eight_paper_points(tmp_path):
     assert "Own architectures against Base, V6 and Alpha" in md and "**met** by rank1-aaaa" in md
     assert len(pd.read_csv(tmp_path / "discoveries.csv")) == 3
     fig = figures.accuracy_vs_size_figure(s.summary, s.paper, tmp_path / "size.png")
-    [paper_points] = [c for c in fig.axes[0].collections if c.get_label() == "paper (1 run)"]
-    assert len(paper_points.get_offsets()) == 8  # the paper's eight, though the study ran three of them
+    for ax in fig.axes:  # size (MB) and parameters
+        [paper_points] = [c for c in ax.collections if c.get_label() == "paper (1 run)"]
+        assert len(paper_points.get_offsets()) == 8  # the paper's eight, though the study ran three of them
+    assert [ax.get_xlabel() for ax in fig.axes] == ["Model size (MB)", "Parameters"]
     # A study of the paper's variants only keeps its own points: nothing to report on discoveries.
     plain = study({})
     assert not discoveries.own_variants(plain)

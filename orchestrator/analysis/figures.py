@@ -212,10 +212,12 @@ def int8_accuracy_vs_bytes_figure(summary: pd.DataFrame, paper: pd.DataFrame, pa
 
 
 def accuracy_vs_size_figure(s: pd.DataFrame, paper: pd.DataFrame, path: Path, caveat: str | None = None):
-    fig, ax = plt.subplots(figsize=(6.5, 5.0))
-    texts = _scatter(ax, s, paper, "size_mb", None, "Model size (MB)", paper_x="size_mb")
-    ax.set_title(_title("Validation accuracy vs model size (mean ± std over seeds)", caveat, 60))
-    return _save(fig, path, [(ax, texts)])
+    """Accuracy against the paper's size (MB, parameters and buffers) and against the parameter count."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5.2))
+    texts_a = _scatter(a, s, paper, "size_mb", None, "Model size (MB)", paper_x="size_mb")
+    texts_b = _scatter(b, s, paper, "params", None, "Parameters", paper_x="params")
+    fig.suptitle(_title("Validation accuracy vs model size and parameters (mean ± std over seeds)", caveat))
+    return _save(fig, path, [(a, texts_a), (b, texts_b)])
 
 
 # ------------------------------------------------------------------------------------------ ranking stability

@@ -110,7 +110,7 @@ def _write_figures(study: Study, out: Path, stability: pd.DataFrame, stable_seed
     accuracy_vs_latency_figure(study.summary, study.paper, out / "accuracy_vs_latency.png", caveat, where)
     accuracy_vs_size_figure(study.summary, study.paper, out / "accuracy_vs_size.png", caveat)
     figures += [("accuracy_vs_latency.png", "Accuracy vs inference time (Figure 10)"),
-                ("accuracy_vs_size.png", "Accuracy vs size")]
+                ("accuracy_vs_size.png", "Accuracy vs size and parameters")]
     if study.summary["n_exported"].fillna(0).sum() > 0:
         int8_accuracy_vs_bytes_figure(study.summary, study.paper, out / "int8_accuracy_vs_bytes.png", caveat)
         figures.append(("int8_accuracy_vs_bytes.png", "int8 accuracy vs int8 file size (deployment)"))
