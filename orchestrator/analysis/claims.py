@@ -76,16 +76,14 @@ def claims(study: Study):
     num["significant_holm"] = [math.nan if pd.isna(p) else bool(p < ALPHA) for p in num["p_holm"]]
     num["verdict"] = [verdict(p, d, paper_d, study.comparable)
                       for p, d, paper_d in zip(num.p_holm, num.difference_pp, num.paper_difference_pp)]
-    signed = lambda x, d=2: fmt.DASH if pd.isna(x) else f"{x:+.{d}f}"  # noqa: E731
-    p_cell = lambda x: fmt.DASH if pd.isna(x) else f"{x:.3g}"  # noqa: E731
     shown = pd.DataFrame({
-        "Model": num["model"], "Δ acc. vs Base (pp)": num["difference_pp"].map(signed),
+        "Model": num["model"], "Δ acc. vs Base (pp)": num["difference_pp"].map(fmt.signed),
         "Seed spread (pp)": num["seed_spread_pp"].map(lambda x: fmt.num(x, 2)),
         "Within spread": num["smaller_than_spread"].map(fmt.yes_no),
-        "Welch t": num["t"].map(signed), "df": num["df"].map(lambda x: fmt.num(x, 1)),
-        "p": num["p_value"].map(p_cell), "p (Holm)": num["p_holm"].map(p_cell),
+        "Welch t": num["t"].map(fmt.signed), "df": num["df"].map(lambda x: fmt.num(x, 1)),
+        "p": num["p_value"].map(fmt.p_value), "p (Holm)": num["p_holm"].map(fmt.p_value),
         f"Significant (Holm, α = {ALPHA})": num["significant_holm"].map(fmt.yes_no),
-        "Paper's claim": [c if c == fmt.DASH else f"{c} ({signed(d)} pp)"
+        "Paper's claim": [c if c == fmt.DASH else f"{c} ({fmt.signed(d)} pp)"
                           for c, d in zip(num.paper_claim, num.paper_difference_pp)],
         "Verdict": num["verdict"], "n": num["n"], "n Base": num["n_base"], "Flag": num["flag"]})
     return num.drop(columns=["flag"]).assign(incomplete=num["flag"] != ""), shown

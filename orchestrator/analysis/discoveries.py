@@ -1,8 +1,6 @@
 """Architectures of a study's own (a search's re-validated specs) against the paper's references, Base, V6 and
 Alpha: mean ± std over seeds, the difference, Welch's two-sided t-test and its Holm-adjusted p over the table; and
 the search's goal, to beat Alpha by GOAL_MARGIN_PP points at p < ALPHA (unadjusted, as the goal is stated)."""
-import math
-
 import pandas as pd
 
 from orchestrator.analysis import stats
@@ -25,14 +23,13 @@ def references(study: Study) -> list[str]:
 
 
 def _row(study: Study, variant: str, reference: str) -> dict:
-    ours, theirs = study.accuracies_pct(variant), study.accuracies_pct(reference)
-    welch = stats.welch_t_test(ours, theirs)
-    mean_std = lambda x: (sum(x) / len(x), pd.Series(x).std()) if x else (math.nan, math.nan)  # noqa: E731
-    (ours_mean, ours_std), (ref_mean, ref_std) = mean_std(ours), mean_std(theirs)
+    welch = stats.welch_t_test(study.accuracies_pct(variant), study.accuracies_pct(reference))
+    ours, theirs = study.summary.loc[variant], study.summary.loc[reference]
     return {"variant": variant, "model": study.label(variant), "reference": reference,
-            "reference_model": study.label(reference), "ours_mean_pct": ours_mean, "ours_std_pct": ours_std,
-            "reference_mean_pct": ref_mean, "reference_std_pct": ref_std, "difference_pp": welch.difference,
-            "t": welch.t, "df": welch.df, "p_value": welch.p_value, "n": len(ours), "n_reference": len(theirs)}
+            "reference_model": study.label(reference), "ours_mean_pct": ours["val_accuracy_pct_mean"],
+            "ours_std_pct": ours["val_accuracy_pct_std"], "reference_mean_pct": theirs["val_accuracy_pct_mean"],
+            "reference_std_pct": theirs["val_accuracy_pct_std"], "difference_pp": welch.difference,
+            "t": welch.t, "df": welch.df, "p_value": welch.p_value, "n": ours["n"], "n_reference": theirs["n"]}
 
 
 def discoveries(study: Study):
@@ -41,16 +38,13 @@ def discoveries(study: Study):
     num["p_holm"] = stats.holm_adjust(num["p_value"])
     num["goal_met"] = [r == GOAL_REFERENCE and d >= GOAL_MARGIN_PP and p < ALPHA
                        for r, d, p in zip(num.reference, num.difference_pp, num.p_value)]
-    pm = lambda m, s: f"{fmt.num(m, 2)} ± {fmt.num(s, 2)}"  # noqa: E731
-    p_cell = lambda x: fmt.DASH if pd.isna(x) else f"{x:.3g}"  # noqa: E731
     shown = pd.DataFrame({
-        "Model": num["model"], "Acc. (%)": [pm(m, s) for m, s in zip(num.ours_mean_pct, num.ours_std_pct)],
+        "Model": num["model"], "Acc. (%)": [fmt.pm(m, s, 2) for m, s in zip(num.ours_mean_pct, num.ours_std_pct)],
         "Against": num["reference_model"],
-        "Its acc. (%)": [pm(m, s) for m, s in zip(num.reference_mean_pct, num.reference_std_pct)],
-        "Δ (pp)": num["difference_pp"].map(lambda x: fmt.DASH if pd.isna(x) else f"{x:+.2f}"),
-        "Welch t": num["t"].map(lambda x: fmt.num(x, 2)), "df": num["df"].map(lambda x: fmt.num(x, 1)),
-        "p": num["p_value"].map(p_cell), "p (Holm)": num["p_holm"].map(p_cell),
-        "n": num["n"], "n ref.": num["n_reference"]})
+        "Its acc. (%)": [fmt.pm(m, s, 2) for m, s in zip(num.reference_mean_pct, num.reference_std_pct)],
+        "Δ (pp)": num["difference_pp"].map(fmt.signed), "Welch t": num["t"].map(fmt.signed),
+        "df": num["df"].map(lambda x: fmt.num(x, 1)), "p": num["p_value"].map(fmt.p_value),
+        "p (Holm)": num["p_holm"].map(fmt.p_value), "n": num["n"], "n ref.": num["n_reference"]})
     return num, shown
 
 
@@ -64,9 +58,7 @@ def goal_lines(num: pd.DataFrame) -> list[str]:
     met = against[against.goal_met]
     best = against.loc[against.difference_pp.idxmax()]
     verdict = (f"**met** by {', '.join(met.model)}" if not met.empty else
-               f"**not met**: the best is {best.model}, {best.difference_pp:+.2f} points (p {p_text(best.p_value)})")
+               f"**not met**: the best is {best.model}, {fmt.signed(best.difference_pp)} points "
+               f"(p {'untested' if pd.isna(best.p_value) else fmt.p_value(best.p_value)})")
     return [f"{goal} {verdict}.", ""]
 
-
-def p_text(p: float) -> str:
-    return "untested" if pd.isna(p) else f"{p:.3g}"

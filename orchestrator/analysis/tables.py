@@ -14,6 +14,15 @@ def pm(mean, std, digits: int) -> str:
     return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {num(std, digits)}"
 
 
+def signed(x, digits: int = 2) -> str:
+    """A difference or a t statistic, with its sign."""
+    return DASH if x is None or pd.isna(x) else f"{x:+.{digits}f}"
+
+
+def p_value(x) -> str:
+    return DASH if x is None or pd.isna(x) else f"{x:.3g}"
+
+
 def interval(low, high, digits: int) -> str:
     return DASH if pd.isna(low) else f"[{num(low, digits)}, {num(high, digits)}]"
 
