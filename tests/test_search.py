@@ -25,7 +25,7 @@ from models.budget import macs_per_image
 from models.spec import from_dict, load_spec, spec_hash, to_dict
 from orchestrator.search import command, driver, proxy, space
 from orchestrator.search.config import SearchConfig
-from orchestrator.search.results import rank
+from orchestrator.search.results import longest_first, rank
 from orchestrator.search.trainable import BudgetError, run_candidate
 from orchestrator.sweep import records
 
@@ -143,6 +143,12 @@ def test_ranking_puts_full_proxy_candidates_first_and_flags_the_pareto_front():
     assert {r["candidate"] for r in ranked if r["pareto"]} == {"a", "b", "e"}  # c: b is better on both
 
 
+def test_revalidation_starts_the_spec_whose_proxy_took_longest_first():
+    chosen = [{"rank": r, "train_minutes": m} for r, m in [(1, 11.4), (2, 22.5), (3, 11.3)]]
+    files = [Path(f"rank{r['rank']}.toml") for r in chosen]
+    assert longest_first(chosen, files) == [Path("rank2.toml"), Path("rank1.toml"), Path("rank3.toml")]
+
+
 # --- bad input -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, message", [
     (["--max-params", "10"], "--max-params 10 is below the 92 parameters of the smallest candidate"),
@@ -193,12 +199,14 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
     assert all(run.info.run_name in table for run in candidates) and (out / "results.csv").is_file()
     specs = sorted((out / "specs").glob("rank*.toml"))
     assert len(specs) == 2 and all(models.param_count(load_spec(p)) <= TINY_BUDGET for p in specs)
-    # One sweep re-validates both specs, so their trials share the machine's slots.
-    script = (out / "revalidate.sh").read_text()
-    assert f"python -m orchestrator.run --spec {specs[0]},{specs[1]} --seeds 2 --results-dir results/s1 --skip-existing" in script
     # The cost is the candidates' logged epoch times added up: in the table per candidate, and in total.
     minutes = [sum(m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")) / 60
                for r in candidates]
+    # One sweep re-validates both specs, so their trials share the machine's slots; the longer proxy starts first.
+    spec_minutes = {r.data.tags["spec_hash"]: m for r, m in zip(candidates, minutes)}
+    first, second = sorted(specs, key=lambda p: -spec_minutes[p.stem.split("-", 1)[1]])
+    script = (out / "revalidate.sh").read_text()
+    assert f"python -m orchestrator.run --spec {first},{second} --seeds 2 --results-dir results/s1 --skip-existing" in script
     assert all(m > 0 for m in minutes)
     assert table.startswith(f"6 candidates; cost {sum(minutes) / 60:.1f} CPU-hours") and "train_minutes" in table
     assert abs(parent.data.metrics["candidate_hours"] - sum(minutes) / 60) < 1e-9

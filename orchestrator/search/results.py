@@ -126,6 +126,12 @@ def write_specs(chosen: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
+def longest_first(chosen: list[dict], spec_files: list[Path]) -> list[Path]:
+    """The spec files by their candidates' proxy train minutes, longest first. Tune starts trials in order, so with
+    fewer slots than specs the longest trial does not start last, on a late-freed slot, while the others idle."""
+    return [path for _, path in sorted(zip(chosen, spec_files), key=lambda pair: -pair[0]["train_minutes"])]
+
+
 def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path) -> tuple[list, Path]:
     """The normal sweep that re-validates the specs under the full paper protocol with `seeds` seeds (the first
     time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs it.
