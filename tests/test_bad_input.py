@@ -255,7 +255,7 @@ def test_the_table_has_at_least_15_rows_of_every_kind():
 def test_bad_input_is_refused_before_any_trial(bad, tiny_cifar, tmp_path, ports, capsys, local_ray):
     from mlflow import MlflowClient
 
-    from orchestrator.sweep import driver as orun
+    import orchestrator.run as orchestrator_run
     if bad.skip_if and (reason := bad.skip_if()):
         pytest.skip(reason)
     fill = {"tmp": str(tmp_path), **ports}
@@ -265,7 +265,7 @@ def test_bad_input_is_refused_before_any_trial(bad, tiny_cifar, tmp_path, ports,
     base = ["--data-dir", str(tiny_cifar), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--storage-path", str(tmp_path / "ray"), "--epochs", "1", "--no-report"]
     try:
-        code = orun.main(base + [a.format(**fill) for a in bad.args])
+        code = orchestrator_run.main(base + [a.format(**fill) for a in bad.args])
     except SystemExit as e:  # argparse exits by itself
         code = e.code
     err = capsys.readouterr().err.strip()

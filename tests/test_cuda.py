@@ -80,8 +80,8 @@ def test_device_cuda_without_gpus_per_trial_is_refused():
 
 @needs_no_cuda
 def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
-    from orchestrator.sweep import driver as orun
-    code = orun.main(["--device", "cuda", "--gpus-per-trial", "0.125", "--tracking-uri",
+    import orchestrator.run as orchestrator_run
+    code = orchestrator_run.main(["--device", "cuda", "--gpus-per-trial", "0.125", "--tracking-uri",
                       f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

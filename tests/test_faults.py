@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import free_port, start_tracking_server, stop_tracking_server
+import orchestrator.run as orchestrator_run
 from orchestrator.sweep import driver as orun
 from orchestrator.sweep import tracking
 from orchestrator.sweep.config import SweepConfig
@@ -300,7 +301,7 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
     args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "2",
                        "--max-failures", "0")[3:]
-    assert orun.main(args) == 1
+    assert orchestrator_run.main(args) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 trials failed after --max-failures 0 restarts (base-seed1)"), last
     assert "--resume --sweep-id" in last
@@ -315,7 +316,7 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     # The hint's id resumes it, also when given as Ray's folder name for the sweep (sweep-<id>).
     sweep_id = last.split("--resume --sweep-id ")[1].split()[0].rstrip("`")
     assert sweep_id == sweep.data.tags["sweep_id"], last
-    assert orun.main(driver_args(tmp_path, tiny_cifar, "--resume", "--sweep-id", f"sweep-{sweep_id}")[3:]) == 0
+    assert orchestrator_run.main(driver_args(tmp_path, tiny_cifar, "--resume", "--sweep-id", f"sweep-{sweep_id}")[3:]) == 0
     runs = {r.info.run_name: r for r in trial_runs(client)}
     assert sorted(runs) == ["base-seed0", "base-seed1"]  # the retry continued the same run
     for r in runs.values():
@@ -335,7 +336,7 @@ def test_diverging_trial_fails_alone_with_its_reason_and_the_report_flags_it(tin
                                       data_dir=str(tiny_cifar),
                                       tracking_uri=uri, storage_path=str(tmp_path / "ray"), latency_batch1_calls=20,
                                       report=True))
-    out = orun.run_sweep(cfg)
+    out = orchestrator_run.sweep_and_report(cfg)
     assert dict(zip(out["summary"].variant, out["summary"].status)) == {"base": "diverged", "v2": "done"}
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in child_runs(uri, out["parent_run_id"])}

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 import models
 
+import orchestrator.run as orchestrator_run
 from orchestrator.sweep import driver as orun
 from orchestrator.training.config import TrainConfig
 from orchestrator.sweep.config import SWEEP_FIELDS, TRAIN_FIELDS, SweepConfig, build_parser, parse_config
@@ -134,7 +135,7 @@ def test_base_learns_real_cifar_in_one_epoch(real_cifar):
 def test_bad_input_is_one_line_and_exit_2(args, expected, tiny_cifar, tmp_path, capsys, local_ray):
     base = ["--data-dir", str(tiny_cifar), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--storage-path", str(tmp_path / "ray"), "--epochs", "1", "--no-compile", "--export", "none"]
-    assert orun.main(base + args) == 2
+    assert orchestrator_run.main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert not list((tmp_path / "ray").glob("sweep-*")), "no trial may start on bad input"
@@ -188,7 +189,7 @@ def test_sweep_two_variants_two_seeds(tiny_cifar, tmp_path, local_ray, capsys):
     from ray.tune.utils.log import Verbosity, set_verbosity
     set_verbosity(Verbosity.V1_EXPERIMENT)  # as an earlier sweep in this process leaves it: the table must still print
     cfg = tiny_config(tmp_path, tiny_cifar, variants=("base", "v6"), seeds=2)
-    out = orun.run_sweep(cfg)
+    out = orchestrator_run.sweep_and_report(cfg)
     console = capsys.readouterr().out  # Tune's live table: epoch as k/N, elapsed time, and the sweep's ETA line
     assert "sweep: 4/4 trials finished, 0 running; 8 of 8 epochs done; ETA 0 min" in console
     assert "| epoch " in console and "elapsed s" in console and " 2/2 " in console

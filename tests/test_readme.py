@@ -57,8 +57,9 @@ def _mains():
     import bench.published
     from orchestrator.analysis import report
     from orchestrator.search import command as search
-    from orchestrator.sweep import driver, server
-    return {"orchestrator.run": lambda: driver.main([]), "orchestrator.report": lambda: report.main([]),
+    from orchestrator import run
+    from orchestrator.sweep import server
+    return {"orchestrator.run": lambda: run.main([]), "orchestrator.report": lambda: report.main([]),
             "orchestrator.search": lambda: search.main([]),
             "orchestrator.tracking": lambda: server.main(["serve"]),
             "bench": lambda: bench.main([]), "bench.pipeline": lambda: bench.pipeline.main([]),

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from orchestrator.sweep import records
 
 from orchestrator.analysis import report
-from orchestrator.sweep import driver as orun
+import orchestrator.run as orchestrator_run
 from orchestrator.training.config import TrainConfig
 from orchestrator.training.metrics import EXPORT_METRICS
 from orchestrator.training.metrics import EPOCH_METRICS, FINAL_METRICS
@@ -28,7 +28,7 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
         tiny_cifar, tmp_path, local_ray):
     results = tmp_path / "results"
     args = sweep_args(tmp_path, tiny_cifar, results, "--variants", "base,v6", "--seeds", "2")
-    assert orun.main(args) == 0
+    assert orchestrator_run.main(args) == 0
     assert sorted(p.name for p in results.iterdir()) == [
         f"{v}-seed{s}.{ext}" for v in ("base", "v6") for s in (0, 1) for ext in ("json", "pt")]  # no temp files
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -70,7 +70,7 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
     # Delete one record: --skip-existing trains only that pair, in a new sweep of one trial.
     kept = (results / "base-seed0.json").read_text()
     (results / "v6-seed0.json").unlink()
-    assert orun.main(args + ["--skip-existing"]) == 0
+    assert orchestrator_run.main(args + ["--skip-existing"]) == 0
     assert (results / "base-seed0.json").read_text() == kept  # not trained again, not rewritten
     sweeps = client.search_runs([client.get_experiment_by_name("resnet-revisited").experiment_id],
                                 "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"])
@@ -80,7 +80,7 @@ def test_sweep_writes_one_record_per_trial_with_the_logged_numbers_and_skip_exis
     assert records.load_record(results / "v6-seed0.json")["mlflow"]["run_id"] == newest[0].info.run_id
 
     # Everything there: nothing starts, exit 0.
-    assert orun.main(args + ["--skip-existing"]) == 0
+    assert orchestrator_run.main(args + ["--skip-existing"]) == 0
     assert len(client.search_runs([sweeps[0].info.experiment_id], "tags.kind = 'sweep'")) == 2
 
 
@@ -103,7 +103,7 @@ def test_a_bad_record_is_refused_in_one_line_before_anything_runs(make_bad, expe
     results.mkdir()
     make_bad(results, a_record(tmp_path))
     before = sorted(p.read_bytes() for p in results.iterdir())
-    code = orun.main(sweep_args(tmp_path, tiny_cifar, results, "--variants", "base", "--seeds", "1",
+    code = orchestrator_run.main(sweep_args(tmp_path, tiny_cifar, results, "--variants", "base", "--seeds", "1",
                                 "--skip-existing"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and expected in err and len(err.splitlines()) == 1, err

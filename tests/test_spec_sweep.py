@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 import models
 from orchestrator.analysis import report
-from orchestrator.sweep import driver as orun
+import orchestrator.run as orchestrator_run
 from orchestrator.sweep import records
 
 SPEC = """blocks = [
@@ -34,7 +34,7 @@ def test_a_spec_file_sweep_writes_records_and_a_report_row(tiny_cifar, tmp_path,
     spec_file.write_text(SPEC)
     spec = models.load_spec(spec_file)
     results = tmp_path / "results"
-    assert orun.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(spec_file), "--results-dir", str(results))) == 0
+    assert orchestrator_run.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(spec_file), "--results-dir", str(results))) == 0
     [record] = records.load_records(results)  # --variants defaults to none beside --spec: the spec alone trained
     assert record["variant"] == "tiny-net" and record["spec_hash"] == models.spec_hash(spec)
     assert models.from_dict(record["spec"]) == spec
@@ -52,7 +52,7 @@ def test_a_spec_file_sweep_writes_records_and_a_report_row(tiny_cifar, tmp_path,
 def test_a_bad_spec_file_is_one_line_and_exit_2_before_anything_runs(tiny_cifar, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC.replace("out = 8", "out = 0"))
-    assert orun.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(bad))) == 2
+    assert orchestrator_run.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(bad))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --spec") and "block 1 out" in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()

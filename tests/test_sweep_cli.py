@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.analysis import report
+import orchestrator.run as orchestrator_run
 from orchestrator.sweep import driver as orun
 from orchestrator.sweep.callbacks import eta_line
 from orchestrator.sweep.config import ALL_VARIANTS, EPILOG, ConfigError, build_parser, parse_config
@@ -55,7 +56,7 @@ def test_quick_fills_in_only_the_flags_not_given(tmp_path):
 def test_quick_with_epochs_0_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"--epochs must be >= 1 \(got 0\)"):
         parse_config(["--quick", "--epochs", "0"])  # before: --quick replaced the 0 and trained 2 epochs
-    assert orun.main(["--quick", "--epochs", "0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert orchestrator_run.main(["--quick", "--epochs", "0", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
     assert capsys.readouterr().err == "error: --epochs must be >= 1 (got 0)\n"
     assert not list(tmp_path.iterdir()), "nothing may be created"
 
@@ -73,7 +74,7 @@ def test_an_output_folder_that_cannot_be_one_is_refused_before_any_trial(flag, v
     file = tmp_path / "notes.txt"
     file.write_text("mine\n")
     value = value.format(file=file)
-    assert orun.main(sweep_flags(tmp_path, tiny_cifar, flag, value)) == 2
+    assert orchestrator_run.main(sweep_flags(tmp_path, tiny_cifar, flag, value)) == 2
     err = capsys.readouterr().err
     assert err == f"error: {flag} {value} {problem.format(file=file)}: pass a writable directory\n", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine\n", \
@@ -236,7 +237,7 @@ def reported_sweep(tiny_cifar, tmp_path_factory, local_ray):
     os.chdir(tmp)  # the report goes to ./reports/<sweep id>/
     try:
         with contextlib.redirect_stdout(console):
-            out = orun.run_sweep(cfg)
+            out = orchestrator_run.sweep_and_report(cfg)
     finally:
         os.chdir(cwd)
     return SimpleNamespace(out=out, console=console.getvalue(), tmp=tmp, uri=cfg.tracking_uri)

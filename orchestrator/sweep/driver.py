@@ -1,8 +1,9 @@
-"""`python -m orchestrator.run`: the paper's variants × seeds as parallel Ray Tune trials, tracked in MLflow.
+"""The sweep driver: the paper's variants × seeds as parallel Ray Tune trials, tracked in MLflow.
 
 A sweep is four steps: open it (check everything that can be checked, then start a new sweep or find the one to
-resume), build the tuner, fit it, close it (records, summary, failed trials, the report). Bad input costs one
-line and a non-zero exit before any trial starts (orchestrator.sweep.preflight), never a half-run sweep.
+resume), build the tuner, fit it, close it (records, summary, failed trials). Bad input costs one line and a
+non-zero exit before any trial starts (orchestrator.sweep.preflight), never a half-run sweep. The command,
+orchestrator.run, then adds the analysis: the parent run's summary metrics and the report.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import socket
 import sys
 import time
@@ -22,11 +22,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's classic live table, with our columns
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-import data  # noqa: E402
 import models  # noqa: E402
 from orchestrator.cli import ignoring_interrupts, sigterm_as_ctrl_c  # noqa: E402
 from orchestrator.sweep import preflight, records, tracking  # noqa: E402
-from orchestrator.sweep.config import ConfigError, SweepConfig, parse_config  # noqa: E402
+from orchestrator.sweep.config import SweepConfig  # noqa: E402
 from orchestrator.names import fused_trial_name, parse_ray_trial_name, trial_name  # noqa: E402
 from orchestrator.sweep.preflight import SweepError  # noqa: E402
 
@@ -246,27 +245,6 @@ def summary_text(summary, train_cfg) -> str:
     return text
 
 
-# The report's per-variant statistics (orchestrator.analysis.study.summarize) that the parent run carries.
-SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latency_ms_per_image_mean",
-                   "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
-
-
-def log_summary_metrics(sweep: Sweep) -> None:
-    """Per-variant mean, std and n on the parent run (`base_val_accuracy_pct_mean`, ...), so the runs table
-    compares whole sweeps side by side. A std needs two finished seeds: none is logged before; latencies
-    measured on several machine models are not averaged (as in the report)."""
-    import math
-    from orchestrator.analysis.study import ReportError, load_sweep
-    try:
-        study, _ = load_sweep(sweep.cfg.tracking_uri, sweep.cfg.experiment_name, sweep.sweep_id)
-    except ReportError:
-        return  # no trial logged anything: nothing to summarize
-    metrics = {f"{variant}_{name}": row[name] for variant, row in study.summary.iterrows() if row["n"]
-               for name in SUMMARY_METRICS}
-    metrics = [tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items() if not math.isnan(v)]
-    tracking.MlflowClient(sweep.cfg.tracking_uri).log_batch(sweep.parent_run_id, metrics=metrics)
-
-
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
     uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
     if any(not r.error and not any((r.metrics or {}).get(k) for k in ("done", "diverged")) for r in results):
@@ -280,26 +258,14 @@ def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
           flush=True)
     client.log_metric(sweep.parent_run_id, "sweep_wall_seconds", wall_seconds)
     failed_trials = close_errored_runs(sweep, results)
-    log_summary_metrics(sweep)
     # A trial that crashed more than --max-failures times fails the sweep but leaves it resumable: --resume
     # retries exactly those trials from their last checkpoints. (Diverged trials are results, not failures.)
     status = "FAILED" if failed_trials else "FINISHED"
     client.set_tag(sweep.parent_run_id, "sweep_status", status.lower())
     client.set_terminated(sweep.parent_run_id, status=status)
-    if sweep.cfg.report:
-        from orchestrator.analysis.report import ReportError, build_report
-        try:
-            out = build_report(uri, sweep.cfg.experiment_name, sweep_id=sweep.sweep_id)
-            print(f"\nreport written to {out}/report.md (also logged to the sweep's parent run under report/)",
-                  flush=True)
-        except ReportError as e:  # e.g. every trial failed before it logged anything: the summary above says so
-            print(f"no report: {e}", file=sys.stderr)
-    else:
-        print(f"no report (--no-report): `python -m orchestrator.report --sweep {sweep.sweep_id}` builds it",
-              flush=True)
     return {"sweep_id": sweep.sweep_id, "parent_run_id": sweep.parent_run_id, "experiment_id": sweep.experiment_id,
             "summary": summary, "wall_seconds": wall_seconds, "storage_path": sweep.path,
-            "failed_trials": failed_trials}
+            "failed_trials": failed_trials, "cfg": sweep.cfg}
 
 
 # --- the four steps -----------------------------------------------------------------------------------------
@@ -338,28 +304,3 @@ def end_interrupted(sweep: Sweep, trials_stopped: bool) -> None:
         except Exception as e:  # the store is gone too: the interruption is what the user must hear about
             print(f"warning: sweep {sweep.sweep_id}'s runs may still show RUNNING in MLflow ({type(e).__name__})",
                   file=sys.stderr)
-
-
-def main(argv=None) -> int:
-    try:
-        cfg = parse_config(argv, description=__doc__.splitlines()[0])
-        out = run_sweep(cfg)
-    except (ConfigError, data.DataError, tracking.TrackingError, SweepError, records.RecordError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if argv is None:  # the command itself, which is exiting (not a caller's process, e.g. a notebook's)
-            # A further Ctrl-C or SIGTERM would only cut Ray's shutdown at exit short, with a traceback.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_IGN)
-        print("interrupted: continue with `python -m orchestrator.run --resume`", file=sys.stderr)
-        return 130
-    if out is not None and out["failed_trials"]:
-        n, total = len(out["failed_trials"]), len(out["summary"])
-        resume = f"python -m orchestrator.run --resume --sweep-id {out['sweep_id']}"
-        print(f"error: {n} of {total} trials failed after --max-failures {cfg.max_failures} restarts "
-              f"({', '.join(out['failed_trials'])}): each run's failure_reason in MLflow and error.txt "
-              f"under {out['storage_path']} say why; `{resume}` retries them", file=sys.stderr)
-        return 1
-    return 0
-
