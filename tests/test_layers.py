@@ -2,6 +2,7 @@
 
 - orchestrator/training runs without Ray, MLflow or Optuna, and knows nothing of the sweep, the search or the
   analysis above it (checked statically, lazy imports included, and by importing every module in a fresh process);
+- orchestrator/sweep knows nothing of the search or the analysis above it (orchestrator.run adds the report);
 - orchestrator/analysis imports no trainer (of orchestrator.training only its config and metric names);
 - models/ and data/ import nothing of each other, of the orchestrator, of Ray or of MLflow;
 - no module imports another module's _private names.
@@ -43,6 +44,7 @@ def offending(folder: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] 
 @pytest.mark.parametrize("folder, forbidden, allowed", [
     ("orchestrator/training", ("ray", "mlflow", "optuna", "orchestrator.sweep", "orchestrator.search",
                                "orchestrator.analysis", "bench"), ()),
+    ("orchestrator/sweep", ("orchestrator.search", "orchestrator.analysis", "orchestrator.run", "bench"), ()),
     ("orchestrator/analysis", ("orchestrator.training", "orchestrator.search", "ray", "bench"),
      ("orchestrator.training.config", "orchestrator.training.metrics")),
     ("models", ("data", "orchestrator", "ray", "mlflow", "optuna", "bench"), ()),
