@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -25,7 +26,7 @@ from models.budget import macs_per_image
 from models.spec import from_dict, load_spec, spec_hash, to_dict
 from orchestrator.search import command, driver, proxy, space
 from orchestrator.search.config import SearchConfig
-from orchestrator.search.results import longest_first, rank
+from orchestrator.search.results import REPO, longest_first, rank, write_revalidation
 from orchestrator.search.trainable import BudgetError, run_candidate
 from orchestrator.sweep import records
 
@@ -147,6 +148,13 @@ def test_revalidation_starts_the_spec_whose_proxy_took_longest_first():
     chosen = [{"rank": r, "train_minutes": m} for r, m in [(1, 11.4), (2, 22.5), (3, 11.3)]]
     files = [Path(f"rank{r['rank']}.toml") for r in chosen]
     assert longest_first(chosen, files) == [Path("rank2.toml"), Path("rank1.toml"), Path("rank3.toml")]
+
+
+def test_the_revalidation_script_names_specs_from_the_repository_root_where_it_runs(tmp_path):
+    inside, outside = REPO / "searches" / "s" / "specs" / "rank1-a.toml", tmp_path / "rank2-b.toml"
+    [command], script = write_revalidation([inside, outside], 3, "s", tmp_path)
+    assert command[command.index("--spec") + 1] == f"searches/s/specs/rank1-a.toml,{outside}"
+    assert script.read_text().splitlines()[-1] == shlex.join(command)
 
 
 # --- bad input -----------------------------------------------------------------------------------------------

@@ -132,12 +132,20 @@ def longest_first(chosen: list[dict], spec_files: list[Path]) -> list[Path]:
     return [path for _, path in sorted(zip(chosen, spec_files), key=lambda pair: -pair[0]["train_minutes"])]
 
 
+def repo_relative(path: Path) -> Path:
+    """`path` from the repository root, where the re-validation runs, when it lies inside it (the script then
+    works in any clone); else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path) -> tuple[list, Path]:
     """The normal sweep that re-validates the specs under the full paper protocol with `seeds` seeds (the first
     time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs it.
     One sweep for all specs, so their trials (fused seeds on a small machine) share every slot; a path with a comma
     cannot join --spec's list, so then one sweep per spec. --skip-existing: re-running the script after an
     interruption trains only the (spec, seed) pairs that have no record yet."""
+    spec_files = [repo_relative(p) for p in spec_files]
     groups = [spec_files] if not any("," in str(p) for p in spec_files) else [[p] for p in spec_files]
     commands = [["python", "-m", "orchestrator.run", "--spec", ",".join(map(str, group)), "--seeds", str(seeds),
                  "--results-dir", f"results/{search_name}", "--skip-existing"] for group in groups if group]
