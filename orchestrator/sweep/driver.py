@@ -246,7 +246,7 @@ def summary_text(summary, train_cfg) -> str:
 
 
 def close_sweep(sweep: Sweep, results, wall_seconds: float) -> dict:
-    uri, client = sweep.cfg.tracking_uri, tracking.MlflowClient(sweep.cfg.tracking_uri)
+    client = tracking.MlflowClient(sweep.cfg.tracking_uri)
     if any(not r.error and not any((r.metrics or {}).get(k) for k in ("done", "diverged")) for r in results):
         # Ctrl-C or SIGTERM: Tune saved its state (running trials as RUNNING) and returned, then stopped those
         # trials. The sweep is interrupted, not done: run_sweep ends its runs KILLED, resumable.
