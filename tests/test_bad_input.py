@@ -101,6 +101,19 @@ def text_file_as_store(tmp: Path, tiny: Path) -> None:
     (tmp / "notes.db").write_text("my notes, not an MLflow database\n")
 
 
+def hostile_checkpoint(tmp: Path, tiny: Path) -> None:
+    import torch
+    (tmp / "records").mkdir()
+    torch.save({"state": RunsCommand(tmp / "pwned")}, tmp / "records" / "base-seed0.checkpoint.pt")
+
+
+def checkpoint_of_another_protocol(tmp: Path, tiny: Path) -> None:
+    import torch
+    (tmp / "records").mkdir()
+    torch.save({"variant": "base", "seed": 0, "protocol_hash": "0123456789abcdef", "spec_hash": None, "state": {}},
+               tmp / "records" / "base-seed0.checkpoint.pt")
+
+
 def toml_file(text: str):
     def make(tmp: Path, tiny: Path) -> None:
         (tmp / "sweep.toml").write_text(text)
@@ -210,6 +223,16 @@ BAD_INPUTS = [
              "error: cannot reach the Ray cluster at 127.0.0.1:{closed_port}"),
     BadInput("cluster address", "`--address no-such-host.invalid:6379`", ("--address", "no-such-host.invalid:6379"),
              "error: cannot reach the Ray cluster at no-such-host.invalid:6379"),
+    # results folders: a seed's checkpoint it would go on from
+    BadInput("results folder", "`--results-dir records --skip-existing` where `base-seed0.checkpoint.pt` holds a "
+             "pickled object", ("--results-dir", "{tmp}/records", "--skip-existing"),
+             "error: checkpoint {tmp}/records/base-seed0.checkpoint.pt is not readable (UnpicklingError): delete it "
+             "to train base-seed0 from the start", hostile_checkpoint),
+    BadInput("results folder", "`--results-dir records --skip-existing` where `base-seed0.checkpoint.pt` is of "
+             "another protocol", ("--results-dir", "{tmp}/records", "--skip-existing"),
+             "error: checkpoint {tmp}/records/base-seed0.checkpoint.pt was trained under another protocol than this "
+             "sweep: delete it to train base-seed0 from the start, or use another --results-dir",
+             checkpoint_of_another_protocol),
     # storage
     BadInput("storage path", "`--storage-path /dev/null/ray_results`", ("--storage-path", "/dev/null/ray_results"),
              "error: --storage-path /dev/null/ray_results cannot be created: /dev/null is not a directory"),

@@ -45,3 +45,54 @@ def test_a_fused_sweep_logs_one_complete_run_per_seed_and_a_killed_trial_resumes
     seed0 = next(r for r in runs if r.info.run_name == "base-seed0")
     unfused = train(TrainConfig(data_dir=str(tiny_cifar), epochs=2, compile=False), "base", 0, measure=False)
     assert abs(seed0.data.metrics["final_val_accuracy"] - unfused["final"]["final_val_accuracy"]) <= 0.05
+
+
+def test_a_results_folder_carries_a_stopped_fused_trial_to_another_machine_and_ends_as_if_never_stopped(
+        tiny_cifar, tmp_path, local_ray, monkeypatch, capsys):
+    """A fused trial that stops for good after epoch 1 leaves each seed's checkpoint in --results-dir, and no
+    record. A new sweep with nothing but a copy of that folder (its own MLflow store and Ray storage, as on another
+    machine) and --skip-existing goes on after epoch 1, and ends with what an uninterrupted sweep writes: the same
+    history, accuracy and weights, every epoch in its MLflow run, and no checkpoint left."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from orchestrator.sweep import driver as orun
+    from orchestrator.sweep.config import SweepConfig
+    from orchestrator.sweep.records import load_records
+    from orchestrator.sweep.trainable import FAULT_ENV
+    from test_orchestrator import assert_complete_trial_run, child_runs
+
+    def sweep(where, **flags):
+        return orun.run_sweep(SweepConfig.from_flags(dict(
+            variants=("base",), seeds=2, epochs=3, data_dir=str(tiny_cifar), compile=False, export="none",
+            fuse_seeds="on", tracking_uri=f"sqlite:///{where}/mlflow.db", storage_path=str(where / "ray"),
+            latency_batch1_calls=5, report=False, results_dir=str(where / "records"), **flags)))
+
+    sweep(tmp_path / "whole")
+    whole = {r["seed"]: r for r in load_records(tmp_path / "whole" / "records")}
+    monkeypatch.setenv(FAULT_ENV, "base-seed0:1")
+    assert sweep(tmp_path / "first", max_failures=0)["failed_trials"] == ["base-seed0", "base-seed1"]
+    left = sorted(p.name for p in (tmp_path / "first" / "records").iterdir())
+    assert left == ["base-seed0.checkpoint.pt", "base-seed1.checkpoint.pt"], left
+    monkeypatch.delenv(FAULT_ENV)
+    shutil.copytree(tmp_path / "first" / "records", tmp_path / "second" / "records")
+    capsys.readouterr()
+    out = sweep(tmp_path / "second", skip_existing=True)
+    printed = capsys.readouterr().out
+    for seed in (0, 1):
+        assert f"resuming base-seed{seed} after epoch 1 from {tmp_path / 'second' / 'records'}" in printed, printed
+    # It trained epochs 2 and 3 only (Tune's progress.csv: one row per report, the last one the trial's end).
+    import pandas as pd
+    progress = pd.read_csv(next((tmp_path / "second" / "ray").glob("sweep-*/base-seeds0-1/progress.csv")))
+    assert list(progress["epoch"]) == [2, 3, 3], list(progress["epoch"])
+    resumed = {r["seed"]: r for r in load_records(tmp_path / "second" / "records")}
+    assert sorted(p.name for p in (tmp_path / "second" / "records").glob("*.pt")) == ["base-seed0.pt", "base-seed1.pt"]
+    for seed in (0, 1):
+        untimed = [{k: v for k, v in e.items() if "second" not in k} for e in whole[seed]["history"]]
+        assert [{k: v for k, v in e.items() if "second" not in k} for e in resumed[seed]["history"]] == untimed
+        assert resumed[seed]["final"]["final_val_accuracy"] == whole[seed]["final"]["final_val_accuracy"]
+        assert resumed[seed]["weights"]["sha256"] == whole[seed]["weights"]["sha256"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/second/mlflow.db")
+    for run in child_runs(f"sqlite:///{tmp_path}/second/mlflow.db", out["parent_run_id"]):
+        assert_complete_trial_run(client, run, epochs=3)

@@ -11,11 +11,23 @@ from orchestrator.sweep import records, tracking
 
 
 class RecordWriter(tune.Callback):
-    """When a trial finishes, its MLflow run becomes a record in --results-dir (orchestrator.sweep.records)."""
+    """Keeps --results-dir current (orchestrator.sweep.records): after each epoch every seed's checkpoint, and
+    when a trial finishes, each seed's record (its MLflow run's numbers) and weights in place of the checkpoint."""
 
     def __init__(self, results_dir: str, cfg, sweep: dict, protocol: dict):
         self.results_dir, self.cfg, self.sweep, self.protocol = results_dir, cfg, sweep, protocol
         self.git = records.git_state()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        from orchestrator.sweep.trainable import load_checkpoint
+        variant, protocol = trial.config["trial"]["variant"], records.protocol_hash(self.protocol)
+        try:
+            for seed, state in load_checkpoint(checkpoint)["states"].items():
+                records.write_checkpoint(self.results_dir, variant, int(seed), state, protocol,
+                                         records.architecture_hash(variant))
+        except Exception as e:  # Ray's own checkpoint still resumes the sweep: say so instead of ending it
+            print(f"warning: no checkpoint of {variant} in {self.results_dir} ({type(e).__name__}: {e}); "
+                  f"--resume still continues it here", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -37,6 +49,7 @@ class RecordWriter(tune.Callback):
                 weights = client.download_artifacts(run.info.run_id, "model/state_dict.pt", tmp)
                 record["weights"] = records.write_weights(self.results_dir, variant, seed, weights)
             print(f"record {records.write_record(self.results_dir, record)}", flush=True)
+            records.remove_checkpoint(self.results_dir, variant, seed)
         except Exception as e:  # the MLflow run keeps every number: say so instead of ending the sweep
             print(f"error: no record of {variant}-seed{seed} in {self.results_dir} ({type(e).__name__}: {e}); "
                   f"its MLflow run has every number", file=sys.stderr, flush=True)

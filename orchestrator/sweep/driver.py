@@ -47,6 +47,7 @@ class Sweep:
     source_tags: dict              # MLflow's standard source tags, for the parent and every trial run
     owns_ray: bool = False         # this driver started (or connected to) Ray: its caller did not
     specs: dict = field(default_factory=dict)  # --spec architectures by name, as models.to_dict gives them
+    start_states: dict = field(default_factory=dict)  # (variant, seed): the --results-dir checkpoint it goes on from
 
     @property
     def path(self) -> str:
@@ -117,10 +118,12 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     for name, spec in cfg.specs().items():  # this process builds them too (preflight, records, the report)
         models.register_spec(name, spec)
     data_fingerprint = preflight.check_data(cfg)
+    protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
     pairs = preflight.trials_to_run(cfg, data_fingerprint)
     if not pairs:
         print(f"nothing to train: every (variant, seed) of this sweep has a record in {cfg.results_dir}", flush=True)
         return None
+    start_states = preflight.checkpoints_to_resume(cfg, pairs, protocol)
     storage = preflight.check_storage(storage or cfg.storage_path)
     owns_ray = preflight.start_ray(cfg)
     cfg, fuse_reason = choose_fuse_seeds(cfg, pairs, resumed=parent_run_id is not None)
@@ -128,9 +131,9 @@ def open_sweep(cfg: SweepConfig) -> Sweep | None:
     experiment_id, parent_run_id, source_tags = tracking.open_parent_run(
         uri, cfg.experiment_name, records.git_state()["git_commit"], parent_run_id,
         lambda experiment_id, tags: start_parent_run(cfg, experiment_id, sweep_id, storage, tags, fuse_reason))
-    protocol = records.protocol_of(cfg.train, data_fingerprint) if cfg.results_dir else None
     specs = {name: models.to_dict(spec) for name, spec in cfg.specs().items()}
-    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray, specs)
+    return Sweep(cfg, sweep_id, experiment_id, parent_run_id, storage, pairs, protocol, source_tags, owns_ray, specs,
+                 start_states)
 
 
 def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tuple[SweepConfig, str]:
@@ -145,11 +148,15 @@ def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tup
 
 # --- 2. build the tuner -------------------------------------------------------------------------------
 def trial_specs(sweep: Sweep) -> list[dict]:
-    """One Tune trial per (variant, seed), or with fused seeds one per variant: {"variant", "seeds": [...]}."""
+    """One Tune trial per (variant, seed), or with fused seeds one per variant: {"variant", "seeds": [...]}. Fused
+    seeds train in step, so a variant's seeds resuming from checkpoints of different epochs are separate trials."""
     if sweep.cfg.fuse_seeds != "on":
         return sweep.pairs
-    variants = dict.fromkeys(p["variant"] for p in sweep.pairs)  # in order, once each
-    return [{"variant": v, "seeds": [p["seed"] for p in sweep.pairs if p["variant"] == v]} for v in variants]
+    groups: dict[tuple, list[int]] = {}  # in order, once each
+    for p in sweep.pairs:
+        start = sweep.start_states.get((p["variant"], p["seed"]), {}).get("epoch", 0)
+        groups.setdefault((p["variant"], start), []).append(p["seed"])
+    return [{"variant": variant, "seeds": seeds} for (variant, _), seeds in groups.items()]
 
 
 def _tune_trial_name(trial) -> str:
@@ -163,7 +170,9 @@ def build_tuner(sweep: Sweep):
     from orchestrator.sweep.callbacks import RecordWriter, SweepReporter
     from orchestrator.sweep.trainable import run_trial
     cfg = sweep.cfg
-    trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    # The start states travel through Ray's object store (with_parameters), so trials on any node get them.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, start_states=sweep.start_states),
+                                    {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
         return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \

@@ -3,6 +3,8 @@
     DIR/<variant>-seed<k>.json   {"schema_version", "variant", "seed", "protocol", "protocol_hash", "speed",
                                   "measurement", "environment", "history", "final", "mlflow", "weights"}
     DIR/<variant>-seed<k>.pt     the trained model's final state dict (`torch.load(path, weights_only=True)`)
+    DIR/<variant>-seed<k>.checkpoint.pt   while the seed trains: its state after its latest epoch, so that
+                                 `--skip-existing` on any machine goes on from there; removed once its record lands
 
 `protocol` holds every setting that changes what a trial computes, plus a digest of the data, and
 `protocol_hash` is the hash of exactly that: records of one hash are one experiment and may be averaged.
@@ -13,6 +15,7 @@ no user. Files are written atomically: a crash leaves the old file or the new on
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -173,3 +176,51 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
         # The architecture trained, as data (models.from_dict reads it back), and its hash.
         **({"spec": json.loads(tags["spec_json"]), "spec_hash": tags["spec_hash"]} if "spec_json" in tags else {}),
     }
+
+
+# --- checkpoints of unfinished seeds ---------------------------------------------------------------------------
+# Ray's and MLflow's stores live on the machine that ran the sweep; the results folder is what travels (git, a
+# copy). A seed's latest epoch is kept in it too, so a long trial can go on elsewhere, exactly where it stopped.
+def checkpoint_name(variant: str, seed: int) -> str:
+    return f"{trial_name(variant, seed)}.checkpoint.pt"
+
+
+def architecture_hash(variant: str) -> str | None:
+    """The spec hash of the architecture registered as `variant` (None for one built by code)."""
+    import models
+    spec = models.registered_spec(variant)
+    return models.spec_hash(spec) if spec is not None else None
+
+
+def write_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, state: dict, protocol: str,
+                     spec: str | None) -> Path:
+    """Seed `seed`'s checkpoint (a trial's `state` after an epoch) with the protocol and spec hashes it belongs to."""
+    import torch
+    buffer = io.BytesIO()
+    torch.save({"variant": variant, "seed": seed, "protocol_hash": protocol, "spec_hash": spec, "state": state}, buffer)
+    return _write_atomically(Path(results_dir) / checkpoint_name(variant, seed), buffer.getvalue())
+
+
+def load_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, protocol: str,
+                    spec: str | None) -> dict | None:
+    """The state a seed resumes from, or None when it has no checkpoint; a checkpoint that is unreadable or of
+    another protocol or architecture is one RecordError line."""
+    import torch
+    path = Path(results_dir) / checkpoint_name(variant, seed)
+    if not path.is_file():
+        return None
+    fix = f"delete it to train {trial_name(variant, seed)} from the start"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
+    except Exception as e:
+        raise RecordError(f"checkpoint {path} is not readable ({type(e).__name__}): {fix}") from None
+    if saved.get("protocol_hash") != protocol:
+        raise RecordError(f"checkpoint {path} was trained under another protocol than this sweep: {fix}, or use "
+                          f"another --results-dir")
+    if saved.get("spec_hash") != spec:
+        raise RecordError(f"checkpoint {path} is of another architecture than {variant!r} now is: {fix}")
+    return saved["state"]
+
+
+def remove_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int) -> None:
+    (Path(results_dir) / checkpoint_name(variant, seed)).unlink(missing_ok=True)

@@ -135,7 +135,15 @@ class Trial:
         return out
 
 
-def run_trial(config: dict) -> None:
+def start_checkpoint(start_states: dict, variant: str, seeds: list[int]) -> dict | None:
+    """What the trial's seeds go on from when the sweep found their checkpoints in --results-dir (all of them: the
+    driver groups fused seeds by the epoch they resume after)."""
+    if seeds and all((variant, s) in start_states for s in seeds):
+        return {"states": {s: start_states[(variant, s)] for s in seeds}, "diverged": {}}
+    return None
+
+
+def run_trial(config: dict, start_states: dict | None = None) -> None:
     # MLflow's system-metrics monitor logs a start and a stop per run at INFO, which floods the driver's console
     # (some after the sweep's summary): warnings only. The metrics are logged as before.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -148,7 +156,9 @@ def run_trial(config: dict) -> None:
     flush_denormal(cfg.flush_denormal)  # before any torch work: threads started later inherit it
     device = resolve_device(cfg.device, gpu_assigned=bool(ray.get_gpu_ids()))  # auto: CUDA iff Ray gave a GPU
     mlflow.set_tracking_uri(sweep["tracking_uri"])
-    trial = Trial(cfg, sweep, variant, seeds, fused, device, load_checkpoint(tune.get_checkpoint()))
+    # Ray's checkpoint first: a restarted trial has gone on past the one it started from.
+    checkpoint = load_checkpoint(tune.get_checkpoint()) or start_checkpoint(start_states or {}, variant, seeds)
+    trial = Trial(cfg, sweep, variant, seeds, fused, device, checkpoint)
     training = trial.to_train()
     results = {}
     if training:
