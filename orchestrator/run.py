@@ -21,31 +21,32 @@ SUMMARY_METRICS = ("n", "val_accuracy_pct_mean", "val_accuracy_pct_std", "latenc
                    "latency_ms_per_image_std", "latency_ms_batch1_mean", "latency_ms_batch1_std")
 
 
-def log_summary_metrics(cfg: SweepConfig, sweep_id: str, parent_run_id: str) -> None:
+def log_summary_metrics(cfg: SweepConfig, study, parent_run_id: str) -> None:
     """Per-variant mean, std and n on the parent run (`base_val_accuracy_pct_mean`, ...), so the runs table
     compares whole sweeps side by side. A std needs two finished seeds: none is logged before; latencies
     measured on several machine models are not averaged (as in the report)."""
-    from orchestrator.analysis.study import ReportError, load_sweep  # pandas and the analysis: only at the end
-    try:
-        study, _ = load_sweep(cfg.tracking_uri, cfg.experiment_name, sweep_id)
-    except ReportError:
-        return  # no trial logged anything: nothing to summarize
     metrics = {f"{variant}_{name}": row[name] for variant, row in study.summary.iterrows() if row["n"]
                for name in SUMMARY_METRICS}
     metrics = [tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items() if not math.isnan(v)]
     tracking.MlflowClient(cfg.tracking_uri).log_batch(parent_run_id, metrics=metrics)
 
 
-def write_report(cfg: SweepConfig, sweep_id: str) -> None:
+def analyse(cfg: SweepConfig, sweep_id: str, parent_run_id: str) -> None:
+    """The finished sweep, read back from MLflow once: its summary metrics on the parent run, then the report."""
+    from orchestrator.analysis.report import publish_report  # pandas and matplotlib: only at the end
+    from orchestrator.analysis.study import ReportError, load_sweep
+    try:
+        study, parent = load_sweep(cfg.tracking_uri, cfg.experiment_name, sweep_id)
+    except ReportError as e:  # e.g. every trial failed before it logged anything: the sweep's summary says so
+        if cfg.report:
+            print(f"no report: {e}", file=sys.stderr)
+        return
+    log_summary_metrics(cfg, study, parent_run_id)
     if not cfg.report:
         print(f"no report (--no-report): `python -m orchestrator.report --sweep {sweep_id}` builds it", flush=True)
         return
-    from orchestrator.analysis.report import ReportError, build_report  # matplotlib: only at the end
-    try:
-        out = build_report(cfg.tracking_uri, cfg.experiment_name, sweep_id=sweep_id)
-        print(f"\nreport written to {out}/report.md (also logged to the sweep's parent run under report/)", flush=True)
-    except ReportError as e:  # e.g. every trial failed before it logged anything: the sweep's summary says so
-        print(f"no report: {e}", file=sys.stderr)
+    out = publish_report(cfg.tracking_uri, study, parent)
+    print(f"\nreport written to {out}/report.md (also logged to the sweep's parent run under report/)", flush=True)
 
 
 def sweep_and_report(cfg: SweepConfig) -> dict | None:
@@ -53,8 +54,7 @@ def sweep_and_report(cfg: SweepConfig) -> dict | None:
     sweep's own config (a resumed sweep's is the stored one)."""
     out = run_sweep(cfg)
     if out is not None:
-        log_summary_metrics(out["cfg"], out["sweep_id"], out["parent_run_id"])
-        write_report(out["cfg"], out["sweep_id"])
+        analyse(out["cfg"], out["sweep_id"], out["parent_run_id"])
     return out
 
 

@@ -186,7 +186,13 @@ def build_report(tracking_uri: str, experiment_name: str, sweep_id: str | None =
                  out_dir: str | Path | None = None) -> Path:
     """Write the report of one sweep (default: the latest finished one) and log it to the sweep's parent run."""
     study, parent = load_sweep(tracking_uri, experiment_name, sweep_id)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / parent.data.tags.get("sweep_id", str(sweep_id))
+    return publish_report(tracking_uri, study, parent, out_dir)
+
+
+def publish_report(tracking_uri: str, study, parent, out_dir: str | Path | None = None) -> Path:
+    """Write the report of a loaded sweep (load_sweep's study and parent run) and log it to that parent run."""
+    sweep_id = parent.data.tags.get("sweep_id", parent.info.run_id)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / sweep_id
     write_report(study, out)
     MlflowClient(tracking_uri).log_artifacts(parent.info.run_id, str(out), artifact_path="report")
     return out
