@@ -284,3 +284,19 @@ def test_fuse_seeds_auto_keeps_one_trial_per_pair_that_fits_and_resume_keeps_the
     resumed = orun.open_sweep(cfg.replace(resume=True, sweep_id=sweep.sweep_id, fuse_seeds="on"))
     assert "fuse seeds: off (as the sweep being resumed started)" in capsys.readouterr().out.splitlines()
     assert resumed.sweep_id == sweep.sweep_id and resumed.cfg.fuse_seeds == "off"
+
+
+def test_trials_with_the_most_epochs_left_start_first_and_fused_seeds_group_by_the_epoch_they_resume_after():
+    """Tune starts trials in order: a spec resuming after epoch 4 must not make a fresh one start last, alone."""
+    from orchestrator.sweep.config import SweepConfig
+    pairs = [{"variant": v, "seed": s} for v in ("a", "b", "c") for s in (0, 1)]
+    resumed = {("a", 0): {"epoch": 4}, ("a", 1): {"epoch": 4}, ("b", 0): {"epoch": 2}}
+
+    def specs(fuse_seeds: str) -> list[dict]:
+        cfg = SweepConfig.from_flags(dict(variants=("base",), fuse_seeds=fuse_seeds))
+        return orun.trial_specs(orun.Sweep(cfg, "id", "0", "run", "ray_results", pairs, None, {},
+                                           start_states=resumed))
+    assert specs("on") == [{"variant": "b", "seeds": [1]}, {"variant": "c", "seeds": [0, 1]},
+                           {"variant": "b", "seeds": [0]}, {"variant": "a", "seeds": [0, 1]}]
+    assert specs("off") == [{"variant": "b", "seed": 1}, {"variant": "c", "seed": 0}, {"variant": "c", "seed": 1},
+                            {"variant": "b", "seed": 0}, {"variant": "a", "seed": 0}, {"variant": "a", "seed": 1}]
