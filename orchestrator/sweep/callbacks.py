@@ -23,7 +23,7 @@ class RecordWriter(tune.Callback):
         variant, protocol = trial.config["trial"]["variant"], records.protocol_hash(self.protocol)
         try:
             for seed, state in load_checkpoint(checkpoint)["states"].items():
-                records.write_checkpoint(self.results_dir, variant, int(seed), state, protocol,
+                records.write_seed_checkpoint(self.results_dir, variant, int(seed), state, protocol,
                                          records.architecture_hash(variant))
         except Exception as e:  # Ray's own checkpoint still resumes the sweep: say so instead of ending it
             print(f"warning: no checkpoint of {variant} in {self.results_dir} ({type(e).__name__}: {e}); "
@@ -49,7 +49,7 @@ class RecordWriter(tune.Callback):
                 weights = client.download_artifacts(run.info.run_id, "model/state_dict.pt", tmp)
                 record["weights"] = records.write_weights(self.results_dir, variant, seed, weights)
             print(f"record {records.write_record(self.results_dir, record)}", flush=True)
-            records.remove_checkpoint(self.results_dir, variant, seed)
+            records.remove_seed_checkpoint(self.results_dir, variant, seed)
         except Exception as e:  # the MLflow run keeps every number: say so instead of ending the sweep
             print(f"error: no record of {variant}-seed{seed} in {self.results_dir} ({type(e).__name__}: {e}); "
                   f"its MLflow run has every number", file=sys.stderr, flush=True)

@@ -60,18 +60,18 @@ def trials_to_run(cfg: SweepConfig, data_fingerprint: str) -> list[dict]:
 
 def checkpoints_to_resume(cfg: SweepConfig, pairs: list[dict], protocol: dict | None) -> dict[tuple[str, int], dict]:
     """With --skip-existing, the state each pair goes on from when --results-dir keeps its checkpoint
-    (records.write_checkpoint), by (variant, seed); one line on the console for each."""
+    (records.write_seed_checkpoint), by (variant, seed); one line on the console for each."""
     if not (cfg.skip_existing and protocol):
         return {}
     states, protocol_hash = {}, records.protocol_hash(protocol)
     for p in pairs:
         variant, seed = p["variant"], p["seed"]
-        state = records.load_checkpoint(cfg.results_dir, variant, seed, protocol_hash,
+        state = records.load_seed_checkpoint(cfg.results_dir, variant, seed, protocol_hash,
                                         records.architecture_hash(variant))
         if state is not None:
             states[(variant, seed)] = state
             print(f"resuming {variant}-seed{seed} after epoch {state['epoch']} from "
-                  f"{Path(cfg.results_dir) / records.checkpoint_name(variant, seed)}", flush=True)
+                  f"{Path(cfg.results_dir) / records.seed_checkpoint_name(variant, seed)}", flush=True)
     return states
 
 

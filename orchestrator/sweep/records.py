@@ -181,7 +181,7 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
 # --- checkpoints of unfinished seeds ---------------------------------------------------------------------------
 # Ray's and MLflow's stores live on the machine that ran the sweep; the results folder is what travels (git, a
 # copy). A seed's latest epoch is kept in it too, so a long trial can go on elsewhere, exactly where it stopped.
-def checkpoint_name(variant: str, seed: int) -> str:
+def seed_checkpoint_name(variant: str, seed: int) -> str:
     return f"{trial_name(variant, seed)}.checkpoint.pt"
 
 
@@ -192,21 +192,21 @@ def architecture_hash(variant: str) -> str | None:
     return models.spec_hash(spec) if spec is not None else None
 
 
-def write_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, state: dict, protocol: str,
-                     spec: str | None) -> Path:
+def write_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, state: dict, protocol: str,
+                          spec: str | None) -> Path:
     """Seed `seed`'s checkpoint (a trial's `state` after an epoch) with the protocol and spec hashes it belongs to."""
     import torch
     buffer = io.BytesIO()
     torch.save({"variant": variant, "seed": seed, "protocol_hash": protocol, "spec_hash": spec, "state": state}, buffer)
-    return _write_atomically(Path(results_dir) / checkpoint_name(variant, seed), buffer.getvalue())
+    return _write_atomically(Path(results_dir) / seed_checkpoint_name(variant, seed), buffer.getvalue())
 
 
-def load_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, protocol: str,
-                    spec: str | None) -> dict | None:
+def load_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, protocol: str,
+                         spec: str | None) -> dict | None:
     """The state a seed resumes from, or None when it has no checkpoint; a checkpoint that is unreadable or of
     another protocol or architecture is one RecordError line."""
     import torch
-    path = Path(results_dir) / checkpoint_name(variant, seed)
+    path = Path(results_dir) / seed_checkpoint_name(variant, seed)
     if not path.is_file():
         return None
     fix = f"delete it to train {trial_name(variant, seed)} from the start"
@@ -222,5 +222,5 @@ def load_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, pro
     return saved["state"]
 
 
-def remove_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int) -> None:
-    (Path(results_dir) / checkpoint_name(variant, seed)).unlink(missing_ok=True)
+def remove_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int) -> None:
+    (Path(results_dir) / seed_checkpoint_name(variant, seed)).unlink(missing_ok=True)
