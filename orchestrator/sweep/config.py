@@ -68,7 +68,7 @@ class SweepConfig:
         "sweep has more (variant, seed) pairs than the cluster has trial slots; on/off force it (a bare "
         "--fuse-seeds is on, --no-fuse-seeds off)"))
     skip_existing: bool = option(False, "report", "with --results-dir: train only the (variant, seed) pairs that have "
-                                                "no record of this protocol yet")
+                                                "no record of this protocol yet, each from its checkpoint there if any")
 
     def seed_values(self) -> tuple[int, ...]:
         return self.seed_list or tuple(range(self.seeds))
