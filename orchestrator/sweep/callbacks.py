@@ -24,7 +24,7 @@ class RecordWriter(tune.Callback):
         try:
             for seed, state in load_checkpoint(checkpoint)["states"].items():
                 records.write_seed_checkpoint(self.results_dir, variant, int(seed), state, protocol,
-                                         records.architecture_hash(variant))
+                                               records.architecture_hash(variant))
         except Exception as e:  # Ray's own checkpoint still resumes the sweep: say so instead of ending it
             print(f"warning: no checkpoint of {variant} in {self.results_dir} ({type(e).__name__}: {e}); "
                   f"--resume still continues it here", file=sys.stderr, flush=True)

@@ -67,7 +67,7 @@ def checkpoints_to_resume(cfg: SweepConfig, pairs: list[dict], protocol: dict | 
     for p in pairs:
         variant, seed = p["variant"], p["seed"]
         state = records.load_seed_checkpoint(cfg.results_dir, variant, seed, protocol_hash,
-                                        records.architecture_hash(variant))
+                                             records.architecture_hash(variant))
         if state is not None:
             states[(variant, seed)] = state
             print(f"resuming {variant}-seed{seed} after epoch {state['epoch']} from "
