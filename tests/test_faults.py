@@ -292,11 +292,13 @@ def test_tracking_server_down_mid_sweep_loses_and_doubles_nothing(tiny_cifar, tm
 
 
 # --- a trial out of retries ----------------------------------------------------------------------------
-def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_only_it(tiny_cifar, tmp_path, local_ray,
-                                                                                     monkeypatch, capsys):
+@pytest.mark.parametrize("tune_state", ["kept", "cut short"])
+def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_only_it(tune_state, tiny_cifar, tmp_path,
+                                                                                     local_ray, monkeypatch, capsys):
     """With --max-failures 0, one SIGKILL is final: the sweep still finishes the other trial, marks the killed
     trial's run FAILED with Ray's error (it could not end its own run), exits 1 saying which trial and how to
-    retry, and `--resume` retries just that trial from its checkpoint."""
+    retry, and `--resume` retries just that trial from its checkpoint. Also when Tune cannot read its saved state
+    (a driver killed while writing it): Tune then restarts the grid, and the finished trial still trains nothing."""
     from orchestrator.sweep.trainable import FAULT_ENV
     monkeypatch.setenv(FAULT_ENV, "base-seed1:1")
     args = driver_args(tmp_path, tiny_cifar, "--variants", "base", "--seed-list", "0,1", "--epochs", "2",
@@ -316,6 +318,10 @@ def test_trial_out_of_retries_fails_the_sweep_with_exit_1_and_resume_retries_onl
     # The hint's id resumes it, also when given as Ray's folder name for the sweep (sweep-<id>).
     sweep_id = last.split("--resume --sweep-id ")[1].split()[0].rstrip("`")
     assert sweep_id == sweep.data.tags["sweep_id"], last
+    monkeypatch.delenv(FAULT_ENV)  # a retry from scratch would kill itself again
+    if tune_state == "cut short":
+        state_file = max((tmp_path / "ray" / f"sweep-{sweep_id}").glob("experiment_state-*.json"))
+        state_file.write_bytes(state_file.read_bytes()[:1000])
     assert orchestrator_run.main(driver_args(tmp_path, tiny_cifar, "--resume", "--sweep-id", f"sweep-{sweep_id}")[3:]) == 0
     runs = {r.info.run_name: r for r in trial_runs(client)}
     assert sorted(runs) == ["base-seed0", "base-seed1"]  # the retry continued the same run

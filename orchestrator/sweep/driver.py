@@ -178,14 +178,18 @@ def build_tuner(sweep: Sweep):
     # The start states travel through Ray's object store (with_parameters), so trials on any node get them.
     trainable = tune.with_resources(tune.with_parameters(run_trial, start_states=sweep.start_states),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    param_space = {"trial": tune.grid_search(trial_specs(sweep)), "train": cfg.train.to_dict(),
+                   "sweep": sweep.trial_context()}
     if cfg.resume and tune.Tuner.can_restore(sweep.path):
-        return tune.Tuner.restore(sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Tune's saved state holds no search space. Given again, a state Tune cannot read (a driver killed while
+        # writing it) restarts this grid, whose finished trials find their runs finished and train nothing.
+        return tune.Tuner.restore(sweep.path, trainable=trainable, param_space=param_space, resume_unfinished=True,
+                                  resume_errored=True)
     callbacks = [RecordWriter(cfg.results_dir, cfg.train, sweep.trial_context(), sweep.protocol)] \
         if sweep.protocol else None
     return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trial_specs(sweep)), "train": cfg.train.to_dict(),
-                     "sweep": sweep.trial_context()},
+        param_space=param_space,
         tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name, trial_dirname_creator=_tune_trial_name,
                                     reuse_actors=False),
         run_config=tune.RunConfig(name=f"sweep-{sweep.sweep_id}", storage_path=sweep.storage,
