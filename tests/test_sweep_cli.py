@@ -166,10 +166,11 @@ def test_help_keeps_the_examples_lines_shows_every_default_and_groups_device_and
 
 
 # --- the ETA line -------------------------------------------------------------------------------------------
-def trial(status: str, epoch: int, epochs: int = 2, epoch_seconds: float = 30.0):
+def trial(status: str, epoch: int, epochs: int = 2, epoch_seconds: float = 30.0, resumes_after_epoch: int = 0):
     """What eta_line reads of a Tune trial: its config, status and last result (plain data)."""
-    return SimpleNamespace(config={"train": {"epochs": epochs}}, status=status,
-                           last_result={"epoch": epoch, "epoch_seconds": epoch_seconds})
+    spec = {"variant": "base", "seed": 0, **({"resumes_after_epoch": resumes_after_epoch} if resumes_after_epoch else {})}
+    return SimpleNamespace(config={"train": {"epochs": epochs}, "trial": spec}, status=status,
+                           last_result={"epoch": epoch, "epoch_seconds": epoch_seconds} if epoch else {})
 
 
 def test_eta_never_says_0_min_while_trials_still_run():
@@ -178,6 +179,14 @@ def test_eta_never_says_0_min_while_trials_still_run():
         "sweep: 0/2 trials finished, 2 running; 4 of 4 epochs done; finishing (measuring, exporting)"
     assert eta_line([trial("RUNNING", 1, epoch_seconds=20)]).endswith("; ETA < 1 min")  # one 20 s epoch left
     assert eta_line([trial("TERMINATED", 2), trial("TERMINATED", 2)]).endswith("4 of 4 epochs done; ETA 0 min")
+
+
+def test_eta_counts_the_epochs_a_trial_resumes_after_before_it_starts():
+    # Two trials run epoch 4 of 10 after checkpoints of epoch 3; a third waits, also after epoch 3: 19 epochs left.
+    waiting = trial("PENDING", 0, epochs=10, resumes_after_epoch=3)
+    running = [trial("RUNNING", 4, epochs=10, epoch_seconds=1800, resumes_after_epoch=3) for _ in range(2)]
+    assert eta_line([*running, waiting]) == \
+        "sweep: 0/3 trials finished, 2 running; 11 of 30 epochs done; ETA 4.8 h"  # 19 x 30 min / 2
 
 
 # --- a quiet console -----------------------------------------------------------------------------------------
@@ -297,6 +306,9 @@ def test_trials_with_the_most_epochs_left_start_first_and_fused_seeds_group_by_t
         return orun.trial_specs(orun.Sweep(cfg, "id", "0", "run", "ray_results", pairs, None, {},
                                            start_states=resumed))
     assert specs("on") == [{"variant": "b", "seeds": [1]}, {"variant": "c", "seeds": [0, 1]},
-                           {"variant": "b", "seeds": [0]}, {"variant": "a", "seeds": [0, 1]}]
+                           {"variant": "b", "seeds": [0], "resumes_after_epoch": 2},
+                           {"variant": "a", "seeds": [0, 1], "resumes_after_epoch": 4}]
     assert specs("off") == [{"variant": "b", "seed": 1}, {"variant": "c", "seed": 0}, {"variant": "c", "seed": 1},
-                            {"variant": "b", "seed": 0}, {"variant": "a", "seed": 0}, {"variant": "a", "seed": 1}]
+                            {"variant": "b", "seed": 0, "resumes_after_epoch": 2},
+                            {"variant": "a", "seed": 0, "resumes_after_epoch": 4},
+                            {"variant": "a", "seed": 1, "resumes_after_epoch": 4}]

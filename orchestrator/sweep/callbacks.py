@@ -60,8 +60,9 @@ def eta_line(trials) -> str:
     trials measured: remaining epochs x their mean epoch time / the trials running at once."""
     epochs_total = epochs_done = 0
     for trial in trials:
-        epochs = int(trial.config["train"]["epochs"])
-        done = epochs if trial.status == "TERMINATED" else int((trial.last_result or {}).get("epoch", 0) or 0)
+        epochs, resumed = int(trial.config["train"]["epochs"]), trial.config["trial"].get("resumes_after_epoch", 0)
+        done = epochs if trial.status == "TERMINATED" else max(int((trial.last_result or {}).get("epoch", 0) or 0),
+                                                               resumed)
         epochs_total, epochs_done = epochs_total + epochs, epochs_done + min(done, epochs)
     epoch_seconds = [float(r["epoch_seconds"]) for r in (t.last_result or {} for t in trials) if r.get("epoch_seconds")]
     finished, running = (sum(t.status == status for t in trials) for status in ("TERMINATED", "RUNNING"))

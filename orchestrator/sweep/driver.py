@@ -149,19 +149,24 @@ def choose_fuse_seeds(cfg: SweepConfig, pairs: list[dict], resumed: bool) -> tup
 # --- 2. build the tuner -------------------------------------------------------------------------------
 def trial_specs(sweep: Sweep) -> list[dict]:
     """One Tune trial per (variant, seed), or with fused seeds one per variant: {"variant", "seeds": [...]}. Fused
-    seeds train in step, so a variant's seeds resuming from checkpoints of different epochs are separate trials.
-    Tune starts trials in this order as slots free up, so those with the most epochs left come first: the last
-    trial to start is then a short one, not a whole run alone on a cluster of idle slots."""
+    seeds train in step, so a variant's seeds resuming from checkpoints of different epochs are separate trials,
+    each with "resumes_after_epoch" (the ETA counts those epochs done). Tune starts trials in this order as slots
+    free up, so those with the most epochs left come first: the last trial to start is then a short one, not a
+    whole run alone on a cluster of idle slots."""
     def start(variant: str, seed: int) -> int:
         return sweep.start_states.get((variant, seed), {}).get("epoch", 0)
 
+    def spec(variant: str, seeds: dict, epoch: int) -> dict:
+        return {"variant": variant, **seeds, **({"resumes_after_epoch": epoch} if epoch else {})}
+
     if sweep.cfg.fuse_seeds != "on":
-        return sorted(sweep.pairs, key=lambda p: start(p["variant"], p["seed"]))
+        specs = [spec(p["variant"], {"seed": p["seed"]}, start(p["variant"], p["seed"])) for p in sweep.pairs]
+        return sorted(specs, key=lambda s: s.get("resumes_after_epoch", 0))
     groups: dict[tuple, list[int]] = {}  # in order, once each
     for p in sweep.pairs:
         groups.setdefault((p["variant"], start(p["variant"], p["seed"])), []).append(p["seed"])
     by_epochs_left = sorted(groups.items(), key=lambda group: group[0][1])
-    return [{"variant": variant, "seeds": seeds} for (variant, _), seeds in by_epochs_left]
+    return [spec(variant, {"seeds": seeds}, epoch) for (variant, epoch), seeds in by_epochs_left]
 
 
 def _tune_trial_name(trial) -> str:
