@@ -172,6 +172,21 @@ def test_bad_input_is_one_line_and_exit_2_before_any_trial(flags, message, tiny_
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
 
 
+# --- the progress line ------------------------------------------------------------------------------------------
+def test_the_progress_line_counts_candidates_asha_stopped_the_best_so_far_and_an_eta():
+    from types import SimpleNamespace
+    from orchestrator.search.progress import search_line
+
+    def candidate(trial_id: str, status: str, epoch: int, accuracy: float):
+        return SimpleNamespace(trial_id=trial_id, status=status,
+                               last_result={"epoch": epoch, "epoch_seconds": 60.0, "heldout_accuracy": accuracy})
+    trials = [candidate("a", "TERMINATED", 2, 0.61), candidate("b", "TERMINATED", 1, 0.70),
+              candidate("c", "RUNNING", 1, 0.40)]
+    # 10 proxy epochs for 5 candidates; 5 counted done (ended ones whole): 5 x 60 s / 1 running.
+    assert search_line(trials, candidates=5, epochs=2) == ("search: 2/5 candidates done (1 stopped early by ASHA), "
+                                                           "1 running; best so far 61.00% (cand-a); ETA 5 min")
+
+
 # --- a real search -------------------------------------------------------------------------------------------
 def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_run(no_test_set, tmp_path,
                                                                                      local_ray, capsys):
@@ -238,9 +253,11 @@ def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar,
 
 
 @pytest.mark.slow  # two drivers, each starting its own Ray: ~80 s on a busy 2-core box
-def test_a_killed_search_resumes_without_rerunning_finished_candidates(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("tune_state", ["kept", "cut short"])
+def test_a_killed_search_resumes_without_rerunning_finished_candidates(tune_state, tiny_cifar, tmp_path):
     """SIGKILL the driver (and its local Ray) once a candidate has finished; --resume then trains only what
-    was not finished: a finished run is never touched again, and no spec is trained twice."""
+    was not finished: a finished run is never touched again, and no spec is trained twice. When Tune's saved
+    state is cut short (the kill hit it being written), --resume refuses in one line and changes nothing."""
     args = [sys.executable, "-m", "orchestrator.search", *search_args(tmp_path, tiny_cifar, "--name", "k1",
                                                                       "--candidates", "4", "--concurrent", "1")]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -264,7 +281,17 @@ def test_a_killed_search_resumes_without_rerunning_finished_candidates(tiny_cifa
     before = {r.data.tags["trial_id"]: (r.info.end_time, r.data.tags["spec_hash"]) for r in runs_of(uri, "candidate")
               if r.info.status == "FINISHED"}
     assert 1 <= len(before) < 4, before
+    if tune_state == "cut short":
+        state_file = max((tmp_path / "ray" / "search-k1").glob("experiment_state-*.json"))
+        state_file.write_bytes(state_file.read_bytes()[:1000])
     resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    if tune_state == "cut short":
+        assert resumed.returncode == 2 and resumed.stderr.strip().splitlines() == [
+            f"error: Tune's saved state of search 'k1' ({state_file}) is cut short, so --resume cannot continue it: "
+            f"start it again with another --name (its candidates stay in MLflow)"], resumed.stderr[-3000:]
+        assert {r.data.tags["trial_id"]: (r.info.end_time, r.data.tags["spec_hash"]) for r in runs_of(uri, "candidate")
+                if r.info.status == "FINISHED"} == before
+        return
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = runs_of(uri, "candidate")
     after = {r.data.tags["trial_id"]: (r.info.end_time, r.data.tags["spec_hash"]) for r in runs}

@@ -109,7 +109,24 @@ def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str]:
     # Where to run and what to do afterwards may change between attempts; what to search may not.
     stored = SearchConfig.from_flags(json.loads(run.data.tags["config_json"])).replace(
         resume=True, address=cfg.address, revalidate=cfg.revalidate, tracking_uri=uri)
+    _check_tune_state(run.data.tags["ray_storage_path"], stored.name)
     return stored, run.info.run_id, run.data.tags["ray_storage_path"]
+
+
+def _check_tune_state(storage: str, name: str) -> None:
+    """TPE's history lives in Tune's saved state. When Tune cannot read that (a driver killed while writing it), it
+    restarts with a searcher that has forgotten every candidate: refuse, before anything is reopened."""
+    from ray.tune.execution.tune_controller import TuneController
+    if "://" in storage:  # remote storage: Tune reads it itself
+        return
+    states = sorted((Path(storage) / f"search-{name}").glob(TuneController.CKPT_FILE_TMPL.format("*")))
+    if not states:
+        return
+    try:
+        json.loads(states[-1].read_bytes())  # the newest is the one Tune restores
+    except ValueError:
+        raise SearchError(f"Tune's saved state of search {name!r} ({states[-1]}) is cut short, so --resume cannot "
+                          f"continue it: start it again with another --name (its candidates stay in MLflow)") from None
 
 
 def _start_parent(cfg: SearchConfig, uri: str, experiment_id: str, kind: str, storage: str, tags: dict) -> str:
@@ -170,14 +187,17 @@ def build_tuner(search: Search):
     from orchestrator.search.trainable import run_candidate
     cfg = search.cfg
     trainable = tune.with_resources(run_candidate, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    param_space = {"search": search.context(), "proxy": search.proxy()}
     if cfg.resume and tune.Tuner.can_restore(search.path):
-        return tune.Tuner.restore(search.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Tune's saved state holds no search space: Tune's own contract is to give it again.
+        return tune.Tuner.restore(search.path, trainable=trainable, param_space=param_space, resume_unfinished=True,
+                                  resume_errored=True)
     # ASHA ranks on accuracy even with a second objective: latency and MACs are known before the first epoch.
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="heldout_accuracy", mode="max",
                               max_t=cfg.proxy_epochs, grace_period=cfg.grace_epochs,
                               reduction_factor=cfg.reduction_factor)
     return tune.Tuner(
-        trainable, param_space={"search": search.context(), "proxy": search.proxy()},
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=_searcher(cfg), scheduler=scheduler, num_samples=cfg.candidates,
                                     max_concurrent_trials=cfg.concurrent or None, reuse_actors=True,
                                     trial_name_creator=candidate_name, trial_dirname_creator=candidate_name),

@@ -60,7 +60,9 @@ def eta_line(trials) -> str:
     trials measured: remaining epochs x their mean epoch time / the trials running at once."""
     epochs_total = epochs_done = 0
     for trial in trials:
-        epochs, resumed = int(trial.config["train"]["epochs"]), trial.config["trial"].get("resumes_after_epoch", 0)
+        # A search's candidates (search_line) have no trial spec: they never resume from a results folder.
+        epochs = int(trial.config["train"]["epochs"])
+        resumed = trial.config.get("trial", {}).get("resumes_after_epoch", 0)
         done = epochs if trial.status == "TERMINATED" else max(int((trial.last_result or {}).get("epoch", 0) or 0),
                                                                resumed)
         epochs_total, epochs_done = epochs_total + epochs, epochs_done + min(done, epochs)
