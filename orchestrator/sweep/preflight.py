@@ -71,7 +71,7 @@ def checkpoints_to_resume(cfg: SweepConfig, pairs: list[dict], protocol: dict | 
         if state is not None:
             states[(variant, seed)] = state
             print(f"resuming {variant}-seed{seed} after epoch {state['epoch']} from "
-                  f"{Path(cfg.results_dir) / records.seed_checkpoint_name(variant, seed)}", flush=True)
+                  f"{records.seed_checkpoint_path(cfg.results_dir, variant, seed)}", flush=True)
     return states
 
 

@@ -181,8 +181,8 @@ def record_from_run(client, run_id: str, cfg, protocol: dict, git: dict) -> dict
 # --- checkpoints of unfinished seeds ---------------------------------------------------------------------------
 # Ray's and MLflow's stores live on the machine that ran the sweep; the results folder is what travels (git, a
 # copy). A seed's latest epoch is kept in it too, so a long trial can go on elsewhere, exactly where it stopped.
-def seed_checkpoint_name(variant: str, seed: int) -> str:
-    return f"{trial_name(variant, seed)}.checkpoint.pt"
+def seed_checkpoint_path(results_dir: str | os.PathLike, variant: str, seed: int) -> Path:
+    return Path(results_dir) / f"{trial_name(variant, seed)}.checkpoint.pt"
 
 
 def architecture_hash(variant: str) -> str | None:
@@ -198,7 +198,7 @@ def write_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: in
     import torch
     buffer = io.BytesIO()
     torch.save({"variant": variant, "seed": seed, "protocol_hash": protocol, "spec_hash": spec, "state": state}, buffer)
-    return _write_atomically(Path(results_dir) / seed_checkpoint_name(variant, seed), buffer.getvalue())
+    return _write_atomically(seed_checkpoint_path(results_dir, variant, seed), buffer.getvalue())
 
 
 def load_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int, protocol: str,
@@ -206,7 +206,7 @@ def load_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int
     """The state a seed resumes from, or None when it has no checkpoint; a checkpoint that is unreadable or of
     another protocol or architecture is one RecordError line."""
     import torch
-    path = Path(results_dir) / seed_checkpoint_name(variant, seed)
+    path = seed_checkpoint_path(results_dir, variant, seed)
     if not path.is_file():
         return None
     fix = f"delete it to train {trial_name(variant, seed)} from the start"
@@ -223,4 +223,4 @@ def load_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int
 
 
 def remove_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int) -> None:
-    (Path(results_dir) / seed_checkpoint_name(variant, seed)).unlink(missing_ok=True)
+    seed_checkpoint_path(results_dir, variant, seed).unlink(missing_ok=True)
