@@ -53,8 +53,7 @@ class Search:
 
     @property
     def path(self) -> str:
-        sep = "/" if "://" in self.storage else os.sep
-        return f"{self.storage.rstrip('/')}{sep}search-{self.cfg.name}"
+        return tune_folder(self.storage, self.cfg.name)
 
     @property
     def out_dir(self) -> Path:
@@ -89,6 +88,12 @@ def check_data(cfg: SearchConfig) -> str:
     return str(root)
 
 
+def tune_folder(storage: str, name: str) -> str:
+    """Where Tune keeps search `name`'s state under --storage-path (a local folder or a remote URI)."""
+    sep = "/" if "://" in storage else os.sep
+    return f"{storage.rstrip('/')}{sep}search-{name}"
+
+
 def _reopen(cfg: SearchConfig, uri: str) -> tuple[SearchConfig, str, str]:
     """(stored config, parent run id, storage) of the search --resume continues."""
     db = sqlite_path(uri)
@@ -119,7 +124,7 @@ def _check_tune_state(storage: str, name: str) -> None:
     from ray.tune.execution.tune_controller import TuneController
     if "://" in storage:  # remote storage: Tune reads it itself
         return
-    states = sorted((Path(storage) / f"search-{name}").glob(TuneController.CKPT_FILE_TMPL.format("*")))
+    states = sorted(Path(tune_folder(storage, name)).glob(TuneController.CKPT_FILE_TMPL.format("*")))
     if not states:
         return
     try:

@@ -60,8 +60,8 @@ def eta_line(trials) -> str:
     trials measured: remaining epochs x their mean epoch time / the trials running at once."""
     epochs_total = epochs_done = 0
     for trial in trials:
-        # A search's candidates (search_line) have no trial spec: they never resume from a results folder.
         epochs = int(trial.config["train"]["epochs"])
+        # A search's candidates (search_line) have no trial spec: they never resume from a results folder.
         resumed = trial.config.get("trial", {}).get("resumes_after_epoch", 0)
         done = epochs if trial.status == "TERMINATED" else max(int((trial.last_result or {}).get("epoch", 0) or 0),
                                                                resumed)
