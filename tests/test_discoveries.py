@@ -1,11 +1,15 @@
 """A search's re-validated specs in the report: each against Base, V6 and Alpha by Welch's test, the goal (beat
 Alpha by 2 points, p < 0.05) judged from those numbers, and all eight of the paper's points on the figures."""
+import json
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from orchestrator.analysis import discoveries, figures, report
-from orchestrator.analysis.study import HISTORY_COLUMNS, TRIAL_COLUMNS, Study
+from orchestrator.analysis.study import HISTORY_COLUMNS, TRIAL_COLUMNS, Study, load_records
 from orchestrator.sweep import records
 
 REFERENCE_ACCURACIES = {"base": [70.3, 70.8, 71.0], "v6": [77.0, 77.4, 77.9], "alpha": [77.6, 78.1, 78.4]}
@@ -65,3 +69,30 @@ def test_report_has_the_table_and_the_figures_all_eight_paper_points(tmp_path):
     fig = figures.accuracy_vs_size_figure(plain.summary, plain.paper, tmp_path / "plain.png")
     [paper_points] = [c for c in fig.axes[0].collections if c.get_label() == "paper (1 run)"]
     assert len(paper_points.get_offsets()) == 3
+
+
+def test_a_records_folder_of_a_revalidation_beside_the_grid(tmp_path):
+    """The README's workflow: the grid's records (5 seeds) copied beside a re-validation's 3. The own spec is
+    complete at 3 seeds, and the claims check, which judges the paper's conclusions, leaves it out."""
+    grid = Path(__file__).resolve().parents[1] / "results" / "paper-grid"
+    if not (grid / "alpha-seed4.json").is_file():
+        pytest.skip("results/paper-grid is not in this checkout")
+    for variant in ("base", "alpha"):
+        for path in grid.glob(f"{variant}-seed*.json"):
+            shutil.copy(path, tmp_path)
+    for seed in range(3):  # an own architecture's records, made from Alpha's (1 point better), seeds 0-2 only
+        record = json.loads((grid / f"alpha-seed{seed}.json").read_text())
+        record["variant"], record["final"]["final_val_accuracy"] = "mine", record["final"]["final_val_accuracy"] + 0.01
+        (tmp_path / records.record_name("mine", seed)).write_text(json.dumps(record))
+    s = load_records(tmp_path)
+    assert s.seeds_requested("mine") == [0, 1, 2] and s.seeds_requested("alpha") == [0, 1, 2, 3, 4]
+    assert not s.summary["incomplete"].any() and s.summary.loc["mine", "n_requested"] == 3
+    out = tmp_path / "report"
+    report.write_report(s, out)
+    md = (out / "report.md").read_text()
+    assert "Incomplete variants" not in md and "seeds: 0, 1, 2, 3, 4 (Base, Alpha); 0, 1, 2 (mine)" in md
+    assert pd.read_csv(out / "claims.csv")["variant"].tolist() == ["alpha"]
+    assert set(pd.read_csv(out / "discoveries.csv")["variant"]) == {"mine"}
+    # A seed of the grid missing is still flagged: the paper's variants are judged on their own seeds.
+    (tmp_path / "alpha-seed4.json").unlink()
+    assert load_records(tmp_path).summary["incomplete"].tolist() == [False, True, False]

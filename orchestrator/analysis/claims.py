@@ -69,9 +69,12 @@ def _claim_row(study: Study, variant: str) -> dict:
 
 
 def claims(study: Study):
-    """One row per variant but Base: Welch's test, its Holm-adjusted p over the comparisons tested, the paper's
-    claim and the verdict on it, and whether the difference is within the seed-to-seed spread."""
-    num = pd.DataFrame([_claim_row(study, v) for v in study.summary.index if v != "base"], columns=CLAIM_COLUMNS)
+    """One row per paper variant but Base: Welch's test, its Holm-adjusted p over the comparisons tested, the
+    paper's claim and the verdict on it, and whether the difference is within the seed-to-seed spread. A study's
+    own architectures are left out: the paper claims nothing of them (the discoveries table tests them), and in
+    Holm's family they would weaken the paper's real claims."""
+    claimed = [v for v in study.summary.index if v != "base" and v in study.paper.index]
+    num = pd.DataFrame([_claim_row(study, v) for v in claimed], columns=CLAIM_COLUMNS)
     num["p_holm"] = stats.holm_adjust(num["p_value"])
     num["significant_holm"] = [math.nan if pd.isna(p) else bool(p < ALPHA) for p in num["p_holm"]]
     num["verdict"] = [verdict(p, d, paper_d, study.comparable)

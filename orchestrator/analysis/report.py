@@ -36,7 +36,8 @@ def _problems_md(study: Study) -> list[str]:
     """The failed, missing and superseded trials, so nothing goes missing from the averages silently."""
     not_ok = study.trials[study.trials.status != "FINISHED"].sort_values(["variant", "seed"])
     have = set(zip(study.finished.variant, study.finished.seed))
-    missing = pd.DataFrame([(study.label(v), ", ".join(str(k) for k in study.requested_seeds if (v, k) not in have))
+    missing = pd.DataFrame([(study.label(v), ", ".join(str(k) for k in study.seeds_requested(v)
+                                                        if (v, k) not in have))
                             for v in study.summary.index], columns=["Model", "Missing seeds"])
     missing = missing[missing["Missing seeds"] != ""]
     failed = pd.DataFrame({"Model": [study.label(v) if isinstance(v, str) else "?" for v in not_ok.variant],
@@ -63,6 +64,17 @@ HOW_TO_READ = ("How to read: values are the mean ± sample standard deviation (d
                "that is not available (an interval or a test needs n ≥ 2 per group).")
 
 
+def _seeds_text(study: Study) -> str:
+    """The seeds requested, per group of variants where they differ ("0, 1, 2 (rank1-…); 0, …, 4 (Base, …)")."""
+    groups: dict[tuple, list[str]] = {}
+    for v in study.variants:
+        groups.setdefault(tuple(study.seeds_requested(v)), []).append(study.label(v))
+    if len(groups) <= 1:
+        return ", ".join(map(str, study.requested_seeds)) or fmt.DASH
+    return "; ".join(f"{', '.join(map(str, seeds)) or fmt.DASH} ({', '.join(labels)})"
+                     for seeds, labels in groups.items())
+
+
 def _report_md(study: Study, tables, figures) -> str:
     """report.md: what was run, how to read it, every table, the figures, and what is missing or failed."""
     summary = study.summary
@@ -73,7 +85,7 @@ def _report_md(study: Study, tables, figures) -> str:
                else f"Latency measured by each trial, on: {machines or fmt.DASH}.")
     md = [f"# Report: {study.title}", "", *study.provenance, latency,
           f"Requested variants: {', '.join(study.requested_variants) or fmt.DASH}; seeds: "
-          f"{', '.join(map(str, study.requested_seeds)) or fmt.DASH}. Finished trials averaged: "
+          f"{_seeds_text(study)}. Finished trials averaged: "
           f"{len(study.finished)}; failed or unfinished: {int((study.trials.status != 'FINISHED').sum())}.", ""]
     if not study.comparable:
         md += [f"> ⚠ **Not the paper's protocol**: {'; '.join(study.protocol_differences())}. Accuracies are "

@@ -41,7 +41,7 @@ class Study:
     title: str                      # what the report is of: "sweep `<id>`" or "records in `<dir>`"
     provenance: list[str]           # report.md lines saying where the trials were read from
     requested_variants: list[str]
-    requested_seeds: list[int]
+    requested_seeds: list[int]      # of every variant, unless seeds_by_variant says otherwise
     trials: pd.DataFrame            # TRIAL_COLUMNS, one row per trial run
     history: pd.DataFrame           # HISTORY_COLUMNS, the finished trials' per-epoch metrics
     protocol: dict | None = None    # records.PROTOCOL_FIELDS as run (None: unknown, e.g. an old sweep)
@@ -49,6 +49,7 @@ class Study:
     latency_source: str | None = None
     latency_dir: Path | None = None  # the folder holding that table (latency_table.CSV_NAME, MD_NAME)
     paper: pd.DataFrame = field(default_factory=reference.load)
+    seeds_by_variant: dict[str, list[int]] = field(default_factory=dict)
     # derived in __post_init__
     variants: list[str] = field(init=False)
     finished: pd.DataFrame = field(init=False)     # the trials averaged: FINISHED, the latest of each pair
@@ -65,7 +66,8 @@ class Study:
         finished = self.trials[self.trials.status == "FINISHED"].sort_values("start_time")
         self.finished = finished.drop_duplicates(["variant", "seed"], keep="last")
         self.superseded = finished.drop(self.finished.index)
-        self.summary = summarize(self.finished, self.variants, len(self.requested_seeds) or None)
+        n_requested = {v: len(self.seeds_requested(v)) for v in self.variants}
+        self.summary = summarize(self.finished, self.variants, n_requested if any(n_requested.values()) else None)
         kept = self.history[self.history.run_id.isin(self.finished.run_id)]
         self.curves = (kept.groupby(["variant", "metric", "epoch"])["value"].agg(["mean", "std", "count"])
                        .rename(columns={"count": "n"}).reset_index())
@@ -79,6 +81,9 @@ class Study:
     def comparable(self) -> bool:
         """Whether accuracies may be set beside the paper's: only under the paper's protocol."""
         return not self.protocol_differences()
+
+    def seeds_requested(self, variant: str) -> list[int]:
+        return self.seeds_by_variant.get(variant, self.requested_seeds)
 
     def label(self, variant: str) -> str:
         return reference.label(variant, self.paper)
@@ -108,8 +113,9 @@ def deployment_summary(finished: pd.DataFrame) -> pd.DataFrame:
     return finished.groupby("variant").agg(n_exported=("int8_bytes", "count"), **columns)
 
 
-def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | None) -> pd.DataFrame:
-    """Per-variant statistics of the finished trials (sample std, ddof=1), one row per variant."""
+def summarize(finished: pd.DataFrame, variants: list[str], n_requested: dict[str, int] | None) -> pd.DataFrame:
+    """Per-variant statistics of the finished trials (sample std, ddof=1), one row per variant; `n_requested`:
+    each variant's number of seeds asked for (None: unknown, so only a variant with none finished is incomplete)."""
     machines = finished.groupby("variant")["latency_hardware"].nunique()
     finished = unmixed_latencies(finished).assign(val_accuracy_pct=100.0 * finished["final_val_accuracy"])
     agg = finished.groupby("variant").agg(
@@ -119,8 +125,9 @@ def summarize(finished: pd.DataFrame, variants: list[str], n_requested: int | No
     agg = agg.join(deployment_summary(finished).reindex(variants))
     agg["n"] = agg["n"].fillna(0).astype(int)
     agg["latency_machines"] = machines.reindex(variants).fillna(0).astype(int)
-    agg["n_requested"] = n_requested if n_requested is not None else pd.NA
-    agg["incomplete"] = agg["n"] < n_requested if n_requested is not None else agg["n"] == 0
+    requested = pd.Series(n_requested, dtype="Int64").reindex(variants) if n_requested else None
+    agg["n_requested"] = requested if requested is not None else pd.NA
+    agg["incomplete"] = agg["n"] < requested if requested is not None else agg["n"] == 0
     return agg
 
 
@@ -247,9 +254,20 @@ def load_records(results_dir: str | Path) -> Study:
                            columns=HISTORY_COLUMNS)
     trials, latency_source = _one_pass_latencies(results_dir, found, trials)
     provenance = [f"{len(found)} trial records in `{results_dir}`, protocol `{found[0]['protocol_hash']}`."]
+    seeds_by_variant = seeds_by_group(found, set(reference.load().index))
     return Study(f"records in `{results_dir}`", provenance, [], sorted({r["seed"] for r in found}), trials, history,
                  protocol=found[0]["protocol"], latency_source=latency_source,
-                 latency_dir=Path(results_dir) if latency_source else None)
+                 latency_dir=Path(results_dir) if latency_source else None, seeds_by_variant=seeds_by_variant)
+
+
+def seeds_by_group(found: list[dict], paper_variants: set[str]) -> dict[str, list[int]]:
+    """The seeds a records folder's variants count as requested: the seeds of their group. A folder keeps no
+    request, and the paper's variants and a study's own architectures come from separate sweeps with their own
+    seed counts (the grid's 5 copied in beside a re-validation's 3), so each group is judged on its own."""
+    def group(variant: str) -> bool:
+        return variant in paper_variants
+    seeds = {g: sorted({r["seed"] for r in found if group(r["variant"]) == g}) for g in (True, False)}
+    return {r["variant"]: seeds[group(r["variant"])] for r in found}
 
 
 def _one_pass_latencies(results_dir, found: list[dict], trials: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
