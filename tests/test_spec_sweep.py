@@ -1,6 +1,8 @@
 """An architecture of one's own through everything the paper's variants get: `orchestrator.run --spec FILE.toml`
 trains it (named after its file), logs it to MLflow (the spec as params and as spec.toml), records it (the spec
 and its hash) and reports it; a bad spec file is one line and exit 2 before anything runs."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +49,16 @@ def test_a_spec_file_sweep_writes_records_and_a_report_row(tiny_cifar, tmp_path,
     assert report.main(["--results", str(results), "--out", str(tmp_path / "report")]) == 0
     table5 = pd.read_csv(tmp_path / "report" / "table5.csv")
     assert "tiny-net" in table5.iloc[:, 0].tolist()
+    # The file edited, --skip-existing must not take the old network's record for the new one (a fresh process:
+    # this one has the old spec registered under the name).
+    spec_file.write_text(SPEC.replace("out = 8", "out = 10"))
+    before = (results / records.record_name("tiny-net", 0)).read_bytes()
+    done = subprocess.run([sys.executable, "-m", "orchestrator.run", *sweep_args(tmp_path, tiny_cifar, "--spec",
+                           str(spec_file), "--results-dir", str(results), "--skip-existing")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "tiny-net-seed0.json is of another architecture than 'tiny-net'" in done.stderr
+    assert (results / records.record_name("tiny-net", 0)).read_bytes() == before
 
 
 def test_a_bad_spec_file_is_one_line_and_exit_2_before_anything_runs(tiny_cifar, tmp_path, capsys):

@@ -46,13 +46,21 @@ def check_data(cfg: SweepConfig) -> str:
 
 def trials_to_run(cfg: SweepConfig, data_fingerprint: str) -> list[dict]:
     """The (variant, seed) pairs of this sweep, less those --skip-existing finds records of. Refuses a
-    --results-dir holding records of another protocol, before anything runs."""
+    --results-dir holding records of another protocol, or (with --skip-existing) a record of a spec variant
+    whose file has changed since, before anything runs."""
     pairs = [{"variant": v, "seed": s} for v in cfg.variants for s in cfg.seed_values()]
     if not cfg.results_dir:
         return pairs
     have = records.load_records(cfg.results_dir)
     records.check_one_protocol(have, cfg.results_dir, records.protocol_of(cfg.train, data_fingerprint))
     if cfg.skip_existing:
+        for r in have:  # records written before specs carry no hash, and are of the code's architecture
+            trained = r.get("spec_hash", "-")
+            if r["variant"] in cfg.variants and trained not in ("-", records.architecture_hash(r["variant"])):
+                raise records.RecordError(
+                    f"{Path(cfg.results_dir) / records.record_name(r['variant'], r['seed'])} is of another "
+                    f"architecture than {r['variant']!r} now is: delete it to train that seed again, or give the "
+                    f"changed spec another name")
         done = {(r["variant"], r["seed"]) for r in have}
         pairs = [p for p in pairs if (p["variant"], p["seed"]) not in done]
     return pairs
