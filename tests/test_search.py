@@ -26,7 +26,8 @@ from models.budget import macs_per_image
 from models.spec import from_dict, load_spec, spec_hash, to_dict
 from orchestrator.search import command, driver, proxy, space
 from orchestrator.search.config import SearchConfig
-from orchestrator.search.results import REPO, longest_first, rank, write_revalidation
+from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from orchestrator.search.results import REPO, longest_first, rank, revalidation_flags, write_revalidation
 from orchestrator.search.trainable import BudgetError, run_candidate
 from orchestrator.sweep import records
 
@@ -157,6 +158,12 @@ def test_the_revalidation_script_names_specs_from_the_repository_root_where_it_r
     assert script.read_text().splitlines()[-1] == shlex.join(command)
 
 
+def test_the_revalidation_sweep_shares_the_searchs_data_and_store_where_they_are_not_the_defaults():
+    assert revalidation_flags("", DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT) == ()
+    assert revalidation_flags("/data/c10", "sqlite:///x.db", "mine") == (
+        "--data-dir", "/data/c10", "--tracking-uri", "sqlite:///x.db", "--experiment-name", "mine")
+
+
 # --- bad input -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, message", [
     (["--max-params", "10"], "--max-params 10 is below the 92 parameters of the smallest candidate"),
@@ -229,7 +236,9 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
     spec_minutes = {r.data.tags["spec_hash"]: m for r, m in zip(candidates, minutes)}
     first, second = sorted(specs, key=lambda p: -spec_minutes[p.stem.split("-", 1)[1]])
     script = (out / "revalidate.sh").read_text()
-    assert f"python -m orchestrator.run --spec {first},{second} --seeds 2 --results-dir results/s1 --skip-existing" in script
+    # It reads the search's data into the search's MLflow store (flags the search was given), not the defaults.
+    assert (f"python -m orchestrator.run --spec {first},{second} --seeds 2 --results-dir results/s1 --skip-existing "
+            f"--data-dir {no_test_set.resolve()} --tracking-uri {uri}\n") in script
     assert all(m > 0 for m in minutes)
     assert table.startswith(f"6 candidates; cost {sum(minutes) / 60:.1f} CPU-hours") and "train_minutes" in table
     assert abs(parent.data.metrics["candidate_hours"] - sum(minutes) / 60) < 1e-9

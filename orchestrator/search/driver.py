@@ -247,8 +247,9 @@ def close_search(search: Search, results, wall_seconds: float) -> dict:
     md, csv_path = tables.write_table(rows, search.out_dir, cost)
     chosen = tables.selected(rows, cfg.top_k, pareto=len(cfg.objectives()) > 1)
     spec_files = tables.write_specs(chosen, search.out_dir)
+    shared = tables.revalidation_flags(cfg.data_dir and search.data_dir, cfg.tracking_uri, cfg.experiment_name)
     commands, script = tables.write_revalidation(tables.longest_first(chosen, spec_files), cfg.revalidate_seeds,
-                                                 cfg.name, search.out_dir)
+                                                 cfg.name, search.out_dir, shared)
     for path in (md, csv_path, script, *spec_files):
         client.log_artifact(search.parent_run_id, str(path), artifact_path="search" if path.suffix != ".toml"
                             else "search/specs")

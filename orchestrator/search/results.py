@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from models.spec import dump_toml, from_dict
+from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("rank", "candidate", "spec_hash", "params", "size_mb", "macs", "latency_ms_batch1", "heldout_accuracy",
@@ -139,21 +140,32 @@ def repo_relative(path: Path) -> Path:
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
-def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path) -> tuple[list, Path]:
+def write_revalidation(spec_files: list[Path], seeds: int, search_name: str, out_dir: Path,
+                       sweep_flags: tuple[str, ...] = ()) -> tuple[list, Path]:
     """The normal sweep that re-validates the specs under the full paper protocol with `seeds` seeds (the first
     time the test set is used), records into results/<search name>/; and <out_dir>/revalidate.sh, which runs it.
+    `sweep_flags`: the search's own data and tracking flags, so the sweep reads the same data into the same store.
     One sweep for all specs, so their trials (fused seeds on a small machine) share every slot; a path with a comma
     cannot join --spec's list, so then one sweep per spec. --skip-existing: re-running the script after an
     interruption trains only the (spec, seed) pairs that have no record yet."""
     spec_files = [repo_relative(p) for p in spec_files]
     groups = [spec_files] if not any("," in str(p) for p in spec_files) else [[p] for p in spec_files]
     commands = [["python", "-m", "orchestrator.run", "--spec", ",".join(map(str, group)), "--seeds", str(seeds),
-                 "--results-dir", f"results/{search_name}", "--skip-existing"] for group in groups if group]
+                 "--results-dir", f"results/{search_name}", "--skip-existing", *sweep_flags]
+                for group in groups if group]
     path = out_dir / "revalidate.sh"
     path.write_text("#!/bin/sh\n# Re-validate the search's top specs under the full protocol (run from the "
                     "repository root).\nset -e\n" + "".join(shlex.join(c) + "\n" for c in commands))
     path.chmod(0o755)
     return commands, path
+
+
+def revalidation_flags(data_dir: str, tracking_uri: str, experiment_name: str) -> tuple[str, ...]:
+    """The search's flags its re-validation sweep must share, where they are not the defaults: without them the
+    sweep would look for CIFAR-10 elsewhere, or log to another MLflow store than the search's."""
+    flags = (("--data-dir", data_dir, ""), ("--tracking-uri", tracking_uri, DEFAULT_TRACKING_URI),
+             ("--experiment-name", experiment_name, DEFAULT_EXPERIMENT))
+    return tuple(part for flag, value, default in flags if value != default for part in (flag, value))
 
 
 def revalidate(commands: list[list[str]]) -> int:
