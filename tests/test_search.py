@@ -194,6 +194,18 @@ def test_the_progress_line_counts_candidates_asha_stopped_the_best_so_far_and_an
                                                            "1 running; best so far 61.00% (cand-a); ETA 5 min")
 
 
+def test_the_progress_line_counts_as_stopped_by_asha_neither_crashed_nor_diverged_candidates():
+    from types import SimpleNamespace
+    from orchestrator.search.progress import search_line
+
+    def candidate(trial_id: str, status: str, **result):
+        return SimpleNamespace(trial_id=trial_id, status=status, last_result={"epoch_seconds": 60.0, **result})
+    trials = [candidate("a", "TERMINATED", epoch=1, heldout_accuracy=0.5),  # stopped by ASHA
+              candidate("b", "TERMINATED", epoch=1, heldout_accuracy=0.0, diverged=1),
+              candidate("c", "ERROR", epoch=1, heldout_accuracy=0.3)]
+    assert search_line(trials, candidates=3, epochs=2).startswith("search: 3/3 candidates done (1 stopped early")
+
+
 # --- a real search -------------------------------------------------------------------------------------------
 def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_run(no_test_set, tmp_path,
                                                                                      local_ray, capsys):

@@ -25,7 +25,8 @@ def search_line(trials, candidates: int, epochs: int) -> str:
                              status="TERMINATED" if t.status in ended else t.status) for t in [*trials, *unsampled]]
     eta = eta_line(views).rsplit("; ", 1)[-1]
     done = [t for t in trials if t.status in ended]
-    stopped = sum(int((t.last_result or {}).get("epoch", 0) or 0) < epochs for t in done)
+    stopped = sum(t.status == "TERMINATED" and not (t.last_result or {}).get("diverged")  # not crashed or diverged
+                  and int((t.last_result or {}).get("epoch", 0) or 0) < epochs for t in done)
     full = [t for t in done if int((t.last_result or {}).get("epoch", 0) or 0) >= epochs
             and "heldout_accuracy" in (t.last_result or {})]
     best = max(full, key=lambda t: t.last_result["heldout_accuracy"], default=None)
