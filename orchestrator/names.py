@@ -1,11 +1,14 @@
 """The project's naming conventions and defaults, each written once."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_EXPERIMENT = "resnet-revisited"
 SQLITE_PREFIX = "sqlite:///"
+# A search's or a spec file's name: it goes into paths, MLflow filter strings and shell lines, so nothing to quote.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def trial_name(variant: str, seed: int) -> str:

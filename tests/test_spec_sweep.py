@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 import models
@@ -67,4 +68,17 @@ def test_a_bad_spec_file_is_one_line_and_exit_2_before_anything_runs(tiny_cifar,
     assert orchestrator_run.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(bad))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --spec") and "block 1 out" in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize("stem, words", [("o'net", "is not letters, digits"), ("net-seed1", "holds '-seed'"),
+                                         ("base", "is taken by another architecture")])
+def test_a_spec_file_name_that_cannot_name_its_runs_is_one_line_and_exit_2(stem, words, tiny_cifar, tmp_path,
+                                                                           capsys):
+    """The name goes into MLflow filter strings, trial names and paths: a quote would break every run query."""
+    spec_file = tmp_path / f"{stem}.toml"
+    spec_file.write_text(SPEC)
+    assert orchestrator_run.main(sweep_args(tmp_path, tiny_cifar, "--spec", str(spec_file))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: --spec {spec_file}") and words in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()

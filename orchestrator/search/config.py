@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from models import MAX_PARAMS, list_models
 from models.variants import PAPER_SPECS
 from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
-from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, NAME_PATTERN
 from orchestrator.search.space import FLOOR_MACS, FLOOR_PARAMS
 from orchestrator.training.config import ConfigError, option
 
@@ -21,7 +21,6 @@ OBJECTIVES = {"accuracy": ("heldout_accuracy", "max"), "latency": ("latency_ms_b
               "macs": ("macs_per_image", "min")}
 OBJECTIVE_CHOICES = ("accuracy", "accuracy,latency", "accuracy,macs")
 SECTIONS = ("search", "proxy", "proxy check", "cluster", "tracking", "output")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import models
 from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
-from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, NAME_PATTERN
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
 ALL_VARIANTS = tuple(models.list_models())
@@ -87,6 +87,9 @@ class SweepConfig:
             if taken or "-seed" in name or not name:
                 raise ConfigError(f"--spec {path}: the name {name!r} is taken by another architecture (or holds "
                                   f"'-seed'): rename the file")
+            if not NAME_PATTERN.fullmatch(name):
+                raise ConfigError(f"--spec {path}: the name {name!r} is not letters, digits, '.', '_' or '-' (at "
+                                  f"most 64, starting with a letter or digit): rename the file")
             specs[name] = spec
         return specs
 
