@@ -114,6 +114,12 @@ def checkpoint_of_another_protocol(tmp: Path, tiny: Path) -> None:
                tmp / "records" / "base-seed0.checkpoint.pt")
 
 
+def checkpoint_of_a_tensor(tmp: Path, tiny: Path) -> None:
+    import torch
+    (tmp / "records").mkdir()
+    torch.save(torch.zeros(3), tmp / "records" / "base-seed0.checkpoint.pt")  # loads, but is no seed's state
+
+
 def toml_file(text: str):
     def make(tmp: Path, tiny: Path) -> None:
         (tmp / "sweep.toml").write_text(text)
@@ -233,6 +239,10 @@ BAD_INPUTS = [
              "error: checkpoint {tmp}/records/base-seed0.checkpoint.pt was trained under another protocol than this "
              "sweep: delete it to train base-seed0 from the start, or use another --results-dir",
              checkpoint_of_another_protocol),
+    BadInput("results folder", "`--results-dir records --skip-existing` where `base-seed0.checkpoint.pt` holds a "
+             "tensor", ("--results-dir", "{tmp}/records", "--skip-existing"),
+             "error: checkpoint {tmp}/records/base-seed0.checkpoint.pt is not a seed checkpoint (it holds a Tensor): "
+             "delete it to train base-seed0 from the start", checkpoint_of_a_tensor),
     # storage
     BadInput("storage path", "`--storage-path /dev/null/ray_results`", ("--storage-path", "/dev/null/ray_results"),
              "error: --storage-path /dev/null/ray_results cannot be created: /dev/null is not a directory"),

@@ -214,6 +214,8 @@ def load_seed_checkpoint(results_dir: str | os.PathLike, variant: str, seed: int
         saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
     except Exception as e:
         raise RecordError(f"checkpoint {path} is not readable ({type(e).__name__}): {fix}") from None
+    if not isinstance(saved, dict) or "state" not in saved:
+        raise RecordError(f"checkpoint {path} is not a seed checkpoint (it holds a {type(saved).__name__}): {fix}")
     if saved.get("protocol_hash") != protocol:
         raise RecordError(f"checkpoint {path} was trained under another protocol than this sweep: {fix}, or use "
                           f"another --results-dir")
