@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if out is not None and out["failed_trials"]:
         n, total = len(out["failed_trials"]), len(out["summary"])
         resume = f"python -m orchestrator.run --resume --sweep-id {out['sweep_id']}"
-        print(f"error: {n} of {total} trials failed after --max-failures {cfg.max_failures} restarts "
+        print(f"error: {n} of {total} trials failed after --max-failures {out['cfg'].max_failures} restarts "
               f"({', '.join(out['failed_trials'])}): each run's failure_reason in MLflow and error.txt "
               f"under {out['storage_path']} say why; `{resume}` retries them", file=sys.stderr)
         return 1
