@@ -30,12 +30,14 @@ def describe(path: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     params = budget.param_count(spec)
+    size_change = budget.size_mb(spec) * 2**20 / budget.BASE_SIZE_BYTES - 1
     fits = params <= budget.MAX_PARAMS
     verdict = (f"fits, {budget.MAX_PARAMS - params:,} to spare" if fits
                else f"OVER by {params - budget.MAX_PARAMS:,}; models.fit_to_budget scales it to fit")
     print(f"{path}\n  hash            {spec_hash(spec)}\n  blocks          {len(spec.blocks)}\n"
           f"  params          {params:,} (budget {budget.MAX_PARAMS:,}: {verdict})\n"
-          f"  size_mb         {budget.size_mb(spec):.4f}\n  macs_per_image  {budget.macs_per_image(spec):,}")
+          f"  size_mb         {budget.size_mb(spec):.4f} ({size_change:+.2%} against Base's; Table 2's rule is "
+          f"within 2%)\n  macs_per_image  {budget.macs_per_image(spec):,}")
     return 0 if fits else 1
 
 

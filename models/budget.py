@@ -15,6 +15,10 @@ from .spec import IMAGE_SIDE_PX, NUM_CLASSES, BlockSpec, NetSpec, SpecError
 BASE_PARAMS = 136_380  # Table 1
 # "These models aim to remain within a 2% margin of the base model's size" (Section 2): Base + 2%, rounded down.
 MAX_PARAMS = BASE_PARAMS * 102 // 100  # 139_107
+# The same rule on Table 2's size in MB, which also counts BatchNorm's running statistics: a net rich in BN channels
+# can be within MAX_PARAMS yet over this. Base's state dict is 547,096 bytes (0.5218 MB, Table 2).
+BASE_SIZE_BYTES = 547_096
+MAX_SIZE_MB = BASE_SIZE_BYTES * 1.02 / 2**20  # 0.53219
 
 FLOAT32_BYTES, INT64_BYTES = 4, 8
 
@@ -92,8 +96,9 @@ def macs_per_image(spec: NetSpec) -> int:
     return _tally(spec).macs
 
 
-def fits_budget(spec: NetSpec, max_params: int = MAX_PARAMS) -> bool:
-    return param_count(spec) <= max_params
+def fits_budget(spec: NetSpec, max_params: int = MAX_PARAMS, max_size_mb: float = 0.0) -> bool:
+    """Within max_params and, when max_size_mb is given (0: no cap), within that size."""
+    return param_count(spec) <= max_params and (not max_size_mb or size_mb(spec) <= max_size_mb)
 
 
 # --- the repair ---------------------------------------------------------------------------------------------------
@@ -114,17 +119,18 @@ def scale_widths(spec: NetSpec, factor: float) -> NetSpec:
     return dataclasses.replace(spec, blocks=tuple(blocks))
 
 
-def width_factor(spec: NetSpec, max_params: int = MAX_PARAMS) -> float:
-    """The largest common factor on spec's widths whose scale_widths fits max_params, to float precision
+def width_factor(spec: NetSpec, max_params: int = MAX_PARAMS, max_size_mb: float = 0.0) -> float:
+    """The largest common factor on spec's widths whose scale_widths fits the budget, to float precision
     (bisection). SpecError when even every width at 1 does not fit."""
     def fits(factor: float) -> bool:
-        return param_count(scale_widths(spec, factor)) <= max_params
+        return fits_budget(scale_widths(spec, factor), max_params, max_size_mb)
 
     if not fits(0.0):
-        floor_params = param_count(scale_widths(spec, 0.0))
-        raise SpecError(f"max_params: {floor_params:,} parameters with every width at 1 channel, over the budget "
-                        f"of {max_params:,}; use fewer blocks or skips, more pools before an FC head, or a "
-                        f"smaller hidden width")
+        floor = scale_widths(spec, 0.0)
+        raise SpecError(f"max_params: {param_count(floor):,} parameters ({size_mb(floor):.4f} MB) with every width "
+                        f"at 1 channel, over the budget of {max_params:,}"
+                        + (f" and {max_size_mb} MB" if max_size_mb else "")
+                        + "; use fewer blocks or skips, more pools before an FC head, or a smaller hidden width")
     lo, hi = 0.0, 1.0
     while fits(hi):  # the count grows without bound with the factor, so this ends
         lo, hi = hi, 2 * hi
@@ -135,8 +141,9 @@ def width_factor(spec: NetSpec, max_params: int = MAX_PARAMS) -> float:
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
 
 
-def fit_to_budget(spec: NetSpec, max_params: int = MAX_PARAMS) -> NetSpec:
+def fit_to_budget(spec: NetSpec, max_params: int = MAX_PARAMS, max_size_mb: float = 0.0) -> NetSpec:
     """Repair, not rejection: scale all of spec's widths (read as relative, any scale) by one common factor, the
-    largest that keeps the parameter count within max_params, so every candidate uses the budget as the paper's
-    variants do. SpecError naming the budget when the spec cannot fit even at width 1."""
-    return scale_widths(spec, width_factor(spec, max_params))
+    largest that keeps the parameter count within max_params (and the size within max_size_mb, when given), so
+    every candidate uses the budget as the paper's variants do. SpecError naming the budget when the spec cannot
+    fit even at width 1."""
+    return scale_widths(spec, width_factor(spec, max_params, max_size_mb))

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 import data
 import models
-from models.budget import macs_per_image
+from models.budget import MAX_SIZE_MB, macs_per_image, size_mb
 from models.spec import from_dict, load_spec, spec_hash, to_dict
 from orchestrator.search import command, driver, proxy, space
 from orchestrator.search.config import SearchConfig
@@ -124,14 +124,38 @@ def test_a_macs_cap_repairs_every_candidate_under_it():
         study.tell(trial, 0.0)
 
 
+def test_a_size_cap_holds_table_2s_rule_that_the_parameter_budget_alone_does_not():
+    # BatchNorm's running statistics count in size but not in parameters, so a BN-rich candidate can fill
+    # --max-params and still be more than 2% over Base's 0.5218 MB; --max-size-mb repairs it under that too.
+    def sizes(max_size_mb):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+        specs = []
+        for _ in range(100):
+            trial = study.ask()
+            candidate = space.define_space(trial, models.MAX_PARAMS, 0, max_size_mb)["candidate"]
+            specs.append(from_dict(candidate["spec"]))
+            study.tell(trial, 0.0)
+        assert all(models.param_count(s) <= models.MAX_PARAMS for s in specs)
+        return [size_mb(s) for s in specs]
+
+    assert max(sizes(0.0)) > MAX_SIZE_MB  # the params budget alone lets some through
+    capped = sizes(MAX_SIZE_MB)
+    assert max(capped) <= MAX_SIZE_MB and statistics.median(capped) >= 0.98 * MAX_SIZE_MB  # under it, and filling it
+
+
 def test_a_candidate_over_the_budget_is_refused_before_anything_is_built(tmp_path):
     over = to_dict(models.get_spec("v6"))  # 136,960 parameters
     db = tmp_path / "mlflow.db"
     config = {"candidate": {"spec": over}, "proxy": {"epochs": 1},
-              "search": {"max_params": TINY_BUDGET, "max_macs": 0, "tracking_uri": f"sqlite:///{db}"}}
+              "search": {"max_params": TINY_BUDGET, "max_macs": 0, "max_size_mb": 0.0,
+                         "tracking_uri": f"sqlite:///{db}"}}
     with pytest.raises(BudgetError, match="136,960 parameters, over the budget of 20,000"):
         run_candidate(config)
     assert not db.exists()  # refused before the run, the data or the network
+    config["search"] |= {"max_params": models.MAX_PARAMS, "max_size_mb": 0.52}
+    with pytest.raises(BudgetError, match=r"0.52679 MB, over --max-size-mb 0.52: refused"):
+        run_candidate(config)
+    assert not db.exists()
 
 
 def test_ranking_puts_full_proxy_candidates_first_and_flags_the_pareto_front():
@@ -167,6 +191,7 @@ def test_the_revalidation_sweep_shares_the_searchs_data_and_store_where_they_are
 # --- bad input -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, message", [
     (["--max-params", "10"], "--max-params 10 is below the 92 parameters of the smallest candidate"),
+    (["--max-size-mb", "0.0001"], "--max-size-mb 0.0001 is below the 0.0004 MB of the smallest candidate"),
     (["--objective", "accuracy,speed"], "--objective 'accuracy,speed': use accuracy, accuracy,latency or"),
     (["--proxy-per-class", "5000"], "--proxy-per-class: subset of 5000 per class"),
     (["--holdout-per-class", "16"], "--holdout-per-class: holding out 16 per class"),

@@ -301,6 +301,20 @@ def test_fit_to_budget_fills_the_budget(seed):
     assert budget.width_factor(fitted) >= 1.0
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_fit_to_budget_with_a_size_cap_fills_whichever_budget_binds(seed):
+    spec = random_spec(random.Random(seed), max_width=6)
+    cap = budget.MAX_SIZE_MB
+    try:
+        factor = budget.width_factor(spec, models.MAX_PARAMS, cap)
+    except SpecError:
+        return  # over at width 1: the test above covers what it says
+    fitted, wider = budget.scale_widths(spec, factor), budget.scale_widths(spec, factor * (1 + 1e-9))
+    assert models.param_count(fitted) <= models.MAX_PARAMS and budget.size_mb(fitted) <= cap
+    assert models.param_count(wider) > models.MAX_PARAMS or budget.size_mb(wider) > cap  # one step more is over
+    assert budget.width_factor(spec) >= factor  # the cap only ever narrows
+
+
 def test_fit_to_budget_on_the_paper_variants_and_a_spec_that_cannot_fit():
     for name in NAMES:
         spec = models.get_spec(name)

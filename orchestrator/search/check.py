@@ -100,7 +100,7 @@ def run_proxy_check(cfg: SearchConfig) -> int:
                           f"correlation needs at least 3 of --variants {','.join(cfg.variants)}")
     # The paper's variants are the paper's budget, whatever --max-params a search would use.
     cfg = cfg.replace(name=cfg.name or time.strftime("proxy-check-%Y%m%d-%H%M%S"), max_params=MAX_PARAMS,
-                      max_macs=0)
+                      max_size_mb=0.0, max_macs=0)
     search = open_search(cfg, kind="proxy-check")
     cfg = search.cfg
     started = time.perf_counter()

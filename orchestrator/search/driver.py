@@ -64,7 +64,8 @@ class Search:
         cfg = self.cfg
         return {"search_id": cfg.name, "tracking_uri": cfg.tracking_uri, "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "source_tags": self.source_tags, "data_dir": self.data_dir,
-                "max_params": cfg.max_params, "max_macs": cfg.max_macs, "seed": cfg.seed,
+                "max_params": cfg.max_params, "max_macs": cfg.max_macs, "max_size_mb": cfg.max_size_mb,
+                "seed": cfg.seed,
                 "cpus_per_trial": cfg.cpus_per_trial}
 
     def proxy(self) -> dict:
@@ -180,7 +181,9 @@ def _searcher(cfg: SearchConfig):
                                              multivariate=True, group=True, constant_liar=True)
     metrics, modes = zip(*cfg.objectives())
     single = len(metrics) == 1  # one objective: a plain metric, so Optuna also hears every epoch's value
-    return OptunaSearch(functools.partial(define_space, max_params=cfg.max_params, max_macs=cfg.max_macs),
+    space = functools.partial(define_space, max_params=cfg.max_params, max_macs=cfg.max_macs,
+                              max_size_mb=cfg.max_size_mb)
+    return OptunaSearch(space,
                         metric=metrics[0] if single else list(metrics), mode=modes[0] if single else list(modes),
                         sampler=sampler)
 
@@ -284,10 +287,12 @@ def print_summary(search: Search, out: dict) -> None:
 
 def run_search(cfg: SearchConfig) -> dict:
     search = open_search(cfg)
-    print(f"search {search.cfg.name}: {search.cfg.candidates} candidates within {search.cfg.max_params:,} "
-          f"parameters, proxy {search.cfg.proxy_epochs} epochs on {search.cfg.proxy_per_class or 'all'} images per "
-          f"class, ranked on {search.cfg.holdout_per_class} held-out training images per class; MLflow run "
-          f"{search.parent_run_id} in {search.cfg.tracking_uri}", flush=True)
+    cfg = search.cfg
+    size_cap = f" and {cfg.max_size_mb} MB" if cfg.max_size_mb else ""
+    print(f"search {cfg.name}: {cfg.candidates} candidates within {cfg.max_params:,} parameters{size_cap}, proxy "
+          f"{cfg.proxy_epochs} epochs on {cfg.proxy_per_class or 'all'} images per class, ranked on "
+          f"{cfg.holdout_per_class} held-out training images per class; MLflow run {search.parent_run_id} in "
+          f"{cfg.tracking_uri}", flush=True)
     tuner = build_tuner(search)
     started = time.perf_counter()
     results = tuner.fit()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from models.budget import fit_to_budget, macs_per_image, param_count, scale_widths
+from models.budget import fit_to_budget, macs_per_image, param_count, scale_widths, size_mb
 from models.spec import MAX_POOLS, BlockSpec, HeadSpec, NetSpec, SpecError, to_dict
 
 KINDS = ("res", "fire", "bottleneck", "depthwise")
@@ -20,9 +20,9 @@ HIDDEN_WIDTHS = (32, 256)  # FC head's hidden layer (the paper: 100); log-unifor
 # An FC head flattens the final map: on a 16x16 or 32x32 map its first Linear alone takes most of the budget, so
 # it gets at least the two pools every FC variant of the paper has. More than 4 pools would leave a 1x1 map.
 MIN_FC_POOLS, MAX_SEARCH_POOLS = 2, 4
-# The smallest net the repairs fall back to: --max-params and --max-macs must at least hold it.
+# The smallest net the repairs fall back to: --max-params, --max-size-mb and --max-macs must at least hold it.
 FLOOR_SPEC = NetSpec((BlockSpec("res", 1), BlockSpec("res", 1)), pool_after=(1, 2), head=HeadSpec("gap"))
-FLOOR_PARAMS, FLOOR_MACS = param_count(FLOOR_SPEC), macs_per_image(FLOOR_SPEC)
+FLOOR_PARAMS, FLOOR_SIZE_MB, FLOOR_MACS = param_count(FLOOR_SPEC), size_mb(FLOOR_SPEC), macs_per_image(FLOOR_SPEC)
 
 
 def sample_shape(trial) -> dict:
@@ -94,11 +94,11 @@ def _smaller(spec: NetSpec) -> tuple[NetSpec, str]:
     return FLOOR_SPEC, "fell back to the two-block floor net to fit"
 
 
-def _fit_params(spec: NetSpec, max_params: int) -> tuple[NetSpec, list[str]]:
+def _fit_params(spec: NetSpec, max_params: int, max_size_mb: float) -> tuple[NetSpec, list[str]]:
     repairs = []
     while True:
         try:
-            return fit_to_budget(spec, max_params), repairs
+            return fit_to_budget(spec, max_params, max_size_mb), repairs
         except SpecError:
             if spec == FLOOR_SPEC:
                 raise
@@ -116,17 +116,19 @@ def _narrowed(spec: NetSpec, max_macs: int) -> NetSpec:
     return scale_widths(spec, lo)
 
 
-def fit(spec: NetSpec, max_params: int, max_macs: int = 0) -> tuple[NetSpec, list[str]]:
-    """The spec with every width scaled by the largest common factor that fits max_params, after the repairs
+def fit(spec: NetSpec, max_params: int, max_macs: int = 0, max_size_mb: float = 0.0) -> tuple[NetSpec, list[str]]:
+    """The spec with every width scaled by the largest common factor that fits max_params (and max_size_mb,
+    when given: 0 is no cap), after the repairs
     it needed to fit at all; SpecError only when even FLOOR_SPEC does not fit (config.validate refuses that
     budget before the search starts). With max_macs (0: no cap), a candidate over it first pools earlier (its
     earliest unpooled block, refitted to the budget each time: the budget stays filled), then, at the pool limit,
     is narrowed until it fits: the only case where a candidate leaves part of the parameter budget unused."""
-    spec, repairs = _fit_params(spec, max_params)
+    spec, repairs = _fit_params(spec, max_params, max_size_mb)
     while (max_macs and macs_per_image(spec) > max_macs
            and len(spec.pool_after) < min(MAX_SEARCH_POOLS, len(spec.blocks))):  # a block left to pool
         k = min(set(range(1, len(spec.blocks) + 1)) - set(spec.pool_after))
-        spec, more = _fit_params(dataclasses.replace(spec, pool_after=(*spec.pool_after, k)), max_params)
+        spec, more = _fit_params(dataclasses.replace(spec, pool_after=(*spec.pool_after, k)), max_params,
+                                 max_size_mb)
         repairs += [f"pooled after block {k} for --max-macs", *more]
     if max_macs and macs_per_image(spec) > max_macs:
         spec = _narrowed(spec, max_macs)
@@ -137,11 +139,11 @@ def fit(spec: NetSpec, max_params: int, max_macs: int = 0) -> tuple[NetSpec, lis
     return spec, repairs
 
 
-def define_space(trial, max_params: int, max_macs: int = 0) -> dict:
+def define_space(trial, max_params: int, max_macs: int = 0, max_size_mb: float = 0.0) -> dict:
     """OptunaSearch's define-by-run space: sample a shape, then return, as the trial's constants, the candidate:
     its fitted spec (plain dicts: Tune's config) and its repairs. Microseconds of arithmetic, no training."""
     spec, repairs = spec_of(sample_shape(trial))
-    spec, more = fit(spec, max_params, max_macs)
+    spec, more = fit(spec, max_params, max_macs, max_size_mb)
     return {"candidate": {"spec": to_dict(spec), "repairs": repairs + more}}
 
 

@@ -27,13 +27,16 @@ class BudgetError(RuntimeError):
     """A candidate over the search's budget reached a trainable: it is refused before anything is built."""
 
 
-def check_budget(spec: NetSpec, max_params: int, max_macs: int = 0) -> None:
-    """Raise BudgetError unless spec is within max_params (and max_macs, when capped). The space never samples such
-    a candidate; this is the last line of defence, before any network is built."""
+def check_budget(spec: NetSpec, max_params: int, max_macs: int = 0, max_size_mb: float = 0.0) -> None:
+    """Raise BudgetError unless spec is within max_params (and max_macs and max_size_mb, when capped). The space
+    never samples such a candidate; this is the last line of defence, before any network is built."""
     params = param_count(spec)
     if params > max_params:
         raise BudgetError(f"candidate {spec_hash(spec)} has {params:,} parameters, over the budget of "
                           f"{max_params:,}: refused, never trained")
+    if max_size_mb and size_mb(spec) > max_size_mb:
+        raise BudgetError(f"candidate {spec_hash(spec)} has {size_mb(spec):.5f} MB, over --max-size-mb "
+                          f"{max_size_mb}: refused, never trained")
     if max_macs and macs_per_image(spec) > max_macs:
         raise BudgetError(f"candidate {spec_hash(spec)} has {macs_per_image(spec):,} MACs per image, over "
                           f"--max-macs {max_macs:,}: refused, never trained")
@@ -63,7 +66,8 @@ def _open_run(config: dict, spec: NetSpec) -> CandidateRun:
 
 def run_candidate(config: dict) -> None:
     spec, ctx, p = from_dict(config["candidate"]["spec"]), config["search"], config["proxy"]
-    check_budget(spec, ctx["max_params"], ctx["max_macs"])  # first: nothing over the budget is ever built
+    # first: nothing over the budget is ever built
+    check_budget(spec, ctx["max_params"], ctx["max_macs"], ctx["max_size_mb"])
     torch.set_num_threads(ctx["cpus_per_trial"])
     flushing = flush_denormal(True)
     device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
