@@ -44,7 +44,8 @@ def parse_args(argv):
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out")
     ap.add_argument("--data-dir", help="CIFAR-10 directory (default: $CIFAR10_DIR, else "
                     "~/.cache/resnet-revisited/cifar10, else synthetic images of its size)")
-    ap.add_argument("--variants", default=",".join(models.list_models()), help="comma-separated variants")
+    ap.add_argument("--variants", default=",".join(models.PAPER_VARIANTS),
+                    help="comma-separated variants (default: the paper's eight)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1, like a trial)")
     ap.add_argument("--parallel-k", type=int, default=0, help="trials at once for 3, 4 and the projection "
                     "(default: CPU cores; 2 on CUDA)")

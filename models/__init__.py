@@ -16,9 +16,9 @@ from .measure import count_parameters, macs_per_image, size_mb, state_dict_bytes
 from .registry import create_model, get_spec, list_models, register_model, registered_spec
 from .spec import (BlockSpec, HeadSpec, NetSpec, SpecError, dump_json, dump_toml, from_dict, load_spec, spec_hash,
                    spec_params, to_dict)
-from .variants import build, register_spec
+from .variants import PAPER_VARIANTS, build, register_spec
 
-__all__ = ["create_model", "list_models", "register_model", "get_spec", "registered_spec", "register_spec", "build",
+__all__ = ["create_model", "list_models", "PAPER_VARIANTS", "register_model", "get_spec", "registered_spec", "register_spec", "build",
            "count_parameters", "size_mb", "state_dict_bytes", "macs_per_image",
            "NetSpec", "BlockSpec", "HeadSpec", "SpecError", "load_spec", "dump_toml", "dump_json", "spec_hash",
            "spec_params", "from_dict", "to_dict",

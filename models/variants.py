@@ -146,6 +146,7 @@ PAPER_SPECS = {
     "alpha": NetSpec(res(10, 20, 30, 40, 40, 50), pool_after=(1, 2), head=GAP_HEAD,
                      dense_from={k: tuple(range(k - 1)) for k in range(2, 7)}),
 }
+PAPER_VARIANTS = tuple(PAPER_SPECS)  # the eight, in the paper's order: list_models() gives them first
 for _name, _spec in PAPER_SPECS.items():
     register_spec(_name, _spec)
 

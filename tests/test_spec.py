@@ -354,7 +354,16 @@ def test_spec_files_in_a_folder_become_named_variants(tmp_path):
     models.dump_toml(models.get_spec("alpha"), tmp_path / "alpha.toml")
     code = ("import sys, models\nfrom pathlib import Path\nfrom models.variants import register_spec_files\n"
             "print(register_spec_files(Path(sys.argv[1])))\n"
-            "print(models.count_parameters(models.create_model('test-winner')))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+            "print(models.count_parameters(models.create_model('test-winner')))\n"
+            # the zoo lists it without a paper row and still passes; the default sweep is still the paper's eight
+            "from models.__main__ import zoo\nfrom orchestrator.sweep.config import SweepConfig\n"
+            "print('zoo exit', zoo(), SweepConfig().variants == models.PAPER_VARIANTS)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["['alpha', 'test-winner']", str(models.param_count(spec))]
+    lines = out.stdout.split("\n")
+    assert lines[:2] == ["['alpha', 'test-winner']", str(models.param_count(spec))]
+    assert lines[-2] == "zoo exit 0 True"
+    assert [line.split()[1:] for line in lines if line.startswith("test-winner ")] == [
+        [f"{models.param_count(spec):,}", f"{budget.size_mb(spec):.4f}", f"{budget.macs_per_image(spec):,}"]
+        + ["—"] * 4]

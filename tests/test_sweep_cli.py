@@ -23,7 +23,7 @@ from orchestrator.analysis import report
 import orchestrator.run as orchestrator_run
 from orchestrator.sweep import driver as orun
 from orchestrator.sweep.callbacks import eta_line
-from orchestrator.sweep.config import ALL_VARIANTS, EPILOG, ConfigError, build_parser, parse_config
+from orchestrator.sweep.config import EPILOG, PAPER_VARIANTS, ConfigError, build_parser, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def test_the_console_has_no_system_metrics_chatter_and_the_runs_keep_the_metrics
 
 
 # --- --fuse-seeds auto ----------------------------------------------------------------------------------------
-PAPER_GRID = [(v, s) for v in ALL_VARIANTS for s in range(5)]  # 40 (variant, seed) pairs
+PAPER_GRID = [(v, s) for v in PAPER_VARIANTS for s in range(5)]  # 40 (variant, seed) pairs
 
 
 @pytest.mark.parametrize("resources, cpus_per_trial, gpus_per_trial, fuse, why", [
@@ -228,7 +228,7 @@ def test_fuse_seeds_auto_on_a_simulated_cluster(resources, cpus_per_trial, gpus_
 
 def test_fuse_seeds_auto_never_fuses_one_seed_per_variant():
     from orchestrator.sweep.preflight import fuse_seeds_choice
-    pairs = [(v, 0) for v in ALL_VARIANTS]
+    pairs = [(v, 0) for v in PAPER_VARIANTS]
     assert fuse_seeds_choice(pairs, {"CPU": 2.0}, 1, 0) == \
         (False, "8 (variant, seed) pairs, 2 trial slots: 2 CPUs / 1 per trial; one seed per variant, nothing to fuse")
 

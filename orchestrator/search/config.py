@@ -8,14 +8,12 @@ import re
 import typing
 from dataclasses import dataclass
 
-from models import MAX_PARAMS, list_models
-from models.variants import PAPER_SPECS
+from models import MAX_PARAMS, PAPER_VARIANTS, list_models
 from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, NAME_PATTERN
 from orchestrator.search.space import FLOOR_MACS, FLOOR_PARAMS, FLOOR_SIZE_MB
 from orchestrator.training.config import ConfigError, option
 
-PAPER_VARIANTS = tuple(PAPER_SPECS)  # the eight, whatever else a process has registered since
 # What each objective ranks by, and in which direction: accuracy first, always; a second one makes a Pareto front.
 OBJECTIVES = {"accuracy": ("heldout_accuracy", "max"), "latency": ("latency_ms_batch1", "min"),
               "macs": ("macs_per_image", "min")}

@@ -17,7 +17,7 @@ from orchestrator.cli import ArgumentParser, HelpFormatter, Verbatim
 from orchestrator.names import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, NAME_PATTERN
 from orchestrator.training.config import ConfigError, TrainConfig, option
 
-ALL_VARIANTS = tuple(models.list_models())
+PAPER_VARIANTS = models.PAPER_VARIANTS  # the default: the paper's grid, not every spec file registered beside it
 SECTIONS = ("what to run", "resume", "protocol", "data", "speed", "device", "measurement", "cluster", "tracking",
             "report")
 # A field's help section where the CLI shows it elsewhere than its TrainConfig declares (that file is training's).
@@ -32,8 +32,9 @@ __all__ = ["ConfigError", "SweepConfig", "TrainConfig", "parse_config", "build_p
 class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # --- what to run -----------------------------------------------------------------------------
-    variants: tuple[str, ...] = option(ALL_VARIANTS, "what to run",
-                                     "comma-separated model variants: " + ",".join(ALL_VARIANTS))
+    variants: tuple[str, ...] = option(PAPER_VARIANTS, "what to run",
+                                     "comma-separated model variants (default: the paper's eight); any of "
+                                     + ",".join(models.list_models()))
     seeds: int = option(5, "what to run", "number of seeds per variant: runs seeds 0..N-1")
     seed_list: tuple[int, ...] = option((), "what to run", "explicit comma-separated seeds (e.g. 3,7); overrides --seeds")
     spec: tuple[str, ...] = option((), "what to run", "architecture spec files (.toml or .json, see the README's "
@@ -94,11 +95,11 @@ class SweepConfig:
         return specs
 
     def validate(self) -> "SweepConfig":
-        known = (*ALL_VARIANTS, *self.specs())
+        known = (*models.list_models(), *self.specs())
         bad = [v for v in self.variants if v not in known]
         if bad or not self.variants:
-            raise ConfigError(f"unknown variant {','.join(bad) or '(none)'}: choose from {','.join(ALL_VARIANTS)}, "
-                              f"or pass an architecture with --spec FILE.toml")
+            raise ConfigError(f"unknown variant {','.join(bad) or '(none)'}: choose from "
+                              f"{','.join(models.list_models())}, or pass an architecture with --spec FILE.toml")
         checks = [
             (self.seeds >= 1, f"--seeds must be >= 1 (got {self.seeds})"),
             (all(s >= 0 for s in self.seed_list), f"--seed-list takes non-negative integers (got {self.seed_list})"),
