@@ -8,18 +8,18 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from orchestrator.analysis import discoveries, figures, report
+from orchestrator.analysis import discoveries, figures, paper_tables, report
 from orchestrator.analysis.study import HISTORY_COLUMNS, TRIAL_COLUMNS, Study, load_records
 from orchestrator.sweep import records
 
 REFERENCE_ACCURACIES = {"base": [70.3, 70.8, 71.0], "v6": [77.0, 77.4, 77.9], "alpha": [77.6, 78.1, 78.4]}
 
 
-def study(own: dict[str, list[float]], references=REFERENCE_ACCURACIES) -> Study:
+def study(own: dict[str, list[float]], references=REFERENCE_ACCURACIES, sizes_mb=None) -> Study:
     accuracies = {**references, **own}
     rows = [{"run_id": f"{v}{k}", "run_name": f"{v}-seed{k}", "status": "FINISHED", "start_time": k, "variant": v,
              "seed": k, "failure_reason": "", "final_val_accuracy": acc / 100, "latency_ms_per_image": 0.5,
-             "latency_ms_batch1": 0.9, "size_mb": 0.53, "param_count": 137000, "latency_hardware": "cpu A"}
+             "latency_ms_batch1": 0.9, "size_mb": (sizes_mb or {}).get(v, 0.53), "param_count": 137000, "latency_hardware": "cpu A"}
             for v, seeds in accuracies.items() for k, acc in enumerate(seeds)]
     return Study("made up", [], list(accuracies), [0, 1, 2], pd.DataFrame(rows, columns=TRIAL_COLUMNS),
                  pd.DataFrame(columns=HISTORY_COLUMNS), protocol=records.paper_protocol())
@@ -50,6 +50,15 @@ def test_the_goal_needs_two_points_over_alpha_and_significance():
     assert alpha_row.difference_pp >= 2 and alpha_row.p_value >= 0.05 and not noisy.goal_met.any()
     no_alpha = discoveries.discoveries(study({"x": [75.0, 75.5]}, {"base": [70.0, 70.5]}))[0]
     assert "Not tested" in discoveries.goal_lines(no_alpha)[0]
+
+
+def test_table_2_flags_a_model_more_than_the_papers_2_percent_over_bases_size():
+    s = study({"fat": [80.0, 80.5, 81.0], "lean": [79.0, 79.5, 80.0]},
+              sizes_mb={"base": 0.5218, "v6": 0.5268, "alpha": 0.5124, "fat": 0.5346, "lean": 0.5300})
+    num, shown = paper_tables.table2(s)
+    assert num["over_size_margin"].to_dict() == {"base": False, "v6": False, "alpha": False, "fat": True,
+                                                 "lean": False}
+    assert shown.loc["fat", "Flag"] == "⚠ over the paper's 2% size margin" and shown.loc["lean", "Flag"] == ""
 
 
 def test_report_has_the_table_and_the_figures_all_eight_paper_points(tmp_path):
