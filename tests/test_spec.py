@@ -134,6 +134,17 @@ def test_the_example_spec_file_is_alpha_as_dump_toml_writes_it():
     assert path.read_text() == models.dump_toml(models.get_spec("alpha"))
 
 
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "models" / "specs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_spec_file_in_models_specs_is_a_named_variant_within_the_budget(path):
+    """A search's winner, saved there, is create_model(<file stem>) for anyone: the network its spec declares,
+    within the paper's parameter budget."""
+    spec = models.load_spec(path)
+    assert path.stem in models.list_models() and models.get_spec(path.stem) == spec
+    net = models.create_model(path.stem)
+    assert models.count_parameters(net) == models.param_count(spec) <= models.MAX_PARAMS
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 # --- bad specs: one line that names the field -------------------------------------------------------------------------
 def _fire():
     return {"kind": "fire", "out": 20, "squeeze": 8, "expand1x1": 10, "expand3x3": 10}
