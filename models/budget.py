@@ -12,13 +12,14 @@ import math
 
 from .spec import IMAGE_SIDE_PX, NUM_CLASSES, BlockSpec, NetSpec, SpecError
 
+# "These models aim to remain within a 2% margin of the base model's size" (Section 2).
+MARGIN_PCT = 2
 BASE_PARAMS = 136_380  # Table 1
-# "These models aim to remain within a 2% margin of the base model's size" (Section 2): Base + 2%, rounded down.
-MAX_PARAMS = BASE_PARAMS * 102 // 100  # 139_107
+MAX_PARAMS = BASE_PARAMS * (100 + MARGIN_PCT) // 100  # 139_107: Base + 2%, rounded down
 # The same rule on Table 2's size in MB, which also counts BatchNorm's running statistics: a net rich in BN channels
 # can be within MAX_PARAMS yet over this. Base's state dict is 547,096 bytes (0.5218 MB, Table 2).
 BASE_SIZE_BYTES = 547_096
-MAX_SIZE_MB = BASE_SIZE_BYTES * 1.02 / 2**20  # 0.53219
+MAX_SIZE_MB = BASE_SIZE_BYTES * (100 + MARGIN_PCT) / 100 / 2**20  # 0.532186...
 
 FLOAT32_BYTES, INT64_BYTES = 4, 8
 
@@ -127,10 +128,11 @@ def width_factor(spec: NetSpec, max_params: int = MAX_PARAMS, max_size_mb: float
 
     if not fits(0.0):
         floor = scale_widths(spec, 0.0)
-        raise SpecError(f"max_params: {param_count(floor):,} parameters ({size_mb(floor):.4f} MB) with every width "
-                        f"at 1 channel, over the budget of {max_params:,}"
-                        + (f" and {max_size_mb} MB" if max_size_mb else "")
-                        + "; use fewer blocks or skips, more pools before an FC head, or a smaller hidden width")
+        over = (f"max_params: {param_count(floor):,} parameters with every width at 1 channel, over the budget of "
+                f"{max_params:,}" if param_count(floor) > max_params else
+                f"max_size_mb: {size_mb(floor):.5f} MB with every width at 1 channel, over the cap of {max_size_mb}")
+        raise SpecError(f"{over}; use fewer blocks or skips, more pools before an FC head, or a smaller hidden "
+                        f"width")
     lo, hi = 0.0, 1.0
     while fits(hi):  # the count grows without bound with the factor, so this ends
         lo, hi = hi, 2 * hi

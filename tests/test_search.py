@@ -34,6 +34,7 @@ from orchestrator.sweep import records
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 TINY_BUDGET = 20_000  # small nets train in a second on tiny data; the budget logic is the same at any size
+TINY_SIZE_CAP_MB = 0.0765  # 20,054 float32s: below what 20,000 parameters and their BN statistics take, so it binds
 
 
 @pytest.fixture(scope="module")
@@ -285,11 +286,14 @@ def test_short_search_trains_only_candidates_within_budget_each_a_nested_mlflow_
 
 
 def test_a_second_objective_makes_the_written_specs_the_pareto_front(tiny_cifar, tmp_path, local_ray):
+    """Also: a size cap that binds (--max-size-mb) reaches every candidate the searcher samples."""
     assert command.main(search_args(tmp_path, tiny_cifar, "--name", "mo", "--candidates", "4", "--proxy-epochs",
-                                   "1", "--objective", "accuracy,macs")) == 0
+                                   "1", "--objective", "accuracy,macs", "--max-size-mb", str(TINY_SIZE_CAP_MB))) == 0
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     [parent] = runs_of(uri, "search")
     assert parent.data.tags["objective"] == "accuracy,macs"
+    assert all(r.data.metrics["size_mb"] <= TINY_SIZE_CAP_MB and r.info.status == "FINISHED"
+               for r in runs_of(uri, "candidate"))
     points = {r.data.tags["spec_hash"]: (r.data.metrics["heldout_accuracy"], r.data.metrics["macs_per_image"])
               for r in runs_of(uri, "candidate")}
     front = {h for h, (acc, macs) in points.items()

@@ -314,6 +314,7 @@ def test_fit_to_budget_fills_the_budget(seed):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_fit_to_budget_with_a_size_cap_fills_whichever_budget_binds(seed):
+    assert budget.size_mb(models.get_spec("base")) * 2**20 == budget.BASE_SIZE_BYTES  # the cap is Base's + 2%
     spec = random_spec(random.Random(seed), max_width=6)
     cap = budget.MAX_SIZE_MB
     try:
@@ -344,6 +345,7 @@ def test_python_m_models_prices_spec_files(tmp_path, capsys):
                         timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "15f5da0bf4a76307" in ok.stdout and "131,970 (budget 139,107: fits" in ok.stdout
+    assert "0.5124 (-1.80% against Base's; Table 2's rule is within 2%)" in ok.stdout
     over, bad = tmp_path / "over.toml", tmp_path / "bad.json"
     models.dump_toml(budget.scale_widths(models.get_spec("v6"), 2.0), over)
     bad.write_text('{"blocks": []}')

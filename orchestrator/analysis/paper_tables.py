@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from models.budget import MARGIN_PCT
 from orchestrator.analysis import tables as fmt
 from orchestrator.analysis.comparisons import accuracy_vs_paper, paper_value
 from orchestrator.analysis.study import LATENCY_METRICS, Study
@@ -24,14 +25,12 @@ def _pm_cells(frame: pd.DataFrame, metric: str, digits: int, scale: float = 1.0)
     return [fmt.pm(scale * m, scale * sd, digits) for m, sd in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
 
 
-SIZE_MARGIN_PCT = 2.0  # "within a 2% margin of the base model's size" (Section 2)
 
 
 def _size_flag(row) -> str:
     """Table 2's flag: incomplete, and a model more than the paper's 2% over Base's size (a search under the
     parameter budget alone can land there: BatchNorm's running statistics add size, not parameters)."""
-    over = (f"⚠ over the paper's {SIZE_MARGIN_PCT:g}% size margin"
-            if row["size_change_pct"] > SIZE_MARGIN_PCT else "")
+    over = f"⚠ over the paper's {MARGIN_PCT}% size margin" if row["size_change_pct"] > MARGIN_PCT else ""
     return "; ".join(flag for flag in (fmt.incomplete_flag(row), over) if flag)
 
 
@@ -42,7 +41,7 @@ def table2(study: Study):
         "model": [study.label(v) for v in summary.index], "params": summary["params"], "size_mb": summary["size_mb"],
         "size_change_pct": 100.0 * (summary["size_mb"] - base) / base, "n": summary["n"],
         "n_requested": summary["n_requested"], "incomplete": summary["incomplete"]}, index=summary.index)
-    num["over_size_margin"] = num["size_change_pct"] > SIZE_MARGIN_PCT  # False without Base's records (NaN)
+    num["over_size_margin"] = num["size_change_pct"] > MARGIN_PCT  # False without Base's records (NaN)
     shown = pd.DataFrame({
         "Model": num["model"], "Parameters": num["params"].map(lambda x: fmt.num(x, 0)),
         "Size (MB)": num["size_mb"].map(lambda x: fmt.num(x, 4)),

@@ -32,9 +32,10 @@ class SearchConfig:
                                                   "image, minimized) makes the result a Pareto front")
     max_params: int = option(MAX_PARAMS, "search", "parameter budget of every candidate (the paper's: Base's "
                                                    "136,380 + 2%%); widths are scaled to fill it")
-    max_size_mb: float = option(0.0, "search", "optional cap on the state dict's size in MB (0: none). 0.5321 is "
-                                               "Table 2's rule, Base + 2%%, which --max-params alone does not "
-                                               "hold: BatchNorm's running statistics add size, not parameters")
+    max_size_mb: float = option(0.0, "search", "optional cap on the state dict's size in MB (0: none). 0.53218 is "
+                                               "Table 2's rule, Base's 0.52175 + 2%% rounded down, which --max-params "
+                                               "alone does not hold: BatchNorm's running statistics add size, not "
+                                               "parameters")
     max_macs: int = option(0, "search", "optional cap on MACs per image (0: none); a candidate over it pools "
                                         "earlier, then narrows. Bounds the proxy's cost per candidate")
     seed: int = option(0, "search", "seed of the Optuna TPE sampler and of every candidate's training")
@@ -108,7 +109,7 @@ class SearchConfig:
              f"{MAX_PARAMS:,})"),
             (self.max_size_mb == 0 or self.max_size_mb >= FLOOR_SIZE_MB,
              f"--max-size-mb {self.max_size_mb} is below the {FLOOR_SIZE_MB:.4f} MB of the smallest candidate: "
-             f"give at least that, or 0 for no cap (Table 2's rule, Base + 2%, is 0.5321)"),
+             f"give at least that, or 0 for no cap (Table 2's rule, Base + 2%, is 0.53218)"),
             (self.max_macs == 0 or self.max_macs >= FLOOR_MACS,
              f"--max-macs {self.max_macs:,} is below the {FLOOR_MACS:,} MACs of the smallest candidate: "
              f"give at least that, or 0 for no cap"),

@@ -64,8 +64,9 @@ class Search:
         cfg = self.cfg
         return {"search_id": cfg.name, "tracking_uri": cfg.tracking_uri, "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "source_tags": self.source_tags, "data_dir": self.data_dir,
-                "max_params": cfg.max_params, "max_macs": cfg.max_macs, "max_size_mb": cfg.max_size_mb,
-                "seed": cfg.seed,
+                "max_params": cfg.max_params, "max_macs": cfg.max_macs, "seed": cfg.seed,
+                # only when set: Tune.restore refuses a param_space with keys its saved state lacks (older searches)
+                **({"max_size_mb": cfg.max_size_mb} if cfg.max_size_mb else {}),
                 "cpus_per_trial": cfg.cpus_per_trial}
 
     def proxy(self) -> dict:

@@ -67,7 +67,7 @@ def _open_run(config: dict, spec: NetSpec) -> CandidateRun:
 def run_candidate(config: dict) -> None:
     spec, ctx, p = from_dict(config["candidate"]["spec"]), config["search"], config["proxy"]
     # first: nothing over the budget is ever built
-    check_budget(spec, ctx["max_params"], ctx["max_macs"], ctx["max_size_mb"])
+    check_budget(spec, ctx["max_params"], ctx["max_macs"], ctx.get("max_size_mb", 0.0))
     torch.set_num_threads(ctx["cpus_per_trial"])
     flushing = flush_denormal(True)
     device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
