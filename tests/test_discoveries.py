@@ -19,7 +19,8 @@ def study(own: dict[str, list[float]], references=REFERENCE_ACCURACIES, sizes_mb
     accuracies = {**references, **own}
     rows = [{"run_id": f"{v}{k}", "run_name": f"{v}-seed{k}", "status": "FINISHED", "start_time": k, "variant": v,
              "seed": k, "failure_reason": "", "final_val_accuracy": acc / 100, "latency_ms_per_image": 0.5,
-             "latency_ms_batch1": 0.9, "size_mb": (sizes_mb or {}).get(v, 0.53), "param_count": 137000, "latency_hardware": "cpu A"}
+             "latency_ms_batch1": 0.9, "size_mb": (sizes_mb or {}).get(v, 0.53), "param_count": 137000,
+             "latency_hardware": "cpu A"}
             for v, seeds in accuracies.items() for k, acc in enumerate(seeds)]
     return Study("made up", [], list(accuracies), [0, 1, 2], pd.DataFrame(rows, columns=TRIAL_COLUMNS),
                  pd.DataFrame(columns=HISTORY_COLUMNS), protocol=records.paper_protocol())
