@@ -38,7 +38,7 @@ def describe(path: str) -> int:
     print(f"{path}\n  hash            {spec_hash(spec)}\n  blocks          {len(spec.blocks)}\n"
           f"  params          {params:,} (budget {budget.MAX_PARAMS:,}: {verdict})\n"
           f"  size_mb         {budget.size_mb(spec):.4f} ({size_change:+.2%} against Base's; Table 2's rule is "
-          f"within 2%)\n  macs_per_image  {budget.macs_per_image(spec):,}")
+          f"within {budget.MARGIN_PCT}%)\n  macs_per_image  {budget.macs_per_image(spec):,}")
     return 0 if fits else 1
 
 

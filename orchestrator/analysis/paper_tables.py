@@ -25,8 +25,6 @@ def _pm_cells(frame: pd.DataFrame, metric: str, digits: int, scale: float = 1.0)
     return [fmt.pm(scale * m, scale * sd, digits) for m, sd in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
 
 
-
-
 def _size_flag(row) -> str:
     """Table 2's flag: incomplete, and a model more than the paper's 2% over Base's size (a search under the
     parameter budget alone can land there: BatchNorm's running statistics add size, not parameters)."""
