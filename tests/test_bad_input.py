@@ -145,7 +145,7 @@ def cuda_present() -> str:
 BAD_INPUTS = [
     # CLI values
     BadInput("CLI value", "`--variants base,resnet50`", ("--variants", "base,resnet50"),
-             "error: unknown variant resnet50: choose from base,v1,v2,v3,v4,v5,v6,alpha"),
+             "error: unknown variant resnet50: choose from base,v1,v2,v3,v4,v5,v6,alpha,budget60"),
     BadInput("CLI value", "`--variants ''`", ("--variants", ""), "error: unknown variant (none)"),
     BadInput("CLI value", "`--seeds -1`", ("--seeds", "-1"), "error: --seeds must be >= 1 (got -1)"),
     BadInput("CLI value", "`--seed-list 1,1`", ("--seed-list", "1,1"), "error: --seed-list has repeated seeds"),
