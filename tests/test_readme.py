@@ -97,6 +97,15 @@ def test_the_readme_fused_check_is_what_the_fused_and_unfused_records_give():
     assert table in README.read_text(), "update README's Results: python scripts/results_table.py --fused-check"
 
 
+def test_the_readme_search_table_is_what_the_published_search_gives():
+    """budget-60's table: its records and report beside the grid's, and `budget60` marking the spec it registers."""
+    search_table = runpy.run_path(str(REPO / "scripts" / "results_table.py"))["search_table"]
+    table = search_table(REPO / "results" / "budget-60", REPO / "results" / "proxy-check-default")
+    assert "= `budget60`" in table, "models/specs/budget60.toml is not the spec budget-60 re-validated"
+    assert table in README.read_text(), \
+        "update README's published search: python scripts/results_table.py --search results/budget-60"
+
+
 # --- the README's code blocks -------------------------------------------------------------------------
 def _blocks(text: str, *languages: str) -> list[str]:
     """The bodies of the fenced code blocks in `text` whose info string is one of `languages`."""
