@@ -84,8 +84,10 @@ def search_table(results_dir: Path, proxy_check_dir: Path) -> str:
     search = pd.read_csv(results_dir / "results.csv", index_col="spec_hash")
     proxy = pd.read_csv(proxy_check_dir / "proxy_check.csv", index_col="variant")["proxy_heldout_accuracy"]
     hashes = {r["variant"]: r.get("spec_hash") for r in records.load_records(results_dir)}
+    # Names given to these specs elsewhere (models/specs); the records' own names may be registered too, by whatever
+    # loaded them in this process (bench.published does), and would otherwise shadow them.
     registered = {models.spec_hash(models.get_spec(n)): n for n in models.list_models()
-                  if n not in models.PAPER_VARIANTS}
+                  if n not in models.PAPER_VARIANTS and n not in hashes}
     rows = []
     for variant, row in table5.iterrows():
         own = variant in against.index
