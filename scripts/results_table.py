@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
 from models import reference  # noqa: E402
+from models.budget import macs_per_image  # noqa: E402
 from orchestrator.analysis import tables as fmt  # noqa: E402
 from orchestrator.cli import ArgumentParser  # noqa: E402
 from orchestrator.sweep import records  # noqa: E402
@@ -86,9 +87,9 @@ def search_table(results_dir: Path, proxy_check_dir: Path) -> str:
     hashes = {r["variant"]: r.get("spec_hash") for r in records.load_records(results_dir)}
     # Names given to these specs elsewhere (models/specs); the records' own names may be registered too, by whatever
     # loaded them in this process (bench.published does), and would otherwise shadow them.
-    registered = {models.spec_hash(models.get_spec(n)): n for n in models.list_models()
-                  if n not in models.PAPER_VARIANTS and n not in hashes}
-    rows = []
+    registered = {models.spec_hash(spec): n for n in models.list_models() if n not in models.PAPER_VARIANTS
+                  and n not in hashes and (spec := models.registered_spec(n)) is not None}
+    rows = []  # MACs counted from the spec, as the search counted its candidates'
     for variant, row in table5.iterrows():
         own = variant in against.index
         found = search.loc[hashes[variant]] if own else None
@@ -96,7 +97,7 @@ def search_table(results_dir: Path, proxy_check_dir: Path) -> str:
         rows.append({
             "Model": name, "Shape": found["shape"] if own else "the paper's", "Parameters": f"{int(row['params']):,}",
             "Size vs Base": f"{table2.loc[variant, 'size_change_pct']:+.2f}%",
-            "MACs/image": f"{int(found['macs'] if own else models.macs_per_image(models.create_model(variant))):,}",
+            "MACs/image": f"{int(found['macs'] if own else macs_per_image(models.get_spec(variant))):,}",
             "Proxy (%)": fmt.num(100 * (found["heldout_accuracy"] if own else proxy.get(variant)), 2),
             "Accuracy (%)": f"{fmt.pm(row['val_accuracy_pct_mean'], row['val_accuracy_pct_std'], 2)} (n={row['n']})",
             "vs Alpha (pp)": f"{against.loc[variant, 'difference_pp']:+.2f}" if own else fmt.DASH,
